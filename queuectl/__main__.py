@@ -1,0 +1,7 @@
+"""Makes `python -m queuectl` work."""
+
+from __future__ import annotations
+
+from .cli import cli
+
+cli(prog_name="queuectl")

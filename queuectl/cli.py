@@ -1,0 +1,683 @@
+"""The `queuectl` command: parse arguments, call the library, print, map errors.
+
+No SQL and no queue rules live here. Every error reaches the user as one
+`Error: ...` line on stderr: exit 1 when the operation failed, 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import click
+
+from . import __version__, spec
+from .core import Queue
+from .errors import QueuectlError, UsageProblem
+from .models import Job, JobState
+from .paths import default_db_url, job_log_path
+from .store import open_store
+
+F = TypeVar("F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[Any, Any]
+else:
+    _ParamType = click.ParamType
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+TERMINAL_STATES = (JobState.COMPLETED, JobState.DEAD, JobState.CANCELED)
+
+
+class UsageFailure(click.ClickException):
+    """A bad value caught by our own checks: one line, exit code 2."""
+
+    exit_code = 2
+
+
+class QueuectlGroup(click.Group):
+    """Maps library errors to one stderr line and the exit codes of the spec."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageProblem as exc:
+            raise UsageFailure(str(exc)) from exc
+        except QueuectlError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.UsageError as exc:  # click's own: keep it to one line, with a pointer
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            click.echo(f"Error: {exc.format_message()}{where}", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        except BrokenPipeError:  # `queuectl list | head`: the reader left, nothing is wrong
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+class App:
+    """What commands share: the database URL and a queue opened on first use."""
+
+    def __init__(self, db: str | None) -> None:
+        self.db = db
+        self._queue: Queue | None = None
+
+    @property
+    def url(self) -> str:
+        return self.db or default_db_url()
+
+    def queue(self, *, durable: bool = True) -> Queue:
+        if self._queue is None:
+            self._queue = Queue(open_store(self.url, durable=durable))
+        return self._queue
+
+    def close(self) -> None:
+        if self._queue is not None:
+            self._queue.store.close()
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+# -- parameter types and shared options ------------------------------------------------
+
+
+class KeyValue(_ParamType):
+    name = "KEY=VALUE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        key, sep, val = str(value).partition("=")
+        if not sep or not key:
+            self.fail(f"{value!r} is not KEY=VALUE", param, ctx)
+        return key, val
+
+
+class Duration(_ParamType):
+    """30s, 5m, 2h, 1d, 250ms, or plain seconds; converted to milliseconds."""
+
+    name = "DURATION"
+    UNITS: ClassVar[dict[str, int]] = {
+        "ms": 1,
+        "s": 1000,
+        "m": 60_000,
+        "h": 3_600_000,
+        "d": 86_400_000,
+        "": 1000,
+    }
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|)\s*", str(value))
+        if not match:
+            self.fail(f"{value!r} is not a duration: use e.g. 30s, 5m, 2h, 1d or 250ms", param, ctx)
+        return int(float(match[1]) * self.UNITS[match[2]])
+
+
+class DateTime(_ParamType):
+    name = "RFC3339"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if spec.parse_rfc3339(str(value)) is None:
+            self.fail(
+                f"{value!r} is not an RFC 3339 date-time with offset: "
+                "use e.g. 2026-01-31T02:00:00Z",
+                param,
+                ctx,
+            )
+        return str(value)
+
+
+def format_option(func: F) -> F:
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["json", "table"]),
+        default="json",
+        show_default=True,
+        help="json for programs, table for people.",
+    )(func)
+
+
+def emit(data: Any, fmt: str, columns: Sequence[str] = ()) -> None:
+    """Print data as JSON, or as an aligned table of `columns` (list of dicts) / key-value rows."""
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    rows = data if isinstance(data, list) else [{"key": k, "value": v} for k, v in data.items()]
+    columns = columns or ["key", "value"]
+    table = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for r in table:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any, width: int = 48) -> str:
+    if value is None:
+        return "-"
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = text.replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+JOB_COLUMNS = (
+    "id",
+    "state",
+    "priority",
+    "queue",
+    "attempts",
+    "available_at",
+    "command",
+    "last_error",
+)
+
+
+def emit_jobs(jobs: Sequence[Job], fmt: str) -> None:
+    emit([job.to_dict() for job in jobs], fmt, JOB_COLUMNS)
+
+
+# -- the group -----------------------------------------------------------------------------
+
+
+@click.group(cls=QueuectlGroup, context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--db",
+    envvar="QUEUECTL_DATABASE_URL",
+    metavar="URL",
+    help="Store URL: sqlite:///rel.db, sqlite:////abs.db or postgresql://... "
+    "[default: $QUEUECTL_HOME/queue.db; env: QUEUECTL_DATABASE_URL]",
+)
+@click.version_option(__version__, "--version", prog_name="queuectl")
+@click.pass_context
+def cli(ctx: click.Context, db: str | None) -> None:
+    """queuectl: run shell commands as background jobs, with retries and a dead letter queue.
+
+    \b
+    Example:
+        queuectl enqueue "echo hello"
+        queuectl worker run --drain
+        queuectl status --format table
+    """
+    app = App(db)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+@cli.command(name="enqueue")
+@click.argument("job_spec", metavar="SPEC")
+@click.option("--id", "job_id", help="Job id (default: generated, sortable by creation time).")
+@click.option("--priority", type=int, help="Higher runs first (default 0).")
+@click.option("--run-at", type=DateTime(), help="Not before this RFC 3339 instant.")
+@click.option("--delay", type=Duration(), help="Not before this long from now: 30s, 5m, 2h.")
+@click.option("--max-retries", type=click.IntRange(min=0), help="Retries after the first run.")
+@click.option("--timeout-ms", type=click.IntRange(min=0), help="Per-attempt limit; 0 = none.")
+@click.option("--queue", "queue_name", help="Named queue (default 'default').")
+@click.option("--env", "env", type=KeyValue(), multiple=True, help="Environment for the job.")
+@click.option("--label", "labels", type=KeyValue(), multiple=True, help="Label the job.")
+@pass_app
+def enqueue_cmd(
+    app: App,
+    job_spec: str,
+    job_id: str | None,
+    priority: int | None,
+    run_at: str | None,
+    delay: int | None,
+    max_retries: int | None,
+    timeout_ms: int | None,
+    queue_name: str | None,
+    env: tuple[tuple[str, str], ...],
+    labels: tuple[tuple[str, str], ...],
+) -> None:
+    """Enqueue a job: a command string, a JSON job object, or - for JSON/YAML on stdin.
+
+    Prints each new job id on its own line. Re-submitting an identical job with
+    the same id is a no-op that prints the id; a different spec is a conflict.
+
+    \b
+    Examples:
+        queuectl enqueue "make nightly" --priority 5 --max-retries 2
+        queuectl enqueue '{"id": "report-1", "command": ["python", "report.py"]}'
+        queuectl enqueue - < jobs.yaml
+    """
+    if run_at and delay is not None:
+        raise click.UsageError("--run-at and --delay both set a start time: use one of them")
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "id": job_id,
+            "priority": priority,
+            "run_at": run_at,
+            "max_retries": max_retries,
+            "timeout_ms": timeout_ms,
+            "queue": queue_name,
+        }.items()
+        if value is not None
+    }
+    if env:
+        overrides["env"] = dict(env)
+    if labels:
+        overrides["labels"] = dict(labels)
+    loaded = spec.inline_specs(job_spec, sys.stdin.read, overrides)
+    results = app.queue().enqueue(
+        [item.spec for item in loaded], source="inline", delay_ms=delay or 0
+    )
+    click.echo("\n".join(result.id for result in results))
+
+
+@cli.command(name="list")
+@click.option("--state", type=click.Choice([s.value for s in JobState]), help="Only this state.")
+@click.option("--queue", "queue_name", help="Only this queue.")
+@click.option("--label", "labels", type=KeyValue(), multiple=True, help="Only jobs with label.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=1000, show_default=True, help="At most N jobs."
+)
+@format_option
+@pass_app
+def list_cmd(
+    app: App,
+    state: str | None,
+    queue_name: str | None,
+    labels: tuple[tuple[str, str], ...],
+    limit: int,
+    fmt: str,
+) -> None:
+    """List jobs, oldest first.
+
+    \b
+    Example:
+        queuectl list --state failed --label team=data --format table
+    """
+    jobs = app.queue().list_jobs(
+        state=JobState(state) if state else None, queue=queue_name, labels=dict(labels), limit=limit
+    )
+    emit_jobs(jobs, fmt)
+
+
+@cli.command(name="show")
+@click.argument("job_id", metavar="ID")
+@format_option
+@pass_app
+def show_cmd(app: App, job_id: str, fmt: str) -> None:
+    """Show one job with all its fields.
+
+    \b
+    Example:
+        queuectl show 01JD4X2ZK8Q3V6T9W0B7N5M1C2
+    """
+    emit(app.queue().get(job_id).to_dict(), fmt)
+
+
+@cli.command(name="status")
+@format_option
+@pass_app
+def status_cmd(app: App, fmt: str) -> None:
+    """Show job counts per state (counts.dead is the DLQ size) and the live workers.
+
+    \b
+    Example:
+        queuectl status --format table
+    """
+    status = app.queue().status()
+    if fmt == "json":
+        emit(status, fmt)
+        return
+    emit(status["counts"], fmt)
+    click.echo(f"\n{len(status['workers'])} live worker(s)")
+    if status["workers"]:
+        emit(
+            status["workers"],
+            fmt,
+            ("id", "pid", "host", "started_at", "heartbeat_at", "current_job"),
+        )
+
+
+@cli.command(name="cancel")
+@click.argument("job_id", metavar="ID")
+@pass_app
+def cancel_cmd(app: App, job_id: str) -> None:
+    """Cancel a pending or failed job.
+
+    \b
+    Example:
+        queuectl cancel nightly-backup
+    """
+    job = app.queue().cancel(job_id)
+    click.echo(f"canceled {job.id}")
+
+
+@cli.command(name="logs")
+@click.argument("job_id", metavar="ID")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing output until the job ends.")
+@pass_app
+def logs_cmd(app: App, job_id: str, follow: bool) -> None:
+    """Print a job's output (stdout and stderr, one header line per attempt).
+
+    Shows the local log file when this machine has it, else the last 4 KiB kept in
+    the store.
+
+    \b
+    Example:
+        queuectl logs nightly-backup --follow
+    """
+    queue = app.queue()
+    if follow:
+        for chunk in _follow(queue, job_id):
+            click.echo(chunk, nl=False)
+        return
+    output = queue.output(job_id)
+    if output.origin == "none":
+        click.echo(f"job {job_id} has no output yet", err=True)
+    elif output.origin == "store":
+        click.echo(
+            "(the last 4 KiB kept in the store; the full log is on the worker's host)", err=True
+        )
+    click.echo(output.text, nl=False)
+
+
+def _follow(queue: Queue, job_id: str) -> Iterator[str]:
+    """The log file's content as it grows, until the job reaches an end state."""
+    path = job_log_path(job_id)
+    offset = 0
+    while True:
+        done = queue.get(job_id).state in TERMINAL_STATES  # read before the file: no lost tail
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                f.seek(offset)
+                chunk = f.read()
+                offset = f.tell()
+        except FileNotFoundError:
+            chunk = ""
+        if chunk:
+            yield chunk
+        if done:
+            return
+        time.sleep(0.2)  # following a file is polling by nature
+
+
+# -- dead letter queue ----------------------------------------------------------------
+
+
+@cli.group(name="dlq", cls=QueuectlGroup)
+def dlq_group() -> None:
+    """The dead letter queue: jobs that ran out of retries."""
+
+
+@dlq_group.command(name="list")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=1000, show_default=True, help="At most N jobs."
+)
+@format_option
+@pass_app
+def dlq_list_cmd(app: App, limit: int, fmt: str) -> None:
+    """List dead jobs, oldest first.
+
+    \b
+    Example:
+        queuectl dlq list --format table
+    """
+    emit_jobs(app.queue().dlq_list(limit=limit), fmt)
+
+
+@dlq_group.command(name="retry")
+@click.argument("job_ids", metavar="[ID]...", nargs=-1)
+@click.option("--all", "retry_all", is_flag=True, help="Retry every dead job.")
+@pass_app
+def dlq_retry_cmd(app: App, job_ids: tuple[str, ...], retry_all: bool) -> None:
+    """Move dead jobs back to pending with attempts reset to 0 (their spec is kept).
+
+    \b
+    Examples:
+        queuectl dlq retry nightly-backup
+        queuectl dlq retry --all
+    """
+    if bool(job_ids) == retry_all:
+        raise click.UsageError("name the dead jobs to retry, or pass --all")
+    retried = app.queue().dlq_retry(None if retry_all else list(job_ids))
+    click.echo(f"retried {len(retried)} job(s)")
+
+
+@dlq_group.command(name="purge")
+@pass_app
+def dlq_purge_cmd(app: App) -> None:
+    """Delete every dead job and its log file.
+
+    \b
+    Example:
+        queuectl dlq purge
+    """
+    click.echo(f"purged {len(app.queue().dlq_purge())} job(s)")
+
+
+# -- config ---------------------------------------------------------------------------
+
+
+@cli.group(name="config", cls=QueuectlGroup)
+def config_group() -> None:
+    """Settings kept in the store (QUEUECTL_<KEY> overrides one for one process)."""
+
+
+@config_group.command(name="set")
+@click.argument("key")
+@click.argument("value")
+@pass_app
+def config_set_cmd(app: App, key: str, value: str) -> None:
+    """Set a config key (max_retries, backoff_base, backoff_max_ms, poll_interval_ms,
+    job_timeout_ms, lease_ms); `-` and `_` are both accepted.
+
+    \b
+    Example:
+        queuectl config set max-retries 5
+    """
+    name, text = app.queue().config_set(key, value)
+    click.echo(f"{name} = {text}")
+
+
+@config_group.command(name="get")
+@click.argument("key")
+@pass_app
+def config_get_cmd(app: App, key: str) -> None:
+    """Print the effective value of a key, bare.
+
+    \b
+    Example:
+        queuectl config get backoff_base
+    """
+    click.echo(app.queue().config_get(key))
+
+
+@config_group.command(name="list")
+@format_option
+@pass_app
+def config_list_cmd(app: App, fmt: str) -> None:
+    """Print every key with its effective value.
+
+    \b
+    Example:
+        queuectl config list --format table
+    """
+    emit(app.queue().config_list(), fmt)
+
+
+# -- workers --------------------------------------------------------------------------
+
+
+@cli.group(name="worker", cls=QueuectlGroup)
+def worker_group() -> None:
+    """Run the workers that execute jobs."""
+
+
+def worker_options(func: F) -> F:
+    func = click.option(
+        "--queue", "queues", multiple=True, help="Serve only this queue (repeatable; default: all)."
+    )(func)
+    func = click.option(
+        "--poll-interval",
+        type=click.IntRange(min=10),
+        metavar="MS",
+        help="How often an idle worker looks for due jobs [config poll_interval_ms].",
+    )(func)
+    func = click.option(
+        "--count",
+        "-c",
+        type=click.IntRange(min=1, max=256),
+        default=1,
+        show_default=True,
+        help="Number of worker processes.",
+    )(func)
+    return func
+
+
+def _passthrough(poll_interval: int | None, queues: Sequence[str], drain: bool) -> list[str]:
+    args = [] if poll_interval is None else ["--poll-interval", str(poll_interval)]
+    for name in queues:
+        args += ["--queue", name]
+    return args + (["--drain"] if drain else [])
+
+
+@worker_group.command(name="run")
+@worker_options
+@click.option(
+    "--drain", is_flag=True, help="Exit 0 once nothing is processing, due, or waiting for a retry."
+)
+@pass_app
+def worker_run_cmd(
+    app: App, count: int, poll_interval: int | None, queues: tuple[str, ...], drain: bool
+) -> None:
+    """Run workers in the foreground (for containers, systemd and CI).
+
+    SIGTERM or Ctrl-C: finish the current job, then exit. A second Ctrl-C (a second
+    or more later) or SIGQUIT interrupts the running job, which is recorded as failed.
+
+    \b
+    Examples:
+        queuectl worker run --count 4
+        queuectl worker run --drain        # CI: run everything, then exit
+    """
+    if count > 1:
+        from .workers import Supervisor
+
+        queue = app.queue()  # opens and migrates the store once, before the children start
+        supervisor = Supervisor(
+            queue.store.url,
+            count,
+            _passthrough(poll_interval, queues, drain),
+            log=lambda line: click.echo(line, err=True),
+        )
+        with _signals(lambda signum: supervisor.forward(signum)):
+            code = supervisor.run()
+        sys.exit(code)
+
+    from .runner import Runner
+
+    runner = Runner(app.queue(durable=False).store, queues=queues, poll_interval_ms=poll_interval)
+    first_sigint: list[float] = []
+
+    def on_signal(signum: int) -> None:
+        if signum == signal.SIGQUIT:
+            runner.interrupt("interrupted by SIGQUIT")
+        elif signum == signal.SIGINT:
+            now = time.monotonic()
+            if not first_sigint:
+                first_sigint.append(now)
+                runner.stop()
+            elif now - first_sigint[0] >= 1.0:  # repeats within a second are one request
+                runner.interrupt("interrupted by a second Ctrl-C")
+        else:
+            runner.stop()
+
+    with _signals(on_signal):
+        runner.run(drain=drain)
+
+
+@functools.cache
+def _stop_signals() -> tuple[signal.Signals, ...]:
+    return (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+class _signals:
+    """Install a handler for SIGTERM, SIGINT and SIGQUIT; restore the previous ones after."""
+
+    def __init__(self, handler: Callable[[int], None]) -> None:
+        self.handler = handler
+        self.previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> None:
+        for sig in _stop_signals():
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.handler(signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
+
+
+@worker_group.command(name="start")
+@worker_options
+@pass_app
+def worker_start_cmd(
+    app: App, count: int, poll_interval: int | None, queues: tuple[str, ...]
+) -> None:
+    """Start detached worker processes (recorded in pids.json) and return at once.
+
+    \b
+    Example:
+        queuectl worker start --count 3
+    """
+    from .workers import start_detached
+
+    url = app.queue().store.url  # fail here, not in a detached child, if the store is unusable
+    pids = start_detached(url, count, _passthrough(poll_interval, queues, drain=False))
+    click.echo(f"started {len(pids)} worker(s): pid {', '.join(map(str, pids))}")
+
+
+@worker_group.command(name="stop")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=60,
+    show_default=True,
+    metavar="S",
+    help="Seconds to wait for running jobs to finish.",
+)
+@pass_app
+def worker_stop_cmd(app: App, timeout: float) -> None:
+    """Stop every worker of this home and store gracefully (each finishes its job).
+
+    \b
+    Example:
+        queuectl worker stop --timeout 120
+    """
+    from .workers import stop_workers
+
+    report = stop_workers(app.queue().store, timeout)
+    click.echo(f"stopped {len(report.stopped)} worker(s)")
+    if report.remote:
+        click.echo(f"asked {report.remote} worker(s) on other hosts to stop")
+    if report.still_running:
+        pids = ", ".join(map(str, report.still_running))
+        raise click.ClickException(
+            f"{len(report.still_running)} worker(s) still running after {timeout:g} s "
+            f"(pid {pids}): they are finishing a job; wait, or run `worker stop` again"
+        )

@@ -1,0 +1,162 @@
+"""Config keys, their validation, and QUEUECTL_<KEY> overrides.
+
+Values are persisted in the store as text and validated on the way in, so a
+bad value never reaches a worker. An environment variable QUEUECTL_<KEY>
+overrides the stored value for one process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from .errors import ConfigInvalid
+
+Number = int | float
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    default: Number
+    parse: Callable[[str], Number]
+    rule: str  # the allowed range, in words, for error messages
+    check: Callable[[Number], bool]
+    help: str
+
+
+def _int(text: str) -> int:
+    return int(text.strip().replace("_", ""))
+
+
+def _float(text: str) -> float:
+    value = float(text.strip().replace("_", ""))
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+KEYS: dict[str, Key] = {
+    key.name: key
+    for key in (
+        Key(
+            "max_retries",
+            3,
+            _int,
+            "an integer >= 0",
+            lambda v: v >= 0,
+            "retries after the first run, copied into each job at enqueue",
+        ),
+        Key(
+            "backoff_base",
+            2,
+            _float,
+            "a number > 1 and <= 100",
+            lambda v: 1 < v <= 100,
+            "a failed job waits backoff_base ** attempts seconds before its retry",
+        ),
+        Key(
+            "backoff_max_ms",
+            3_600_000,
+            _int,
+            "an integer >= 0",
+            lambda v: v >= 0,
+            "cap on the wait before a retry, in milliseconds",
+        ),
+        Key(
+            "poll_interval_ms",
+            500,
+            _int,
+            "an integer from 10 to 3600000",
+            lambda v: 10 <= v <= 3_600_000,
+            "how often an idle worker looks for jobs that became due",
+        ),
+        Key(
+            "job_timeout_ms",
+            0,
+            _int,
+            "an integer >= 0 (0 = no timeout)",
+            lambda v: v >= 0,
+            "per-attempt limit for jobs that set no timeout_ms",
+        ),
+        Key(
+            "lease_ms",
+            30_000,
+            _int,
+            "an integer from 200 to 86400000",
+            lambda v: 200 <= v <= 86_400_000,
+            "a worker that has not heartbeated for this long is presumed dead",
+        ),
+    )
+}
+
+
+def normalize_key(key: str) -> str:
+    """Map `max-retries` or `MAX_RETRIES` to `max_retries`; unknown keys raise ConfigInvalid."""
+    name = key.strip().lower().replace("-", "_")
+    if name not in KEYS:
+        raise ConfigInvalid(f"unknown config key {key!r}: use one of {', '.join(KEYS)}")
+    return name
+
+
+def parse_value(name: str, text: str, *, origin: str | None = None) -> Number:
+    """Parse and check a value for a config key; raise ConfigInvalid naming the allowed range."""
+    key = KEYS[name]
+    try:
+        value = key.parse(text)
+    except ValueError:
+        value = None
+    if value is None or not key.check(value):
+        where = origin or name
+        raise ConfigInvalid(f"{where}: {text!r} is not valid for {name}: use {key.rule}")
+    return value
+
+
+@dataclass(frozen=True)
+class Config:
+    """Effective config values: stored values, overridden by QUEUECTL_<KEY> variables."""
+
+    values: Mapping[str, Number]
+
+    @classmethod
+    def resolve(cls, stored: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Config:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Number] = {}
+        for name, key in KEYS.items():
+            env_name = f"QUEUECTL_{name.upper()}"
+            if env_name in environ:
+                values[name] = parse_value(name, environ[env_name], origin=env_name)
+            elif name in stored:
+                values[name] = parse_value(name, stored[name])
+            else:
+                values[name] = key.default
+        return cls(values)
+
+    def __getitem__(self, name: str) -> Number:
+        return self.values[name]
+
+    @property
+    def max_retries(self) -> int:
+        return int(self.values["max_retries"])
+
+    @property
+    def backoff_base(self) -> float:
+        return float(self.values["backoff_base"])
+
+    @property
+    def backoff_max_ms(self) -> int:
+        return int(self.values["backoff_max_ms"])
+
+    @property
+    def poll_interval_ms(self) -> int:
+        return int(self.values["poll_interval_ms"])
+
+    @property
+    def job_timeout_ms(self) -> int:
+        return int(self.values["job_timeout_ms"])
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.values["lease_ms"])

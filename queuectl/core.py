@@ -1,0 +1,148 @@
+"""Queue: enqueue, inspect, cancel, the dead letter queue and config (what the CLI calls)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from . import config as config_mod
+from .config import Config
+from .errors import JobNotFound, UsageProblem
+from .models import Job, JobSpec, JobState, NewJob, new_job_id, utcnow
+from .paths import job_log_path
+from .store import Store
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    id: str
+    created: bool  # False: an identical job existed, nothing changed
+
+
+@dataclass(frozen=True)
+class JobOutput:
+    """A job's output: the full local log file, or the tail kept in the store."""
+
+    text: str
+    origin: str  # "file", "store" or "none"
+
+
+def format_number(value: config_mod.Number) -> str:
+    """Config values as people write them: 2, not 2.0."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class Queue:
+    """The job queue on one store."""
+
+    def __init__(self, store: Store, *, clock: Clock = utcnow) -> None:
+        self.store = store
+        self.clock = clock
+
+    def config(self) -> Config:
+        return Config.resolve(self.store.read_config())
+
+    # -- jobs --------------------------------------------------------------------
+
+    def enqueue(
+        self, specs: Sequence[JobSpec], *, source: str = "inline", delay_ms: int = 0
+    ) -> list[Enqueued]:
+        """Enqueue jobs in one transaction; an identical re-submission of an id is a no-op.
+
+        :raises JobConflict: an id exists with a different spec (nothing is enqueued).
+        """
+        now = self.clock()
+        max_retries = self.config().max_retries
+        jobs = []
+        for spec in specs:
+            if spec.run_at is not None and delay_ms:
+                raise UsageProblem("a job with run_at cannot also take --delay: use one of them")
+            jobs.append(
+                NewJob(
+                    id=spec.id or new_job_id(),
+                    spec=spec,
+                    max_retries=max_retries if spec.max_retries is None else spec.max_retries,
+                    available_at=spec.run_at or now + timedelta(milliseconds=delay_ms),
+                    source=source,
+                )
+            )
+        created = self.store.insert_jobs(jobs, now)
+        return [
+            Enqueued(job.id, was_created) for job, was_created in zip(jobs, created, strict=True)
+        ]
+
+    def get(self, job_id: str) -> Job:
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[Job]:
+        return self.store.list_jobs(state=state, queue=queue, labels=labels, limit=limit)
+
+    def cancel(self, job_id: str) -> Job:
+        return self.store.cancel_job(job_id, self.clock())
+
+    def status(self) -> dict[str, Any]:
+        counts = self.store.count_by_state()
+        return {
+            "counts": {state.value: counts[state] for state in JobState},
+            "workers": [w.to_dict() for w in self.store.live_workers(self.clock())],
+            "store": self.store.url,
+        }
+
+    def output(self, job_id: str) -> JobOutput:
+        """The job's output: the local log file if this machine has it, else the stored tail."""
+        job = self.get(job_id)
+        with contextlib.suppress(FileNotFoundError):
+            return JobOutput(job_log_path(job_id).read_text(errors="replace"), "file")
+        if job.output_tail:
+            return JobOutput(job.output_tail, "store")
+        return JobOutput("", "none")
+
+    # -- dead letter queue ---------------------------------------------------------
+
+    def dlq_list(self, *, limit: int | None = None) -> list[Job]:
+        return self.list_jobs(state=JobState.DEAD, limit=limit)
+
+    def dlq_retry(self, job_ids: Sequence[str] | None) -> list[str]:
+        """Move dead jobs (all of them when job_ids is None) back to pending with attempts 0."""
+        return self.store.retry_dead(job_ids, self.clock())
+
+    def dlq_purge(self) -> list[str]:
+        """Delete every dead job and its log file."""
+        purged = self.store.purge_dead()
+        for job_id in purged:
+            with contextlib.suppress(FileNotFoundError):
+                job_log_path(job_id).unlink()
+        return purged
+
+    # -- config --------------------------------------------------------------------
+
+    def config_set(self, key: str, value: str) -> tuple[str, str]:
+        name = config_mod.normalize_key(key)
+        text = format_number(config_mod.parse_value(name, value))
+        self.store.write_config(name, text)
+        return name, text
+
+    def config_get(self, key: str) -> str:
+        name = config_mod.normalize_key(key)
+        return format_number(self.config()[name])
+
+    def config_list(self) -> dict[str, config_mod.Number]:
+        config = self.config()
+        return {name: config[name] for name in config_mod.KEYS}

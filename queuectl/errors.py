@@ -1,0 +1,74 @@
+"""Errors raised by the queuectl library.
+
+Each message is one line: what failed, on which input, and what to do. The CLI
+maps QueuectlError to exit code 1 and UsageProblem to exit code 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class QueuectlError(Exception):
+    """An operation failed; the message says why and what to do."""
+
+
+class UsageProblem(QueuectlError):
+    """The command was called with a value it cannot accept (exit code 2)."""
+
+
+class ConfigInvalid(UsageProblem):
+    """A config key is unknown or its value is out of range."""
+
+
+class JobNotFound(QueuectlError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} not found: check the id with `queuectl list`")
+
+
+class InvalidState(QueuectlError):
+    """The job is not in a state that allows the operation."""
+
+
+class JobConflict(QueuectlError):
+    """A job with this id exists with a different spec."""
+
+
+class StoreError(QueuectlError):
+    """The store cannot be opened or used."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer queuectl."""
+
+
+class MigrationFailed(StoreError):
+    """A schema migration failed; the database was left at its previous version."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a job spec, with its position in the source text."""
+
+    source: str
+    line: int
+    column: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}:{self.column}" if self.line else self.source
+        return (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
+
+
+class SpecInvalid(QueuectlError):
+    """One or more job specs broke the schema; `problems` lists every one."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        first = str(self.problems[0])
+        more = len(self.problems) - 1
+        super().__init__(first + (f" (and {more} more problem(s))" if more else ""))

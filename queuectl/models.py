@@ -1,0 +1,211 @@
+"""The job model: specs as declared, jobs as stored, and their states."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+DEFAULT_QUEUE = "default"
+DEFAULT_PRIORITY = 0
+OUTPUT_TAIL_BYTES = 4096
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+
+
+class JobState(enum.StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DEAD = "dead"
+    CANCELED = "canceled"
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware UTC (the default clock)."""
+    return datetime.now(UTC)
+
+
+def format_time(value: datetime | None) -> str | None:
+    """Format an instant as RFC 3339 UTC with milliseconds, e.g. 2026-01-02T03:04:05.678Z."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def to_ms(value: datetime) -> int:
+    """Milliseconds since the Unix epoch (how stores keep instants)."""
+    return int(value.timestamp() * 1000)
+
+
+def from_ms(value: int | None) -> datetime | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value / 1000, UTC)
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_id_lock = threading.Lock()
+_last_id: list[int] = [0, 0]  # [ms, random] of the newest id made by this process
+
+
+def new_job_id() -> str:
+    """Return a ULID: 26 characters that sort by creation time, unique across processes.
+
+    Within one millisecond the random part is incremented, so ids made by one
+    process (a batch enqueue, say) keep their order.
+    """
+    with _id_lock:
+        now_ms = time.time_ns() // 1_000_000
+        if now_ms <= _last_id[0]:
+            now_ms, rand = _last_id[0], _last_id[1] + 1
+        else:
+            rand = int.from_bytes(secrets.token_bytes(10), "big") >> 1  # room to increment
+        _last_id[0], _last_id[1] = now_ms, rand
+    value = (now_ms << 80) | rand
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job as declared: inline, in a spool file or in a committed spec file."""
+
+    command: str | tuple[str, ...]
+    id: str | None = None
+    priority: int = DEFAULT_PRIORITY
+    run_at: datetime | None = None
+    max_retries: int | None = None
+    timeout_ms: int | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    queue: str = DEFAULT_QUEUE
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def declared(self) -> dict[str, Any]:
+        """The spec as a JSON-ready dict, defaults filled in, without the id."""
+        return {
+            "command": list(self.command) if isinstance(self.command, tuple) else self.command,
+            "priority": self.priority,
+            "run_at": format_time(self.run_at),
+            "max_retries": self.max_retries,
+            "timeout_ms": self.timeout_ms,
+            "env": dict(sorted(self.env.items())),
+            "cwd": self.cwd,
+            "queue": self.queue,
+            "labels": dict(sorted(self.labels.items())),
+        }
+
+    @property
+    def spec_hash(self) -> str:
+        """A hash of the declared spec: equal hashes mean an identical re-submission."""
+        canonical = json.dumps(self.declared(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated spec with everything decided at enqueue time."""
+
+    id: str
+    spec: JobSpec
+    max_retries: int
+    available_at: datetime
+    source: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as stored, with its lifecycle fields."""
+
+    id: str
+    command: str | tuple[str, ...]
+    priority: int
+    run_at: datetime | None
+    max_retries: int
+    timeout_ms: int | None
+    env: Mapping[str, str]
+    cwd: str | None
+    queue: str
+    labels: Mapping[str, str]
+    state: JobState
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    available_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    exit_code: int | None
+    last_error: str | None
+    worker_id: str | None
+    source: str
+    spec_hash: str
+    lease_token: str | None = None
+    lease_expires_at: datetime | None = None
+    output_tail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as shown by `show` and `list` (JSON-ready)."""
+        return {
+            "id": self.id,
+            "command": list(self.command) if isinstance(self.command, tuple) else self.command,
+            "state": self.state.value,
+            "priority": self.priority,
+            "queue": self.queue,
+            "attempts": self.attempts,
+            "max_retries": self.max_retries,
+            "timeout_ms": self.timeout_ms,
+            "run_at": format_time(self.run_at),
+            "env": dict(self.env),
+            "cwd": self.cwd,
+            "labels": dict(self.labels),
+            "created_at": format_time(self.created_at),
+            "updated_at": format_time(self.updated_at),
+            "available_at": format_time(self.available_at),
+            "started_at": format_time(self.started_at),
+            "finished_at": format_time(self.finished_at),
+            "exit_code": self.exit_code,
+            "last_error": self.last_error,
+            "worker_id": self.worker_id,
+            "lease_expires_at": format_time(self.lease_expires_at),
+            "source": self.source,
+            "spec_hash": self.spec_hash,
+        }
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A registered worker process, as `status` shows it."""
+
+    id: str
+    pid: int
+    host: str
+    started_at: datetime
+    heartbeat_at: datetime
+    lease_expires_at: datetime
+    current_job: str | None
+    queues: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "pid": self.pid,
+            "host": self.host,
+            "started_at": format_time(self.started_at),
+            "heartbeat_at": format_time(self.heartbeat_at),
+            "current_job": self.current_job,
+            "queues": list(self.queues) or None,
+        }
+
+
+def new_worker_id() -> str:
+    """A worker id that names its host and pid, plus a random suffix against pid reuse."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"

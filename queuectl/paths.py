@@ -1,0 +1,48 @@
+"""Where queuectl keeps its files: $QUEUECTL_HOME, else ~/.queuectl (created 0700)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .errors import QueuectlError
+from .models import ID_PATTERN
+
+_ID = re.compile(ID_PATTERN)
+
+
+def home_dir() -> Path:
+    """The home directory, created with mode 0700 on first use."""
+    raw = os.environ.get("QUEUECTL_HOME")
+    home = Path(raw).expanduser() if raw else Path.home() / ".queuectl"
+    if not home.is_dir():
+        try:
+            home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise QueuectlError(
+                f"cannot create the queuectl home {str(home)!r} ({exc.strerror}): "
+                "set QUEUECTL_HOME to a writable directory"
+            ) from None
+    return home
+
+
+def default_db_url() -> str:
+    return f"sqlite:///{(home_dir() / 'queue.db').absolute()}"
+
+
+def logs_dir() -> Path:
+    path = home_dir() / "logs"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def job_log_path(job_id: str) -> Path:
+    """The log file of a job; ids that could escape the logs directory are refused."""
+    if not _ID.match(job_id) or ".." in job_id:
+        raise QueuectlError(f"{job_id!r} is not a valid job id: no log file can belong to it")
+    return logs_dir() / f"job-{job_id}.log"
+
+
+def pids_path() -> Path:
+    return home_dir() / "pids.json"

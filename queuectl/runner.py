@@ -1,0 +1,362 @@
+"""Runner: claim, execute, heartbeat, finish, and recover jobs of lost workers.
+
+One Runner is one worker. `run_once()` claims and runs at most one job;
+`run()` loops over it. Signal handlers only call `stop()` or `interrupt()`,
+which set a flag and wake the main loop through a pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from . import procs
+from .config import Config
+from .models import (
+    OUTPUT_TAIL_BYTES,
+    Job,
+    JobState,
+    WorkerInfo,
+    format_time,
+    new_worker_id,
+    utcnow,
+)
+from .paths import job_log_path
+from .store import Store, Transition, open_store
+
+Clock = Callable[[], datetime]
+Log = Callable[[str], None]
+CHANGE_CHECK_S = 0.025  # idle workers look for new commits this often (PRAGMA data_version)
+RECOVER_EVERY_S = 1.0
+
+
+def backoff_ms(config: Config, attempts: int) -> int:
+    """Wait before retry number `attempts`: backoff_base ** attempts seconds, capped."""
+    try:
+        wait = config.backoff_base**attempts * 1000
+    except OverflowError:
+        wait = math.inf
+    return int(min(wait, config.backoff_max_ms))
+
+
+def failure_transition(
+    job: Job, now: datetime, config: Config, *, exit_code: int | None, error: str, tail: str | None
+) -> Transition:
+    """A failed attempt: retry after a backoff, or move to the DLQ once retries run out."""
+    attempts = job.attempts + 1
+    if attempts > job.max_retries:
+        return Transition(JobState.DEAD, attempts, now, exit_code, error, tail)
+    available_at = now + timedelta(milliseconds=backoff_ms(config, attempts))
+    return Transition(JobState.FAILED, attempts, available_at, exit_code, error, tail)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How one run of a job ended."""
+
+    exit_code: int | None
+    error: str | None  # None: success
+
+    @classmethod
+    def from_returncode(cls, code: int, *, shell: bool) -> Attempt:
+        if code == 0:
+            return cls(0, None)
+        if code < 0:
+            return cls(None, f"killed by signal {-code}")
+        if code == 127 and shell:
+            return cls(127, "command not found (exit 127)")
+        if code == 126 and shell:
+            return cls(126, "command not executable (exit 126)")
+        return cls(code, f"exit code {code}")
+
+
+def _stderr_log(line: str) -> None:
+    print(f"{format_time(utcnow())} {line}", file=sys.stderr, flush=True)
+
+
+class Runner:
+    """A worker: claims due jobs from the store and runs them one at a time."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        queues: Sequence[str] = (),
+        poll_interval_ms: int | None = None,
+        clock: Clock = utcnow,
+        log: Log = _stderr_log,
+    ) -> None:
+        self.store = store
+        self.queues = tuple(queues)
+        self.clock = clock
+        self.log = log
+        self.worker_id = new_worker_id()
+        self.host = socket.gethostname()
+        self.config = Config.resolve(store.read_config())
+        self.poll_interval_ms = poll_interval_ms or self.config.poll_interval_ms
+        self.jobs_run = 0
+        self._stopping = False
+        self._interrupt_reason: str | None = None
+        self._wake = procs.WakePipe()
+        self._current: tuple[str, str] | None = None  # (job id, claim token)
+        self._last_recover = -math.inf
+
+    # -- control (safe from signal handlers) ---------------------------------------
+
+    def stop(self) -> None:
+        """Finish the current job, then return from run(). Idempotent."""
+        self._stopping = True
+        self._wake.wake()
+
+    def interrupt(self, reason: str) -> None:
+        """Kill the running job (recorded as a failed attempt) and stop."""
+        self._stopping = True
+        self._interrupt_reason = reason
+        self._wake.wake()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    # -- the loop --------------------------------------------------------------------
+
+    def run(self, *, drain: bool = False) -> None:
+        """Run jobs until stopped (or, with drain, until nothing is left to do)."""
+        now = self.clock()
+        lease = timedelta(milliseconds=self.config.lease_ms)
+        self.store.register_worker(
+            WorkerInfo(
+                id=self.worker_id,
+                pid=os.getpid(),
+                host=self.host,
+                started_at=now,
+                heartbeat_at=now,
+                lease_expires_at=now + lease,
+                current_job=None,
+                queues=self.queues,
+            )
+        )
+        self.log(f"worker {self.worker_id} started (queues: {', '.join(self.queues) or 'all'})")
+        beat_stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat_loop, args=(beat_stop,), daemon=True)
+        beat.start()
+        try:
+            while not self._stopping:
+                if self.run_once():
+                    continue
+                if drain and self.store.drain_blockers(self.queues, self.clock()) == 0:
+                    break
+                self._idle_wait()
+        finally:
+            beat_stop.set()
+            beat.join()
+            self.store.deregister_worker(self.worker_id)
+            self.log(f"worker {self.worker_id} stopped after {self.jobs_run} job(s)")
+
+    def run_once(self) -> bool:
+        """Claim and run at most one due job; True if one ran."""
+        self.recover_lost_jobs()
+        if self._stopping:
+            return False
+        now = self.clock()
+        token = secrets.token_hex(8)
+        lease_until = now + timedelta(milliseconds=self.config.lease_ms)
+        job = self.store.claim_next(self.worker_id, self.queues, now, lease_until, token)
+        if job is None:
+            return False
+        self._current = (job.id, token)
+        started = time.monotonic()
+        try:
+            attempt = self._execute(job)
+        except Exception as exc:  # a failure of ours must not leave the job processing
+            attempt = Attempt(None, f"worker error: {exc}")
+        tail = _read_tail(job.id)
+        self._current = None
+        self._record(job, token, attempt, tail, time.monotonic() - started)
+        self.jobs_run += 1
+        return True
+
+    def _record(
+        self, job: Job, token: str, attempt: Attempt, tail: str | None, took: float
+    ) -> None:
+        now = self.clock()
+        if attempt.error is None:
+            outcome = Transition(JobState.COMPLETED, job.attempts, job.available_at, 0, None, tail)
+        else:
+            self.config = Config.resolve(self.store.read_config())  # backoff settings may change
+            outcome = failure_transition(
+                job, now, self.config, exit_code=attempt.exit_code, error=attempt.error, tail=tail
+            )
+        if not self.store.finish(job.id, self.worker_id, token, outcome, now):
+            self.log(f"job {job.id}: claim lost before the result was recorded; result dropped")
+            return
+        detail = f" ({attempt.error})" if attempt.error else ""
+        retry = (
+            f", retry at {format_time(outcome.available_at)}"
+            if outcome.state is JobState.FAILED
+            else ""
+        )
+        self.log(f"job {job.id} {outcome.state.value}{detail} in {took * 1000:.0f} ms{retry}")
+
+    def _idle_wait(self) -> None:
+        """Wait for the poll interval, the next due job, a new commit, or a stop request."""
+        wait_s = self.poll_interval_ms / 1000
+        next_due = self.store.next_available_at(self.queues)
+        if next_due is not None:
+            wait_s = min(wait_s, max(0.0, (next_due - self.clock()).total_seconds()))
+        deadline = time.monotonic() + wait_s
+        while not self._stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._wake.wait(min(remaining, CHANGE_CHECK_S)):
+                return
+            if self.store.changed():
+                return
+
+    # -- executing a job ---------------------------------------------------------------
+
+    def _execute(self, job: Job) -> Attempt:
+        attempt_no = job.attempts + 1
+        shell = isinstance(job.command, str)
+        args = ["/bin/sh", "-c", job.command] if isinstance(job.command, str) else list(job.command)
+        env = {
+            **os.environ,
+            **job.env,
+            "QUEUECTL_JOB_ID": job.id,
+            "QUEUECTL_ATTEMPT": str(attempt_no),
+            "QUEUECTL_WORKER_ID": self.worker_id,
+        }
+        log_fd = os.open(job_log_path(job.id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            header = (
+                f"=== {format_time(self.clock())} attempt {attempt_no} worker {self.worker_id}\n"
+            )
+            os.write(log_fd, header.encode())
+            if job.cwd is not None and not os.path.isdir(job.cwd):
+                return self._note(log_fd, Attempt(None, f"working directory not found: {job.cwd}"))
+            try:
+                proc = subprocess.Popen(
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_fd,
+                    stderr=log_fd,
+                    cwd=job.cwd,
+                    env=env,
+                    start_new_session=True,  # its own group: timeouts kill it all
+                )
+            except FileNotFoundError:
+                return self._note(log_fd, Attempt(127, "command not found (exit 127)"))
+            except PermissionError:
+                return self._note(log_fd, Attempt(126, "command not executable (exit 126)"))
+            timeout_ms = (
+                job.timeout_ms if job.timeout_ms is not None else self.config.job_timeout_ms
+            )
+            attempt = self._wait(proc, timeout_ms, shell=shell)
+            return self._note(log_fd, attempt)
+        finally:
+            os.close(log_fd)
+
+    def _note(self, log_fd: int, attempt: Attempt) -> Attempt:
+        ending = attempt.error or "exit code 0"
+        os.write(log_fd, f"=== {format_time(self.clock())} {ending}\n".encode())
+        return attempt
+
+    def _wait(self, proc: subprocess.Popen[bytes], timeout_ms: int, *, shell: bool) -> Attempt:
+        deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
+        while True:
+            if self._interrupt_reason is not None:
+                procs.kill_group(proc)
+                return Attempt(None, self._interrupt_reason)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                procs.kill_group(proc)
+                return Attempt(None, f"timed out after {timeout_ms} ms")
+            if procs.wait_exited([proc], self._wake, remaining):
+                return Attempt.from_returncode(proc.returncode, shell=shell)
+
+    # -- leases and recovery -------------------------------------------------------------
+
+    def _heartbeat_loop(self, done: threading.Event) -> None:
+        """Renew this worker's lease (and its job's) every lease_ms / 3, on its own connection."""
+        store = open_store(self.store.url, durable=False)
+        try:
+            interval = self.config.lease_ms / 3000
+            while not done.wait(interval):
+                current = self._current
+                now = self.clock()
+                lease_until = now + timedelta(milliseconds=self.config.lease_ms)
+                try:
+                    beat = store.heartbeat(
+                        self.worker_id, now, lease_until, *(current or (None, None))
+                    )
+                except Exception as exc:  # a busy or unreachable store: try again next beat
+                    self.log(f"heartbeat failed: {exc}")
+                    continue
+                if beat.stop_requested and not self._stopping:
+                    self.log("stop requested through the store")
+                    self.stop()
+                if not beat.claim_held and current is not None and self._current == current:
+                    self.log(f"job {current[0]}: lease lost to another worker; killing it")
+                    self._interrupt_reason = "worker lost its lease"
+                    self._wake.wake()
+        finally:
+            store.close()
+
+    def recover_lost_jobs(self) -> int:
+        """Fail the attempts of processing jobs whose worker is gone; returns how many.
+
+        A worker is gone when its lease has expired, or (sooner) when it ran on
+        this host and its process no longer exists.
+        """
+        if time.monotonic() - self._last_recover < RECOVER_EVERY_S:
+            return 0
+        self._last_recover = time.monotonic()
+        now = self.clock()
+        recovered = 0
+        for job in self.store.processing_jobs():
+            if job.worker_id is None or job.lease_token is None:
+                continue
+            host, pid = _worker_host_pid(job.worker_id)
+            local_dead = host == self.host and pid is not None and not procs.pid_alive(pid)
+            expired = job.lease_expires_at is not None and job.lease_expires_at < now
+            if not (local_dead or expired):
+                continue
+            if host == self.host:
+                for pgid in procs.job_processes(job.id, job.worker_id):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(pgid, signal.SIGKILL)
+            reason = "worker lost (process died)" if local_dead else "worker lost (lease expired)"
+            outcome = failure_transition(
+                job, now, self.config, exit_code=None, error=reason, tail=None
+            )
+            if self.store.finish(job.id, job.worker_id, job.lease_token, outcome, now):
+                recovered += 1
+                self.log(f"job {job.id} {outcome.state.value} ({reason}, worker {job.worker_id})")
+        return recovered
+
+
+def _worker_host_pid(worker_id: str) -> tuple[str, int | None]:
+    host, _, rest = worker_id.partition(":")
+    pid, _, _ = rest.partition(":")
+    return host, int(pid) if pid.isdigit() else None
+
+
+def _read_tail(job_id: str) -> str | None:
+    """The last OUTPUT_TAIL_BYTES of the job's log, kept in the store for `logs` anywhere."""
+    try:
+        with open(job_log_path(job_id), "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - OUTPUT_TAIL_BYTES))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None

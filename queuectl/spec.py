@@ -1,0 +1,591 @@
+"""Job specs: YAML/JSON loading with node positions, schema validation -> JobSpec.
+
+This is the only module that parses spec text and the only one that calls
+jsonschema. Everything after it handles frozen JobSpec objects.
+
+Validation uses schemas/job.schema.json, the single source of truth, twice
+over: a small compiled checker handles the common valid case fast (a
+100,000-job batch must load in about a second, and jsonschema takes ~45 us a
+job), and any job it does not accept is validated again by jsonschema, which
+produces the error messages. The compiled checker understands only the
+keywords the schema uses; a keyword it does not know disables it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import Problem, SpecInvalid, UsageProblem
+from .models import JobSpec
+
+if TYPE_CHECKING:
+    import yaml
+
+PathTuple = tuple[str | int, ...]
+MAX_DEPTH = 64
+# YAML aliases may expand a document to at most this many nodes per byte of text
+# (plus a floor), so honest large files pass and alias bombs fail fast.
+ALIAS_NODES_PER_BYTE = 2
+ALIAS_NODES_FLOOR = 10_000
+
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def parse_rfc3339(text: str) -> datetime | None:
+    """Parse an RFC 3339 date-time with an offset; None when it is not one."""
+    if not _RFC3339.match(text):
+        return None
+    try:
+        return datetime.fromisoformat(text.upper().replace(" ", "T"))
+    except ValueError:
+        return None
+
+
+@functools.cache
+def schema_text() -> str:
+    """The job schema as shipped inside the package (or in the source tree)."""
+    packaged = resources.files("queuectl").joinpath("schemas/job.schema.json")
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    # An editable install runs from the source tree, where the schema sits at the top.
+    return (Path(__file__).resolve().parent.parent / "schemas" / "job.schema.json").read_text(
+        encoding="utf-8"
+    )
+
+
+@functools.cache
+def schema() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(schema_text())
+    return loaded
+
+
+@functools.cache
+def _validator() -> Any:
+    import jsonschema  # slow to import: only when a job needs error messages
+
+    checker = jsonschema.FormatChecker(formats=())
+    checker.checks("date-time")(
+        lambda value: not isinstance(value, str) or bool(parse_rfc3339(value))
+    )
+    return jsonschema.Draft202012Validator(schema(), format_checker=checker)
+
+
+# --- the compiled fast checker -------------------------------------------------
+
+Check = Callable[[Any], bool]
+_ANNOTATIONS = {"$schema", "$id", "title", "description", "default", "x-expected", "$comment"}
+_TYPES: dict[str, Check] = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+}
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _compile(node: dict[str, Any]) -> Check:
+    checks: list[Check] = []
+    for keyword, arg in node.items():
+        if keyword in _ANNOTATIONS:
+            continue
+        checks.append(_compile_keyword(keyword, arg, node))
+    return lambda v: all(check(v) for check in checks)
+
+
+def _compile_keyword(keyword: str, arg: Any, node: dict[str, Any]) -> Check:
+    if keyword == "type":
+        return _TYPES[arg]
+    if keyword == "required":
+        return lambda v: not isinstance(v, dict) or all(k in v for k in arg)
+    if keyword == "properties":
+        props = {k: _compile(s) for k, s in arg.items()}
+        return lambda v: (
+            not isinstance(v, dict) or all(props[k](x) for k, x in v.items() if k in props)
+        )
+    if keyword == "additionalProperties":
+        known = set(node.get("properties", {}))
+        if arg is False:
+            return lambda v: not isinstance(v, dict) or all(k in known for k in v)
+        extra = _compile(arg)
+        return lambda v: (
+            not isinstance(v, dict) or all(extra(x) for k, x in v.items() if k not in known)
+        )
+    if keyword == "propertyNames":
+        names = _compile(arg)
+        return lambda v: not isinstance(v, dict) or all(names(k) for k in v)
+    if keyword == "pattern":
+        search = re.compile(arg).search
+        return lambda v: not isinstance(v, str) or bool(search(v))
+    if keyword == "minLength":
+        return lambda v: not isinstance(v, str) or len(v) >= arg
+    if keyword == "minItems":
+        return lambda v: not isinstance(v, list) or len(v) >= arg
+    if keyword == "minimum":
+        return lambda v: not _TYPES["number"](v) or v >= arg
+    if keyword == "maximum":
+        return lambda v: not _TYPES["number"](v) or v <= arg
+    if keyword == "prefixItems":
+        firsts = [_compile(s) for s in arg]
+        return lambda v: (
+            not isinstance(v, list) or all(c(x) for c, x in zip(firsts, v, strict=False))
+        )
+    if keyword == "items":
+        item = _compile(arg)
+        skip = len(node.get("prefixItems", ()))
+        return lambda v: not isinstance(v, list) or all(item(x) for x in v[skip:])
+    if keyword == "oneOf":
+        options = [_compile(s) for s in arg]
+        return lambda v: sum(1 for o in options if o(v)) == 1
+    if keyword == "not":
+        inner = _compile(arg)
+        return lambda v: not inner(v)
+    if keyword == "format" and arg == "date-time":
+        return lambda v: not isinstance(v, str) or parse_rfc3339(v) is not None
+    raise _Unsupported(keyword)
+
+
+@functools.cache
+def _fast_check() -> Check | None:
+    try:
+        return _compile(schema())
+    except (_Unsupported, KeyError):
+        return None
+
+
+# --- loading text with positions --------------------------------------------------
+
+
+@dataclass
+class Document:
+    """One parsed document and where each of its nodes stands in the source text."""
+
+    source: str
+    data: Any
+    line: int = 1  # where the document starts
+    _positions: dict[PathTuple, tuple[int, int]] | None = None
+    _key_positions: dict[PathTuple, tuple[int, int]] = field(default_factory=dict)
+    _locate: Callable[[], None] | None = None
+
+    def position(self, path: Sequence[str | int], *, key: bool = False) -> tuple[int, int]:
+        """(line, column), 1-based, of the node at `path` (or of its key)."""
+        if self._positions is None and self._locate is not None:
+            self._locate()
+        table = self._key_positions if key else (self._positions or {})
+        path = tuple(path)
+        while path and path not in table:
+            path, key, table = path[:-1], False, self._positions or {}
+        return table.get(path, (self.line, 1))
+
+
+class _Budget:
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+
+def _construct(
+    node: yaml.Node,
+    doc: Document,
+    path: PathTuple,
+    budget: _Budget,
+    problems: list[Problem],
+) -> Any:
+    import yaml
+
+    budget.left -= 1
+    if budget.left < 0:
+        raise _TooBig
+    if len(path) > MAX_DEPTH:
+        raise _TooDeep
+    assert doc._positions is not None  # built by _load_yaml before construction
+    doc._positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _construct(key_node, doc, (*path, "<key>"), budget, problems)
+            if isinstance(key, list | dict):
+                raise _Bad(key_node, "mapping keys must be scalars")
+            key = key if isinstance(key, str) else str(key)
+            if key in result:
+                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                problems.append(
+                    Problem(
+                        doc.source,
+                        line,
+                        col,
+                        _dotted((*path, key)),
+                        "duplicate key: remove one of them",
+                    )
+                )
+            doc._key_positions.setdefault(
+                (*path, key), (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            )
+            result[key] = _construct(value_node, doc, (*path, key), budget, problems)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _construct(item, doc, (*path, i), budget, problems) for i, item in enumerate(node.value)
+        ]
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    constructor = _yaml_constructor()
+    tag = node.tag
+    if tag in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:timestamp"):
+        return node.value  # timestamps stay text: run_at is checked as RFC 3339 text
+    if tag == "tag:yaml.org,2002:int":
+        return constructor.construct_yaml_int(node)
+    if tag == "tag:yaml.org,2002:float":
+        return constructor.construct_yaml_float(node)
+    if tag == "tag:yaml.org,2002:bool":
+        return constructor.construct_yaml_bool(node)
+    if tag == "tag:yaml.org,2002:null":
+        return None
+    raise _Bad(node, f"unsupported YAML tag {tag!r}: use plain values")
+
+
+@functools.cache
+def _yaml_constructor() -> Any:
+    import yaml
+
+    return yaml.constructor.SafeConstructor()
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _TooDeep(Exception):
+    pass
+
+
+class _Bad(Exception):
+    def __init__(self, node: Any, message: str) -> None:
+        super().__init__(message)
+        self.line = node.start_mark.line + 1
+        self.column = node.start_mark.column + 1
+
+
+def _dotted(path: Iterable[str | int]) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _yaml_loader() -> type:
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_yaml(text: str, source: str) -> list[Document]:
+    """Parse YAML (one or more documents) into Documents; raise SpecInvalid on bad text."""
+    import yaml
+
+    budget = _Budget(ALIAS_NODES_FLOOR + ALIAS_NODES_PER_BYTE * len(text))
+    docs: list[Document] = []
+    problems: list[Problem] = []
+    try:
+        for node in yaml.compose_all(text, Loader=_yaml_loader()):
+            if node is None:
+                continue
+            doc = Document(source, None, line=node.start_mark.line + 1, _positions={})
+            doc.data = _construct(node, doc, (), budget, problems)
+            docs.append(doc)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        reason = exc.problem or exc.context or "invalid YAML"
+        raise SpecInvalid([Problem(source, line, col, "", f"invalid YAML: {reason}")]) from None
+    except yaml.YAMLError as exc:
+        raise SpecInvalid([Problem(source, 1, 1, "", f"invalid YAML: {exc}")]) from None
+    except _Bad as exc:
+        raise SpecInvalid([Problem(source, exc.line, exc.column, "", str(exc))]) from None
+    except _TooBig:
+        raise SpecInvalid(
+            [
+                Problem(
+                    source,
+                    1,
+                    1,
+                    "",
+                    "YAML aliases expand too far (alias bomb?): write the values out",
+                )
+            ]
+        ) from None
+    except (_TooDeep, RecursionError):
+        raise SpecInvalid(
+            [
+                Problem(
+                    source, 1, 1, "", f"nested deeper than {MAX_DEPTH} levels: a job spec is flat"
+                )
+            ]
+        ) from None
+    if problems:
+        raise SpecInvalid(problems)
+    return docs
+
+
+def load_json(text: str, source: str) -> Document:
+    """Parse JSON as JSON (fast for big batches); positions are found only if needed."""
+    duplicates: list[str] = []
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = dict(pairs)
+        if len(result) != len(pairs):
+            seen: set[str] = set()
+            duplicates.extend(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        return result
+
+    try:
+        data = json.loads(text, object_pairs_hook=no_duplicates)
+    except json.JSONDecodeError as exc:
+        raise SpecInvalid(
+            [Problem(source, exc.lineno, exc.colno, "", f"invalid JSON: {exc.msg}")]
+        ) from None
+    except RecursionError:
+        raise SpecInvalid(
+            [
+                Problem(
+                    source, 1, 1, "", f"nested deeper than {MAX_DEPTH} levels: a job spec is flat"
+                )
+            ]
+        ) from None
+    doc = Document(source, data)
+    doc._locate = functools.partial(_locate_json, doc, text)
+    if duplicates:
+        line, col = doc.position(())
+        raise SpecInvalid(
+            [Problem(source, line, col, k, "duplicate key: remove one of them") for k in duplicates]
+        )
+    return doc
+
+
+def _locate_json(doc: Document, text: str) -> None:
+    """Find node positions in JSON text by composing it as YAML (only on the error path)."""
+    doc._positions = {}
+    try:
+        (located,) = load_yaml(text, doc.source)
+    except (SpecInvalid, ValueError):
+        return
+    doc._positions, doc._key_positions = located._positions or {}, located._key_positions
+
+
+def load_text(text: str, source: str, *, is_json: bool | None = None) -> list[Document]:
+    """Parse spec text: JSON when it is JSON (by suffix or first character), else YAML."""
+    text = text.removeprefix("\ufeff")
+    if is_json is None:
+        is_json = text.lstrip()[:1] in ("{", "[")
+        if is_json:
+            try:
+                return [load_json(text, source)]
+            except SpecInvalid:
+                pass  # YAML flow style also starts with { or [: let the YAML parser judge
+            return load_yaml(text, source)
+    return [load_json(text, source)] if is_json else load_yaml(text, source)
+
+
+# --- validation -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    """A validated spec and where it was declared."""
+
+    spec: JobSpec
+    source: str
+    line: int
+    column: int
+
+
+def job_entries(doc: Document) -> Iterator[tuple[PathTuple, Any]]:
+    """The jobs in a document: one mapping, or a list of them."""
+    if isinstance(doc.data, list):
+        for i, item in enumerate(doc.data):
+            yield (i,), item
+    else:
+        yield (), doc.data
+
+
+def validate_documents(docs: Sequence[Document]) -> list[LoadedSpec]:
+    """Validate every job in the documents; raise SpecInvalid listing every problem."""
+    fast = _fast_check()
+    problems: list[Problem] = []
+    loaded: list[LoadedSpec] = []
+    for doc in docs:
+        for prefix, data in job_entries(doc):
+            if fast is not None and fast(data):
+                line, col = (doc.line, 1) if doc._locate else doc.position(prefix)
+                loaded.append(LoadedSpec(_to_spec(data), doc.source, line, col))
+                continue
+            found = list(_problems(doc, prefix, data))
+            if found:
+                problems.extend(found)
+            else:  # the fast checker was stricter than jsonschema: trust jsonschema
+                line, col = doc.position(prefix)
+                loaded.append(LoadedSpec(_to_spec(data), doc.source, line, col))
+    problems.extend(_duplicate_ids(loaded))
+    if problems:
+        raise SpecInvalid(problems)
+    if not loaded:
+        source = docs[0].source if docs else "<input>"
+        raise SpecInvalid(
+            [Problem(source, 1, 1, "", "no job found: expected a job mapping or a list of jobs")]
+        )
+    return loaded
+
+
+def _problems(doc: Document, prefix: PathTuple, data: Any) -> Iterator[Problem]:
+    if not isinstance(data, dict):
+        line, col = doc.position(prefix)
+        yield Problem(
+            doc.source,
+            line,
+            col,
+            "",
+            f"expected a job (a mapping with a command), got {_kind(data)}",
+        )
+        return
+    errors = sorted(_validator().iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
+    for err in errors:
+        path = tuple(err.absolute_path)
+        field_name, message, key = _describe(err, data)
+        line, col = doc.position(prefix + path + ((field_name,) if key else ()), key=key)
+        yield Problem(doc.source, line, col, field_name or _dotted(path), message)
+
+
+def _describe(err: Any, data: dict[str, Any]) -> tuple[str, str, bool]:
+    """(field, message, points-at-key) for one jsonschema error, in words a user can act on."""
+    if err.validator == "additionalProperties" and not err.absolute_path:
+        known = list(schema()["properties"])
+        unknown = [k for k in err.instance if k not in known]
+        name = unknown[0] if unknown else ""
+        hint = difflib.get_close_matches(name, known, n=1)
+        fix = f"did you mean {hint[0]!r}?" if hint else f"allowed fields: {', '.join(known)}"
+        return name, f"unknown field: {fix}", True
+    if err.validator == "required":
+        missing = [k for k in err.validator_value if k not in err.instance]
+        return ", ".join(missing), "required field is missing: add it", False
+    expected = err.schema.get("x-expected") or _parent_expected(err)
+    if expected:
+        return "", f"{err.instance!r} is not valid: use {expected}", False
+    if err.validator == "format":
+        return (
+            "",
+            f"{err.instance!r} is not an RFC 3339 date-time with offset, e.g. 2026-01-31T02:00:00Z",
+            False,
+        )
+    return "", err.message, False
+
+
+def _parent_expected(err: Any) -> str | None:
+    """The x-expected of the property whose sub-schema failed (for oneOf/not branches)."""
+    path = list(err.absolute_path)
+    if not path or not isinstance(path[0], str):
+        return None
+    prop = schema()["properties"].get(path[0], {})
+    expected = prop.get("x-expected")
+    return str(expected) if expected else None
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _duplicate_ids(loaded: Sequence[LoadedSpec]) -> Iterator[Problem]:
+    first: dict[str, LoadedSpec] = {}
+    for item in loaded:
+        job_id = item.spec.id
+        if job_id is None:
+            continue
+        if job_id in first:
+            seen = first[job_id]
+            yield Problem(
+                item.source,
+                item.line,
+                item.column,
+                "id",
+                f"duplicate id {job_id!r} (first declared at {seen.source}:{seen.line}): "
+                "ids must be unique",
+            )
+        else:
+            first[job_id] = item
+
+
+def _to_spec(data: dict[str, Any]) -> JobSpec:
+    command = data["command"]
+    run_at = data.get("run_at")
+    return JobSpec(
+        command=tuple(command) if isinstance(command, list) else command,
+        id=data.get("id"),
+        priority=int(data.get("priority", 0)),
+        run_at=parse_rfc3339(run_at) if run_at is not None else None,
+        max_retries=_opt_int(data.get("max_retries")),
+        timeout_ms=_opt_int(data.get("timeout_ms")),
+        env=dict(data.get("env", {})),
+        cwd=data.get("cwd"),
+        queue=data.get("queue", "default"),
+        labels=dict(data.get("labels", {})),
+    )
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def parse_specs(text: str, source: str, *, is_json: bool | None = None) -> list[LoadedSpec]:
+    """Parse and validate spec text; raise SpecInvalid with every problem's position."""
+    return validate_documents(load_text(text, source, is_json=is_json))
+
+
+def validate_values(values: Sequence[Any], source: str) -> list[LoadedSpec]:
+    """Validate job dicts built in memory (inline enqueue)."""
+    return validate_documents([Document(source, list(values), line=0, _positions={})])
+
+
+def inline_specs(
+    arg: str, read_stdin: Callable[[], str], overrides: dict[str, Any]
+) -> list[LoadedSpec]:
+    """The jobs of `queuectl enqueue ARG`: JSON, a plain command string, or `-` for stdin.
+
+    `overrides` (from command-line options) replace fields of every job; `env` and
+    `labels` are merged into the job's own.
+    """
+    if arg == "-":
+        docs = load_text(read_stdin(), "<stdin>")
+    elif arg.lstrip()[:1] in ("{", "["):
+        docs = [load_json(arg, "<argument>")]
+        data = docs[0].data
+        if isinstance(data, list) and data and all(isinstance(x, str) for x in data):
+            docs[0].data = {"command": data}  # an argv array: exec'd without a shell
+    else:
+        docs = [Document("<argument>", {"command": arg}, line=0, _positions={})]
+    jobs = [data for doc in docs for _, data in job_entries(doc)]
+    if "id" in overrides and len(jobs) > 1:
+        raise UsageProblem(
+            f"--id names one job but the input holds {len(jobs)}: set ids in the spec"
+        )
+    for data in jobs:
+        if not isinstance(data, dict):
+            continue
+        for key, value in overrides.items():
+            if key in ("env", "labels") and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+    return validate_documents(docs)

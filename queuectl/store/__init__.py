@@ -1,0 +1,160 @@
+"""The Store protocol, the one interface core and runner use, and open_store(url).
+
+Each backend owns all of its SQL. Instants cross this interface as aware UTC
+datetimes; queue rules (retry policy, backoff) stay in the callers, which pass
+the resulting transition in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from ..errors import StoreError
+from ..models import Job, JobState, NewJob, WorkerInfo
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The outcome of one attempt, as the store records it (fenced by the claim token)."""
+
+    state: JobState
+    attempts: int
+    available_at: datetime
+    exit_code: int | None
+    last_error: str | None
+    output_tail: str | None  # None keeps the stored tail
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    stop_requested: bool
+    claim_held: bool  # False when the current job's claim was taken over
+
+
+class Store(Protocol):
+    """What every backend provides. Methods return lists or dataclasses, never cursors."""
+
+    url: str
+
+    def close(self) -> None: ...
+
+    # jobs
+    def insert_jobs(self, jobs: Sequence[NewJob], now: datetime) -> list[bool]:
+        """Insert jobs in one transaction; per job True if created, False if an identical job
+        existed. Raises JobConflict (and inserts nothing) if an id exists with another spec."""
+        ...
+
+    def get_job(self, job_id: str) -> Job | None: ...
+
+    def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[Job]:
+        """Jobs oldest first (created_at, then id)."""
+        ...
+
+    def count_by_state(self) -> dict[JobState, int]: ...
+
+    def cancel_job(self, job_id: str, now: datetime) -> Job:
+        """pending/failed -> canceled; raises JobNotFound or InvalidState."""
+        ...
+
+    def retry_dead(self, job_ids: Sequence[str] | None, now: datetime) -> list[str]:
+        """dead -> pending with attempts 0 (all dead jobs when job_ids is None)."""
+        ...
+
+    def purge_dead(self) -> list[str]:
+        """Delete every dead job; return their ids."""
+        ...
+
+    # config
+    def read_config(self) -> dict[str, str]: ...
+
+    def write_config(self, key: str, value: str) -> None: ...
+
+    # workers
+    def register_worker(self, worker: WorkerInfo) -> None: ...
+
+    def heartbeat(
+        self,
+        worker_id: str,
+        now: datetime,
+        lease_until: datetime,
+        job_id: str | None,
+        token: str | None,
+    ) -> Heartbeat: ...
+
+    def deregister_worker(self, worker_id: str) -> None: ...
+
+    def live_workers(self, now: datetime) -> list[WorkerInfo]: ...
+
+    def request_stop(self, worker_ids: Sequence[str] | None = None) -> int: ...
+
+    def claim_next(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        now: datetime,
+        lease_until: datetime,
+        token: str,
+    ) -> Job | None:
+        """Atomically claim the next due job (priority desc, created_at, id) or return None."""
+        ...
+
+    def finish(
+        self, job_id: str, worker_id: str, token: str, outcome: Transition, now: datetime
+    ) -> bool:
+        """Record an attempt's outcome if `token` still holds the claim; else change nothing."""
+        ...
+
+    def processing_jobs(self) -> list[Job]:
+        """Every claimed job, so the runner can recover those whose worker is gone."""
+        ...
+
+    def drain_blockers(self, queues: Sequence[str], now: datetime) -> int:
+        """How many jobs keep `worker run --drain` alive: processing, due, or awaiting a retry."""
+        ...
+
+    def next_available_at(self, queues: Sequence[str]) -> datetime | None:
+        """The earliest instant a pending or failed job becomes due."""
+        ...
+
+    def changed(self) -> bool:
+        """Cheap check: has anything been committed by another connection since the last call?"""
+        ...
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a sqlite:/// URL: relative to the working directory, or absolute with ////."""
+    path = url.removeprefix("sqlite:///")
+    if not path:
+        raise StoreError(
+            f"{url!r} names no file: use sqlite:///relative.db or sqlite:////abs/path.db"
+        )
+    return Path(path)
+
+
+def open_store(url: str, *, durable: bool = True) -> Store:
+    """Open (and migrate) the store at `url`.
+
+    durable=False lets a worker commit its own state transitions with
+    synchronous=NORMAL: a transition lost to power loss means a re-run, which
+    at-least-once delivery allows. Acknowledged user writes stay durable.
+    """
+    if url.startswith("sqlite:///"):
+        from .sqlite import SqliteStore
+
+        return SqliteStore(sqlite_path(url), url=url, durable=durable)
+    if url.startswith(("postgresql://", "postgres://")):
+        raise StoreError(
+            f"{url!r}: this queuectl has no PostgreSQL store yet: use a sqlite:/// URL"
+        )
+    raise StoreError(f"unsupported database URL {url!r}: use sqlite:///path/to/file.db")

@@ -1,0 +1,506 @@
+"""SQLite store: the only module that imports sqlite3.
+
+Connections open with isolation_level=None so Python never starts a
+transaction on its own; every write goes through `_write()` (BEGIN IMMEDIATE,
+so a writer waits for the lock up front instead of failing on upgrade).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import (
+    InvalidState,
+    JobConflict,
+    JobNotFound,
+    MigrationFailed,
+    SchemaTooNew,
+    StoreError,
+)
+from ..models import Job, JobState, NewJob, WorkerInfo, from_ms, to_ms
+from . import Heartbeat, Transition
+
+MIN_SQLITE = (3, 35, 0)  # UPDATE ... RETURNING
+BUSY_TIMEOUT_MS = 60_000  # contention waits instead of failing with "database is locked"
+
+INSERT_JOB = """
+INSERT INTO jobs (id, command, priority, run_at, max_retries, timeout_ms, env, cwd, queue,
+                  labels, state, attempts, created_at, updated_at, available_at, source,
+                  spec_hash)
+VALUES (:id, :command, :priority, :run_at, :max_retries, :timeout_ms, :env, :cwd, :queue,
+        :labels, 'pending', 0, :now, :now, :available_at, :source, :spec_hash)
+"""
+EXISTING_HASHES = """
+SELECT id, spec_hash, source FROM jobs WHERE id IN (SELECT value FROM json_each(:ids))
+"""
+GET_JOB = "SELECT * FROM jobs WHERE id = :id"
+LIST_JOBS = """
+SELECT * FROM jobs
+ WHERE (:state IS NULL OR state = :state)
+   AND (:queue IS NULL OR queue = :queue)
+   AND NOT EXISTS (SELECT 1 FROM json_each(:labels) AS want
+                    WHERE json_extract(jobs.labels, '$."' || want.key || '"') IS NOT want.value)
+ ORDER BY created_at, id
+ LIMIT :limit
+"""
+COUNT_BY_STATE = "SELECT state, count(*) AS n FROM jobs GROUP BY state"
+CANCEL_JOB = """
+UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now
+ WHERE id = :id AND state IN ('pending', 'failed')
+"""
+RETRY_DEAD = """
+UPDATE jobs SET state = 'pending', attempts = 0, available_at = :now, updated_at = :now,
+                started_at = NULL, finished_at = NULL, exit_code = NULL, last_error = NULL,
+                worker_id = NULL, lease_token = NULL, lease_expires_at = NULL
+ WHERE state = 'dead' AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))
+RETURNING id
+"""
+PURGE_DEAD = "DELETE FROM jobs WHERE state = 'dead' RETURNING id"
+READ_CONFIG = "SELECT key, value FROM config"
+WRITE_CONFIG = """
+INSERT INTO config (key, value) VALUES (:key, :value)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
+REGISTER_WORKER = """
+INSERT INTO workers (id, pid, host, queues, started_at, heartbeat_at, lease_expires_at)
+VALUES (:id, :pid, :host, :queues, :started_at, :heartbeat_at, :lease_expires_at)
+"""
+HEARTBEAT_WORKER = """
+UPDATE workers SET heartbeat_at = :now, lease_expires_at = :lease_until
+ WHERE id = :worker_id
+RETURNING stop_requested
+"""
+RENEW_JOB_LEASE = """
+UPDATE jobs SET lease_expires_at = :lease_until
+ WHERE id = :job_id AND lease_token = :token AND state = 'processing'
+"""
+DEREGISTER_WORKER = "DELETE FROM workers WHERE id = :worker_id"
+LIVE_WORKERS = "SELECT * FROM workers WHERE lease_expires_at >= :now ORDER BY started_at, id"
+FORGET_DEAD_WORKERS = "DELETE FROM workers WHERE lease_expires_at < :before"
+REQUEST_STOP = """
+UPDATE workers SET stop_requested = 1
+ WHERE :ids IS NULL OR id IN (SELECT value FROM json_each(:ids))
+"""
+CLAIM_NEXT = """
+UPDATE jobs SET state = 'processing', worker_id = :worker_id, lease_token = :token,
+                started_at = :now, updated_at = :now, finished_at = NULL,
+                lease_expires_at = :lease_until
+ WHERE id = (SELECT id FROM jobs
+              WHERE state IN ('pending', 'failed') AND available_at <= :now
+                AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+              ORDER BY priority DESC, created_at, id
+              LIMIT 1)
+RETURNING *
+"""
+SET_CURRENT_JOB = "UPDATE workers SET current_job = :job_id WHERE id = :worker_id"
+FINISH_JOB = """
+UPDATE jobs SET state = :state, attempts = :attempts, available_at = :available_at,
+                exit_code = :exit_code, last_error = :last_error,
+                output_tail = coalesce(:output_tail, output_tail),
+                updated_at = :now, finished_at = :now,
+                lease_token = NULL, lease_expires_at = NULL
+ WHERE id = :job_id AND lease_token = :token AND state = 'processing'
+"""
+CLEAR_CURRENT_JOB = """
+UPDATE workers SET current_job = NULL WHERE id = :worker_id AND current_job = :job_id
+"""
+PROCESSING_JOBS = "SELECT * FROM jobs WHERE state = 'processing'"
+DRAIN_BLOCKERS = """
+SELECT count(*) FROM jobs
+ WHERE (state = 'processing'
+        OR state = 'failed'
+        OR (state = 'pending' AND available_at <= :now))
+   AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+"""
+NEXT_AVAILABLE_AT = """
+SELECT min(available_at) FROM jobs
+ WHERE state IN ('pending', 'failed')
+   AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+"""
+
+
+def _queues_param(queues: Sequence[str]) -> str | None:
+    return json.dumps(list(queues)) if queues else None
+
+
+def _job_from_row(row: sqlite3.Row) -> Job:
+    command = json.loads(row["command"])
+    return Job(
+        id=row["id"],
+        command=tuple(command) if isinstance(command, list) else command,
+        priority=row["priority"],
+        run_at=from_ms(row["run_at"]),
+        max_retries=row["max_retries"],
+        timeout_ms=row["timeout_ms"],
+        env=json.loads(row["env"]),
+        cwd=row["cwd"],
+        queue=row["queue"],
+        labels=json.loads(row["labels"]),
+        state=JobState(row["state"]),
+        attempts=row["attempts"],
+        created_at=from_ms(row["created_at"]),  # type: ignore[arg-type]
+        updated_at=from_ms(row["updated_at"]),  # type: ignore[arg-type]
+        available_at=from_ms(row["available_at"]),  # type: ignore[arg-type]
+        started_at=from_ms(row["started_at"]),
+        finished_at=from_ms(row["finished_at"]),
+        exit_code=row["exit_code"],
+        last_error=row["last_error"],
+        worker_id=row["worker_id"],
+        source=row["source"],
+        spec_hash=row["spec_hash"],
+        lease_token=row["lease_token"],
+        lease_expires_at=from_ms(row["lease_expires_at"]),
+        output_tail=row["output_tail"],
+    )
+
+
+def _worker_from_row(row: sqlite3.Row) -> WorkerInfo:
+    return WorkerInfo(
+        id=row["id"],
+        pid=row["pid"],
+        host=row["host"],
+        started_at=from_ms(row["started_at"]),  # type: ignore[arg-type]
+        heartbeat_at=from_ms(row["heartbeat_at"]),  # type: ignore[arg-type]
+        lease_expires_at=from_ms(row["lease_expires_at"]),  # type: ignore[arg-type]
+        current_job=row["current_job"],
+        queues=tuple(json.loads(row["queues"])),
+    )
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every shipped migration, in order."""
+    folder = resources.files("queuectl").joinpath("store/migrations/sqlite")
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name[:4]), entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration into statements (complete_statement keeps trigger bodies whole)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer
+            buffer = ""
+    if buffer.strip() and not all(
+        part.strip().startswith("--") or not part.strip() for part in buffer.splitlines()
+    ):
+        raise MigrationFailed(
+            f"migration ends with an incomplete statement: {buffer.strip()[:60]!r}"
+        )
+
+
+class SqliteStore:
+    """A queue in one SQLite file, in WAL mode."""
+
+    def __init__(self, path: Path, *, url: str, durable: bool = True) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise StoreError(
+                f"SQLite {sqlite3.sqlite_version} is too old: queuectl needs 3.35 or newer "
+                "(upgrade Python or its sqlite3 library)"
+            )
+        self.url = url
+        self.path = path
+        if not path.parent.is_dir():
+            raise StoreError(
+                f"{url}: directory {str(path.parent)!r} does not exist: create it first"
+            )
+        if not path.exists():
+            # Queue data is private: create the file 0600 before SQLite does (WAL files copy it).
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        try:
+            self.conn = sqlite3.connect(
+                path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            )
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            self.conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{url}: not a usable queuectl SQLite database ({exc}): "
+                "point --db at another file or move this one away"
+            ) from None
+        self._data_version = self._read_data_version()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- plumbing ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        migrations = _migrations()
+        latest = migrations[-1][0]
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == latest:
+            return
+        if version > latest:
+            raise SchemaTooNew(
+                f"{self.url}: the database has schema version {version}, written by a newer "
+                f"queuectl (this one knows up to {latest}): upgrade queuectl"
+            )
+        try:
+            with self._write() as conn:
+                # Re-read under the write lock: another process may have migrated meanwhile.
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                for number, _name, sql in migrations:
+                    if number <= version:
+                        continue
+                    for statement in _statements(sql):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {number:d}")
+        except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc) or "encrypted" in str(exc):
+                raise
+            raise MigrationFailed(
+                f"{self.url}: migrating the schema failed ({exc}); the database is unchanged"
+            ) from None
+
+    def _read_data_version(self) -> int:
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def changed(self) -> bool:
+        version = self._read_data_version()
+        changed, self._data_version = version != self._data_version, version
+        return changed
+
+    # -- jobs --------------------------------------------------------------------
+
+    def insert_jobs(self, jobs: Sequence[NewJob], now: datetime) -> list[bool]:
+        now_ms = to_ms(now)
+        with self._write() as conn:
+            existing = {
+                row["id"]: row
+                for row in conn.execute(EXISTING_HASHES, {"ids": json.dumps([j.id for j in jobs])})
+            }
+            created: list[bool] = []
+            rows: list[dict[str, Any]] = []
+            for job in jobs:
+                found = existing.get(job.id)
+                if found is not None:
+                    if found["spec_hash"] != job.spec.spec_hash:
+                        raise JobConflict(
+                            f"job {job.id!r} already exists with a different spec "
+                            f"(from {found['source']}): choose another id, or re-submit "
+                            "the identical spec (a no-op)"
+                        )
+                    created.append(False)
+                    continue
+                created.append(True)
+                spec = job.spec
+                rows.append(
+                    {
+                        "id": job.id,
+                        "command": json.dumps(
+                            list(spec.command) if isinstance(spec.command, tuple) else spec.command
+                        ),
+                        "priority": spec.priority,
+                        "run_at": to_ms(spec.run_at) if spec.run_at else None,
+                        "max_retries": job.max_retries,
+                        "timeout_ms": spec.timeout_ms,
+                        "env": json.dumps(dict(spec.env)),
+                        "cwd": spec.cwd,
+                        "queue": spec.queue,
+                        "labels": json.dumps(dict(spec.labels)),
+                        "now": now_ms,
+                        "available_at": to_ms(job.available_at),
+                        "source": job.source,
+                        "spec_hash": spec.spec_hash,
+                    }
+                )
+            conn.executemany(INSERT_JOB, rows)
+        return created
+
+    def get_job(self, job_id: str) -> Job | None:
+        row = self.conn.execute(GET_JOB, {"id": job_id}).fetchone()
+        return _job_from_row(row) if row else None
+
+    def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[Job]:
+        params = {
+            "state": state.value if state else None,
+            "queue": queue,
+            "labels": json.dumps(dict(labels or {})),
+            "limit": -1 if limit is None else limit,
+        }
+        return [_job_from_row(row) for row in self.conn.execute(LIST_JOBS, params)]
+
+    def count_by_state(self) -> dict[JobState, int]:
+        counts = dict.fromkeys(JobState, 0)
+        for row in self.conn.execute(COUNT_BY_STATE):
+            counts[JobState(row["state"])] = row["n"]
+        return counts
+
+    def cancel_job(self, job_id: str, now: datetime) -> Job:
+        with self._write() as conn:
+            if conn.execute(CANCEL_JOB, {"id": job_id, "now": to_ms(now)}).rowcount == 0:
+                job = self.get_job(job_id)
+                if job is None:
+                    raise JobNotFound(job_id)
+                raise InvalidState(
+                    f"job {job_id!r} is {job.state.value}: "
+                    "only pending or failed jobs can be canceled"
+                )
+            return self.get_job(job_id)  # type: ignore[return-value]
+
+    def retry_dead(self, job_ids: Sequence[str] | None, now: datetime) -> list[str]:
+        with self._write() as conn:
+            if job_ids is not None:
+                for job_id in job_ids:
+                    job = self.get_job(job_id)
+                    if job is None:
+                        raise JobNotFound(job_id)
+                    if job.state is not JobState.DEAD:
+                        raise InvalidState(
+                            f"job {job_id!r} is {job.state.value}, not dead: "
+                            "`dlq retry` takes jobs listed by `queuectl dlq list`"
+                        )
+            ids = json.dumps(list(job_ids)) if job_ids is not None else None
+            return [row["id"] for row in conn.execute(RETRY_DEAD, {"ids": ids, "now": to_ms(now)})]
+
+    def purge_dead(self) -> list[str]:
+        with self._write() as conn:
+            return [row["id"] for row in conn.execute(PURGE_DEAD)]
+
+    # -- config ------------------------------------------------------------------
+
+    def read_config(self) -> dict[str, str]:
+        return {row["key"]: row["value"] for row in self.conn.execute(READ_CONFIG)}
+
+    def write_config(self, key: str, value: str) -> None:
+        with self._write() as conn:
+            conn.execute(WRITE_CONFIG, {"key": key, "value": value})
+
+    # -- workers -----------------------------------------------------------------
+
+    def register_worker(self, worker: WorkerInfo) -> None:
+        with self._write() as conn:
+            conn.execute(FORGET_DEAD_WORKERS, {"before": to_ms(worker.started_at)})
+            conn.execute(
+                REGISTER_WORKER,
+                {
+                    "id": worker.id,
+                    "pid": worker.pid,
+                    "host": worker.host,
+                    "queues": json.dumps(list(worker.queues)),
+                    "started_at": to_ms(worker.started_at),
+                    "heartbeat_at": to_ms(worker.heartbeat_at),
+                    "lease_expires_at": to_ms(worker.lease_expires_at),
+                },
+            )
+
+    def heartbeat(
+        self,
+        worker_id: str,
+        now: datetime,
+        lease_until: datetime,
+        job_id: str | None,
+        token: str | None,
+    ) -> Heartbeat:
+        params = {
+            "worker_id": worker_id,
+            "now": to_ms(now),
+            "lease_until": to_ms(lease_until),
+            "job_id": job_id,
+            "token": token,
+        }
+        with self._write() as conn:
+            row = conn.execute(HEARTBEAT_WORKER, params).fetchone()
+            held = job_id is None or conn.execute(RENEW_JOB_LEASE, params).rowcount == 1
+        return Heartbeat(stop_requested=bool(row and row[0]), claim_held=held)
+
+    def deregister_worker(self, worker_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(DEREGISTER_WORKER, {"worker_id": worker_id})
+
+    def live_workers(self, now: datetime) -> list[WorkerInfo]:
+        return [_worker_from_row(r) for r in self.conn.execute(LIVE_WORKERS, {"now": to_ms(now)})]
+
+    def request_stop(self, worker_ids: Sequence[str] | None = None) -> int:
+        ids = json.dumps(list(worker_ids)) if worker_ids is not None else None
+        with self._write() as conn:
+            return conn.execute(REQUEST_STOP, {"ids": ids}).rowcount
+
+    def claim_next(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        now: datetime,
+        lease_until: datetime,
+        token: str,
+    ) -> Job | None:
+        params = {
+            "worker_id": worker_id,
+            "token": token,
+            "now": to_ms(now),
+            "lease_until": to_ms(lease_until),
+            "queues": _queues_param(queues),
+        }
+        with self._write() as conn:
+            row = conn.execute(CLAIM_NEXT, params).fetchone()
+            if row is None:
+                return None
+            conn.execute(SET_CURRENT_JOB, {"job_id": row["id"], "worker_id": worker_id})
+        return _job_from_row(row)
+
+    def finish(
+        self, job_id: str, worker_id: str, token: str, outcome: Transition, now: datetime
+    ) -> bool:
+        params = {
+            "job_id": job_id,
+            "worker_id": worker_id,
+            "token": token,
+            "state": outcome.state.value,
+            "attempts": outcome.attempts,
+            "available_at": to_ms(outcome.available_at),
+            "exit_code": outcome.exit_code,
+            "last_error": outcome.last_error,
+            "output_tail": outcome.output_tail,
+            "now": to_ms(now),
+        }
+        with self._write() as conn:
+            recorded = conn.execute(FINISH_JOB, params).rowcount == 1
+            conn.execute(CLEAR_CURRENT_JOB, params)
+        return recorded
+
+    def processing_jobs(self) -> list[Job]:
+        return [_job_from_row(r) for r in self.conn.execute(PROCESSING_JOBS)]
+
+    def drain_blockers(self, queues: Sequence[str], now: datetime) -> int:
+        params = {"now": to_ms(now), "queues": _queues_param(queues)}
+        return int(self.conn.execute(DRAIN_BLOCKERS, params).fetchone()[0])
+
+    def next_available_at(self, queues: Sequence[str]) -> datetime | None:
+        row = self.conn.execute(NEXT_AVAILABLE_AT, {"queues": _queues_param(queues)}).fetchone()
+        return from_ms(row[0])
