@@ -476,7 +476,7 @@ def config_group() -> None:
     """Settings kept in the store (QUEUECTL_<KEY> overrides one for one process)."""
 
 
-@config_group.command(name="set")
+@config_group.command(name="set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 @pass_app

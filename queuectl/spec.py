@@ -420,7 +420,7 @@ def job_entries(doc: Document) -> Iterator[tuple[PathTuple, Any]]:
         yield (), doc.data
 
 
-def validate_documents(docs: Sequence[Document]) -> list[LoadedSpec]:
+def validate_documents(docs: Sequence[Document], *, source: str = "<input>") -> list[LoadedSpec]:
     """Validate every job in the documents; raise SpecInvalid listing every problem."""
     fast = _fast_check()
     problems: list[Problem] = []
@@ -441,7 +441,7 @@ def validate_documents(docs: Sequence[Document]) -> list[LoadedSpec]:
     if problems:
         raise SpecInvalid(problems)
     if not loaded:
-        source = docs[0].source if docs else "<input>"
+        source = docs[0].source if docs else source
         raise SpecInvalid(
             [Problem(source, 1, 1, "", "no job found: expected a job mapping or a list of jobs")]
         )
@@ -550,7 +550,7 @@ def _opt_int(value: Any) -> int | None:
 
 def parse_specs(text: str, source: str, *, is_json: bool | None = None) -> list[LoadedSpec]:
     """Parse and validate spec text; raise SpecInvalid with every problem's position."""
-    return validate_documents(load_text(text, source, is_json=is_json))
+    return validate_documents(load_text(text, source, is_json=is_json), source=source)
 
 
 def validate_values(values: Sequence[Any], source: str) -> list[LoadedSpec]:
@@ -566,8 +566,9 @@ def inline_specs(
     `overrides` (from command-line options) replace fields of every job; `env` and
     `labels` are merged into the job's own.
     """
+    source = "<stdin>" if arg == "-" else "<argument>"
     if arg == "-":
-        docs = load_text(read_stdin(), "<stdin>")
+        docs = load_text(read_stdin(), source)
     elif arg.lstrip()[:1] in ("{", "["):
         docs = [load_json(arg, "<argument>")]
         data = docs[0].data
@@ -588,4 +589,4 @@ def inline_specs(
                 data[key] = {**data[key], **value}
             else:
                 data[key] = value
-    return validate_documents(docs)
+    return validate_documents(docs, source=source)

@@ -1,0 +1,324 @@
+"""The core commands, driven through the installed `queuectl` in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import Run
+
+pytestmark = pytest.mark.e2e
+
+
+def enqueue_ok(run: Run, *args: str, input: str | None = None) -> list[str]:
+    result = run("enqueue", *args, input=input)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return result.stdout.split()
+
+
+def test_enqueue_plain_command_prints_only_the_new_id(run: Run, run_json: Any) -> None:
+    (job_id,) = enqueue_ok(run, "echo hello")
+    job = run_json("show", job_id)
+    assert job["command"] == "echo hello"
+    assert job["state"] == "pending"
+    assert job["attempts"] == 0
+    assert job["max_retries"] == 3
+    assert job["source"] == "inline"
+
+
+def test_enqueue_json_object_with_every_field(run: Run, run_json: Any) -> None:
+    spec = {
+        "id": "nightly.report:1",
+        "command": ["python3", "-c", "print(1)"],
+        "priority": 7,
+        "run_at": "2030-01-02T03:04:05+01:00",
+        "max_retries": 5,
+        "timeout_ms": 1500,
+        "env": {"A": "1"},
+        "cwd": "/tmp",
+        "queue": "reports",
+        "labels": {"team": "data"},
+    }
+    assert enqueue_ok(run, json.dumps(spec)) == ["nightly.report:1"]
+    job = run_json("show", "nightly.report:1")
+    assert job["command"] == ["python3", "-c", "print(1)"]
+    assert job["run_at"] == "2030-01-02T02:04:05.000Z"
+    assert job["available_at"] == job["run_at"]
+    assert {k: job[k] for k in ("priority", "max_retries", "timeout_ms", "env", "cwd", "queue",
+                                "labels")} == {k: spec[k] for k in ("priority", "max_retries",
+                                "timeout_ms", "env", "cwd", "queue", "labels")}
+
+
+def test_enqueue_argv_array_argument_is_one_command(run: Run, run_json: Any) -> None:
+    (job_id,) = enqueue_ok(run, '["printf", "%s", "a b"]')
+    assert run_json("show", job_id)["command"] == ["printf", "%s", "a b"]
+
+
+def test_enqueue_options_override_the_spec(run: Run, run_json: Any) -> None:
+    ids = enqueue_ok(
+        run, '{"command": "true", "env": {"A": "1"}}', "--id", "opt", "--priority", "-2",
+        "--max-retries", "0", "--timeout-ms", "10", "--queue", "q1", "--env", "B=2",
+        "--label", "k=v=w",
+    )
+    job = run_json("show", ids[0])
+    assert (job["id"], job["priority"], job["max_retries"], job["timeout_ms"], job["queue"]) == (
+        "opt", -2, 0, 10, "q1")
+    assert job["env"] == {"A": "1", "B": "2"}
+    assert job["labels"] == {"k": "v=w"}
+
+
+def test_enqueue_delay_sets_available_at_in_the_future(run: Run, run_json: Any) -> None:
+    (job_id,) = enqueue_ok(run, "true", "--delay", "90s")
+    job = run_json("show", job_id)
+    assert job["run_at"] is None
+    from datetime import datetime
+
+    created = datetime.fromisoformat(job["created_at"])
+    available = datetime.fromisoformat(job["available_at"])
+    assert 89.9 <= (available - created).total_seconds() <= 90.1
+
+
+def test_enqueue_stdin_list_is_one_transaction_with_one_id_per_line(run: Run, run_json: Any) -> None:
+    jobs = [{"id": f"batch-{i}", "command": "true"} for i in range(5)]
+    assert enqueue_ok(run, "-", input=json.dumps(jobs)) == [j["id"] for j in jobs]
+    bad = [{"id": "ok-1", "command": "true"}, {"id": "bad", "command": 3}]
+    result = run("enqueue", "-", input=json.dumps(bad))
+    assert result.returncode == 1
+    assert "<stdin>" in result.stderr
+    assert run("show", "ok-1").returncode == 1, "a failed batch must write nothing"
+
+
+def test_enqueue_stdin_yaml_documents(run: Run) -> None:
+    text = "id: y1\ncommand: echo one\n---\n- id: y2\n  command: [echo, two]\n  priority: 3\n"
+    assert enqueue_ok(run, "-", input=text) == ["y1", "y2"]
+
+
+def test_identical_resubmission_is_a_noop_and_a_different_spec_conflicts(
+    run: Run, run_json: Any
+) -> None:
+    spec = '{"id": "same", "command": "echo 1"}'
+    assert enqueue_ok(run, spec) == ["same"]
+    assert enqueue_ok(run, spec) == ["same"]
+    assert enqueue_ok(run, "echo 1", "--id", "same") == ["same"]
+    result = run("enqueue", '{"id": "same", "command": "echo 2"}')
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.strip() == (
+        "Error: job 'same' already exists with a different spec (from inline): choose another "
+        "id, or re-submit the identical spec (a no-op)"
+    )
+    assert run_json("show", "same")["command"] == "echo 1"
+    assert run_json("status")["counts"]["pending"] == 1
+
+
+BAD_INPUT = [
+    # (arguments, stdin, exit code, the stderr line)
+    (['{"command": "x",'], None, 1,
+     "Error: <argument>:1:17: invalid JSON: Expecting property name enclosed in double quotes"),
+    (['{"priority": 1}'], None, 1, "Error: <argument>:1:1: command: required field is missing: add it"),
+    (['{"command": ""}'], None, 1,
+     "Error: <argument>:1:13: command: '' is not valid: use a non-empty command string, "
+     "or a non-empty array of strings (no NUL bytes)"),
+    ([""], None, 1,
+     "Error: <argument>: command: '' is not valid: use a non-empty command string, "
+     "or a non-empty array of strings (no NUL bytes)"),
+    (['{"command": "x", "priorty": 1}'], None, 1,
+     "Error: <argument>:1:18: priorty: unknown field: did you mean 'priority'?"),
+    (['{"command": "x", "priority": "high"}'], None, 1,
+     "Error: <argument>:1:30: priority: 'high' is not of type 'integer'"),
+    (['{"command": "x", "max_retries": -1}'], None, 1,
+     "Error: <argument>:1:33: max_retries: -1 is less than the minimum of 0"),
+    (['{"command": "x", "run_at": "next tuesday"}'], None, 1,
+     "Error: <argument>:1:28: run_at: 'next tuesday' is not an RFC 3339 date-time with offset, "
+     "e.g. 2026-01-31T02:00:00Z"),
+    (['{"command": "x", "run_at": "2026-01-01T00:00:00"}'], None, 1,
+     "Error: <argument>:1:28: run_at: '2026-01-01T00:00:00' is not an RFC 3339 date-time with "
+     "offset, e.g. 2026-01-31T02:00:00Z"),
+    (["x", "--id", "a/b"], None, 1,
+     "Error: <argument>: id: 'a/b' is not valid: use letters, digits, '.', '_', ':' or '-', "
+     "starting with a letter or digit, at most 128 characters, without '..'"),
+    (["x", "--id", "a..b"], None, 1,
+     "Error: <argument>: id: 'a..b' is not valid: use letters, digits, '.', '_', ':' or '-', "
+     "starting with a letter or digit, at most 128 characters, without '..'"),
+    (["x", "--id", "a b"], None, 1,
+     "Error: <argument>: id: 'a b' is not valid: use letters, digits, '.', '_', ':' or '-', "
+     "starting with a letter or digit, at most 128 characters, without '..'"),
+    (["x", "--max-retries", "-1"], None, 2,
+     "Error: Invalid value for '--max-retries': -1 is not in the range x>=0. "
+     "(see 'queuectl enqueue --help')"),
+    (["x", "--delay", "soon"], None, 2,
+     "Error: Invalid value for '--delay': 'soon' is not a duration: use e.g. 30s, 5m, 2h, 1d "
+     "or 250ms (see 'queuectl enqueue --help')"),
+    (["x", "--run-at", "2030-01-01T00:00:00Z", "--delay", "1s"], None, 2,
+     "Error: --run-at and --delay both set a start time: use one of them "
+     "(see 'queuectl enqueue --help')"),
+    (["-"], "- id: d\n  command: a\n- id: d\n  command: b\n", 1,
+     "Error: <stdin>:3:3: id: duplicate id 'd' (first declared at <stdin>:1): ids must be "
+     "unique"),
+    (["-"], "command: a\ncommand: b\n", 1,
+     "Error: <stdin>:2:1: command: duplicate key: remove one of them"),
+    (["-"], "", 1, "Error: <stdin>:1:1: no job found: expected a job mapping or a list of jobs"),
+    (["-"], "a: [1, 2\n", 1, "Error: <stdin>:2:1: invalid YAML: *"),  # the parser's own words follow
+]
+
+
+@pytest.mark.parametrize(("args", "stdin", "code", "message"), BAD_INPUT)
+def test_bad_input_is_one_line_with_no_write(
+    run: Run, run_json: Any, args: list[str], stdin: str | None, code: int, message: str
+) -> None:
+    result = run("enqueue", *args, input=stdin)
+    assert result.returncode == code
+    if message.endswith("*"):
+        assert result.stderr.startswith(message[:-1])
+        assert len(result.stderr.strip().splitlines()) == 1
+    else:
+        assert result.stderr.strip() == message
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert sum(run_json("status")["counts"].values()) == 0
+
+
+def test_list_filters_and_limits(run: Run, run_json: Any) -> None:
+    enqueue_ok(run, "true", "--id", "a", "--queue", "q1", "--label", "team=x")
+    enqueue_ok(run, "true", "--id", "b", "--queue", "q2", "--label", "team=y")
+    enqueue_ok(run, "true", "--id", "c", "--queue", "q1")
+    assert run("cancel", "c").stdout.strip() == "canceled c"
+    ids = lambda *a: [j["id"] for j in run_json("list", *a)]  # noqa: E731
+    assert ids() == ["a", "b", "c"]
+    assert ids("--queue", "q1") == ["a", "c"]
+    assert ids("--label", "team=y") == ["b"]
+    assert ids("--state", "canceled") == ["c"]
+    assert ids("--limit", "1") == ["a"]
+    table = run("list", "--format", "table").stdout.splitlines()
+    assert table[0].split()[:3] == ["ID", "STATE", "PRIORITY"]
+    assert len(table) == 4
+
+
+def test_list_bad_state_is_a_usage_error(run: Run) -> None:
+    result = run("list", "--state", "nope")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "'nope' is not one of" in result.stderr
+
+
+def test_status_counts_every_state_and_no_workers(run: Run, run_json: Any) -> None:
+    enqueue_ok(run, "true")
+    status = run_json("status")
+    assert status["counts"] == {"pending": 1, "processing": 0, "completed": 0, "failed": 0,
+                                "dead": 0, "canceled": 0}
+    assert status["workers"] == []
+
+
+def test_show_and_cancel_unknown_job_exit_1(run: Run) -> None:
+    for command in ("show", "cancel", "logs"):
+        result = run(command, "ghost")
+        assert result.returncode == 1
+        assert result.stderr.strip() == "Error: job 'ghost' not found: check the id with `queuectl list`"
+
+
+def test_cancel_only_pending_or_failed(run: Run) -> None:
+    enqueue_ok(run, "true", "--id", "j")
+    assert run("cancel", "j").returncode == 0
+    result = run("cancel", "j")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "Error: job 'j' is canceled: only pending or failed jobs can be canceled"
+    )
+
+
+def test_logs_before_any_run(run: Run) -> None:
+    enqueue_ok(run, "true", "--id", "quiet")
+    result = run("logs", "quiet")
+    assert result.returncode == 0
+    assert result.stdout == ""
+    assert result.stderr.strip() == "job quiet has no output yet"
+
+
+def test_dlq_retry_errors(run: Run) -> None:
+    enqueue_ok(run, "true", "--id", "alive")
+    unknown = run("dlq", "retry", "ghost")
+    assert (unknown.returncode, unknown.stderr.strip()) == (
+        1, "Error: job 'ghost' not found: check the id with `queuectl list`")
+    not_dead = run("dlq", "retry", "alive")
+    assert not_dead.returncode == 1
+    assert not_dead.stderr.strip() == (
+        "Error: job 'alive' is pending, not dead: `dlq retry` takes jobs listed by "
+        "`queuectl dlq list`"
+    )
+    assert run("dlq", "retry").returncode == 2
+    assert run("dlq", "retry", "--all").stdout.strip() == "retried 0 job(s)"
+    assert run("dlq", "purge").stdout.strip() == "purged 0 job(s)"
+    assert run("dlq", "list").stdout.strip() == "[]"
+
+
+def test_database_that_is_not_sqlite_is_refused(run: Run, tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.db"
+    bogus.write_text("this is not a database, just text that is long enough " * 20)
+    before = bogus.read_bytes()
+    result = run("--db", f"sqlite:///{bogus}", "status")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"Error: sqlite:///{bogus}: not a usable queuectl SQLite database")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert bogus.read_bytes() == before
+
+
+def test_database_from_a_newer_queuectl_is_refused(run: Run, tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    assert run("--db", f"sqlite:///{path}", "status").returncode == 0
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 999")
+    result = run("--db", f"sqlite:///{path}", "enqueue", "true")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"Error: sqlite:///{path}: the database has schema version 999, written by a newer "
+        "queuectl (this one knows up to 1): upgrade queuectl"
+    )
+
+
+def test_unknown_db_url_and_missing_directory(run: Run, tmp_path: Path) -> None:
+    result = run("--db", "mysql://x", "status")
+    assert (result.returncode, result.stderr.strip()) == (
+        1, "Error: unsupported database URL 'mysql://x': use sqlite:///path/to/file.db")
+    missing = tmp_path / "nope" / "q.db"
+    result = run("--db", f"sqlite:///{missing}", "status")
+    assert result.returncode == 1
+    assert "does not exist: create it first" in result.stderr
+
+
+def test_relative_sqlite_url_is_relative_to_the_working_directory(run: Run, tmp_path: Path) -> None:
+    import subprocess
+
+    from .conftest import QUEUECTL
+
+    result = subprocess.run([QUEUECTL, "--db", "sqlite:///rel.db", "enqueue", "true"],
+                            cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "rel.db").exists()
+
+
+def test_home_and_database_are_private(run: Run, home: Path) -> None:
+    enqueue_ok(run, "true")
+    assert home.stat().st_mode & 0o777 == 0o700
+    assert (home / "queue.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_database_url_from_environment(run: Run, tmp_path: Path) -> None:
+    path = tmp_path / "env.db"
+    result = run("enqueue", "true", env={"QUEUECTL_DATABASE_URL": f"sqlite:///{path}"})
+    assert result.returncode == 0
+    assert path.exists()
+
+
+def test_python_dash_m_and_version(run: Run) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "queuectl", "--version"], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0
+    assert result.stdout.startswith("queuectl, version ")

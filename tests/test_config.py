@@ -1,0 +1,92 @@
+"""Config keys: validation, both spellings, overrides, persistence across processes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from queuectl.config import KEYS, Config
+from queuectl.errors import ConfigInvalid
+
+from .conftest import Run
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "shown"),
+    [
+        ("max_retries", "5", "5"),
+        ("max-retries", "0", "0"),
+        ("backoff_base", "1.5", "1.5"),
+        ("backoff-base", "3", "3"),
+        ("backoff_max_ms", "60000", "60000"),
+        ("poll_interval_ms", "100", "100"),
+        ("job_timeout_ms", "0", "0"),
+        ("lease_ms", "5000", "5000"),
+    ],
+)
+def test_set_then_get_in_another_process(run: Run, key: str, value: str, shown: str) -> None:
+    result = run("config", "set", key, value)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{key.replace('-', '_')} = {shown}"
+    assert run("config", "get", key).stdout == f"{shown}\n"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("max_retries", "-1", "max_retries: '-1' is not valid for max_retries: use an integer >= 0"),
+        ("max_retries", "two", "max_retries: 'two' is not valid for max_retries: use an integer >= 0"),
+        ("backoff_base", "1", "backoff_base: '1' is not valid for backoff_base: use a number > 1 "
+         "and <= 100"),
+        ("backoff_base", "nan", "backoff_base: 'nan' is not valid for backoff_base: use a number > 1 "
+         "and <= 100"),
+        ("lease_ms", "10", "lease_ms: '10' is not valid for lease_ms: use an integer from 200 to "
+         "86400000"),
+        ("colour", "red", "unknown config key 'colour': use one of max_retries, backoff_base, "
+         "backoff_max_ms, poll_interval_ms, job_timeout_ms, lease_ms"),
+    ],
+)
+def test_bad_key_or_value_exits_2_and_writes_nothing(
+    run: Run, run_json: Any, key: str, value: str, message: str
+) -> None:
+    result = run("config", "set", key, value)
+    assert (result.returncode, result.stderr.strip()) == (2, f"Error: {message}")
+    assert run_json("config", "list") == {name: k.default for name, k in KEYS.items()}
+
+
+def test_get_unknown_key_exits_2(run: Run) -> None:
+    result = run("config", "get", "nope")
+    assert result.returncode == 2
+    assert result.stderr.startswith("Error: unknown config key 'nope': use one of max_retries")
+
+
+def test_environment_overrides_for_one_process(run: Run) -> None:
+    run("config", "set", "max_retries", "2")
+    assert run("config", "get", "max_retries", env={"QUEUECTL_MAX_RETRIES": "9"}).stdout == "9\n"
+    assert run("config", "get", "max_retries").stdout == "2\n"
+    bad = run("config", "get", "max_retries", env={"QUEUECTL_MAX_RETRIES": "x"})
+    assert (bad.returncode, bad.stderr.strip()) == (
+        2, "Error: QUEUECTL_MAX_RETRIES: 'x' is not valid for max_retries: use an integer >= 0")
+
+
+def test_config_change_after_enqueue_keeps_the_jobs_max_retries(run: Run, run_json: Any) -> None:
+    run("config", "set", "max-retries", "1")
+    first = run("enqueue", "true").stdout.strip()
+    run("config", "set", "max-retries", "7")
+    second = run("enqueue", "true").stdout.strip()
+    assert run_json("show", first)["max_retries"] == 1
+    assert run_json("show", second)["max_retries"] == 7
+
+
+def test_list_shows_effective_values(run: Run, run_json: Any) -> None:
+    listed = run_json("config", "list", env={"QUEUECTL_LEASE_MS": "1000"})
+    assert listed["lease_ms"] == 1000
+    assert listed["max_retries"] == 3
+    table = run("config", "list", "--format", "table").stdout
+    assert "backoff_max_ms" in table and "3600000" in table
+
+
+def test_resolve_rejects_a_bad_stored_value_by_name() -> None:
+    with pytest.raises(ConfigInvalid, match="max_retries"):
+        Config.resolve({"max_retries": "-3"}, environ={})

@@ -1,0 +1,104 @@
+"""The runner driven one step at a time, on a real store and real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from queuectl.core import Queue
+from queuectl.models import Job, JobSpec, JobState
+from queuectl.runner import Runner
+from queuectl.store import Store
+
+from .conftest import FakeClock
+
+
+def stored_job(clock: FakeClock, **fields: Any) -> Job:
+    values: dict[str, Any] = dict(
+        id="j", command="true", priority=0, run_at=None, max_retries=3, timeout_ms=None, env={},
+        cwd=None, queue="default", labels={}, state=JobState.PROCESSING, attempts=0,
+        created_at=clock(), updated_at=clock(), available_at=clock(), started_at=clock(),
+        finished_at=None, exit_code=None, last_error=None, worker_id="w", source="inline",
+        spec_hash="h",
+    )
+    values.update(fields)
+    return Job(**values)
+
+
+def make_runner(store: Store, clock: FakeClock) -> Runner:
+    return Runner(store, clock=clock, log=lambda line: None)
+
+
+def test_run_once_runs_one_job_with_its_env_and_cwd(
+    store: Store, queue: Queue, clock: FakeClock, tmp_path: Path, home: Path
+) -> None:
+    out = tmp_path / "out"
+    queue.enqueue([JobSpec(command=f'echo "$GREETING $QUEUECTL_ATTEMPT $PWD" > {out}',
+                           id="env", env={"GREETING": "hi"}, cwd=str(tmp_path))])
+    runner = make_runner(store, clock)
+    assert runner.run_once()
+    assert not runner.run_once()
+    assert out.read_text() == f"hi 1 {tmp_path}\n"
+    job = queue.get("env")
+    assert (job.state, job.attempts, job.exit_code) == (JobState.COMPLETED, 0, 0)
+
+
+def test_missing_cwd_is_a_failed_attempt(store: Store, queue: Queue, clock: FakeClock,
+                                         home: Path) -> None:
+    queue.enqueue([JobSpec(command="true", id="nowhere", cwd="/no/such/dir", max_retries=0)])
+    assert make_runner(store, clock).run_once()
+    job = queue.get("nowhere")
+    assert (job.state, job.last_error) == (JobState.DEAD, "working directory not found: /no/such/dir")
+
+
+def test_argv_command_not_found(store: Store, queue: Queue, clock: FakeClock, home: Path) -> None:
+    queue.enqueue([JobSpec(command=("no-such-binary-xyz", "arg"), id="argv", max_retries=0)])
+    assert make_runner(store, clock).run_once()
+    job = queue.get("argv")
+    assert (job.exit_code, job.last_error) == (127, "command not found (exit 127)")
+
+
+def test_output_tail_is_kept_in_the_store(store: Store, queue: Queue, clock: FakeClock,
+                                          home: Path) -> None:
+    queue.enqueue([JobSpec(command="seq 1 5000", id="chatty")])
+    assert make_runner(store, clock).run_once()
+    tail = queue.get("chatty").output_tail
+    assert 4000 <= len(tail.encode()) <= 4096
+    assert "5000\n" in tail
+    os.remove(home / "logs" / "job-chatty.log")
+    output = queue.output("chatty")
+    assert (output.origin, output.text) == ("store", tail)
+
+
+def test_expired_lease_of_another_host_is_recovered_as_a_failed_attempt(
+    store: Store, queue: Queue, clock: FakeClock, home: Path
+) -> None:
+    queue.enqueue([JobSpec(command="true", id="lost")])
+    store.claim_next("elsewhere:4242:beef", (), clock(), clock() + timedelta(seconds=30), "tok")
+    runner = make_runner(store, clock)
+    clock.advance(29_000)
+    assert runner.recover_lost_jobs() == 0, "the lease has not expired yet"
+    clock.advance(2_000)
+    runner._last_recover = float("-inf")
+    assert runner.recover_lost_jobs() == 1
+    job = queue.get("lost")
+    assert (job.state, job.attempts, job.last_error) == (
+        JobState.FAILED, 1, "worker lost (lease expired)")
+    assert job.available_at == clock() + timedelta(seconds=2)
+
+
+def test_dead_local_worker_is_recovered_without_waiting_for_its_lease(
+    store: Store, queue: Queue, clock: FakeClock, home: Path
+) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    runner = make_runner(store, clock)
+    queue.enqueue([JobSpec(command="true", id="orphan", max_retries=0)])
+    store.claim_next(f"{runner.host}:{gone.pid}:0000", (), clock(),
+                     clock() + timedelta(seconds=30), "tok")
+    assert runner.recover_lost_jobs() == 1
+    job = queue.get("orphan")
+    assert (job.state, job.last_error) == (JobState.DEAD, "worker lost (process died)")

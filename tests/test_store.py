@@ -1,0 +1,167 @@
+"""The SQLite store: migrations, claiming, fencing and concurrency on a real file."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from queuectl.core import Queue
+from queuectl.errors import JobConflict, MigrationFailed
+from queuectl.models import JobSpec, JobState, NewJob
+from queuectl.store import Store, Transition, open_store
+
+from .conftest import FakeClock
+
+SNAPSHOT = Path(__file__).with_name("snapshots") / "sqlite_schema.sql"
+
+
+def schema_of(path: Path) -> str:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type, name"
+        ).fetchall()
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    return f"-- user_version {version}\n" + ";\n".join(r[0] for r in rows) + ";\n"
+
+
+def test_migrating_twice_changes_nothing_and_matches_the_snapshot(db_path: Path) -> None:
+    open_store(f"sqlite:///{db_path}").close()
+    first = schema_of(db_path)
+    open_store(f"sqlite:///{db_path}").close()
+    assert schema_of(db_path) == first
+    assert first == SNAPSHOT.read_text(), "schema changed: add a migration and update the snapshot"
+
+
+def test_failed_migration_leaves_the_version_unchanged(db_path: Path) -> None:
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("CREATE TABLE config (unrelated TEXT)")  # 0001 will fail creating it
+    with pytest.raises(MigrationFailed, match="the database is unchanged"):
+        open_store(f"sqlite:///{db_path}")
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"config"}, "the failed migration's earlier statements must roll back"
+
+
+def test_wal_mode(store: Store, db_path: Path) -> None:
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def new_job(job_id: str, clock: FakeClock, **fields: object) -> NewJob:
+    spec = JobSpec(command="true", id=job_id, **fields)  # type: ignore[arg-type]
+    return NewJob(job_id, spec, 3, clock(), "inline")
+
+
+def test_insert_is_all_or_nothing_on_conflict(store: Store, clock: FakeClock) -> None:
+    assert store.insert_jobs([new_job("a", clock)], clock()) == [True]
+    other = NewJob("a", JobSpec(command="false", id="a"), 3, clock(), "inline")
+    with pytest.raises(JobConflict):
+        store.insert_jobs([new_job("b", clock), other], clock())
+    assert store.get_job("b") is None
+    assert store.insert_jobs([new_job("a", clock), new_job("b", clock)], clock()) == [False, True]
+
+
+def test_claim_order_is_priority_then_creation_then_id(store: Store, clock: FakeClock) -> None:
+    store.insert_jobs([new_job("low", clock, priority=-1)], clock())
+    clock.advance(1)
+    store.insert_jobs([new_job("b-first", clock), new_job("a-first", clock)], clock())
+    clock.advance(1)
+    store.insert_jobs([new_job("high", clock, priority=5), new_job("later", clock)], clock())
+    order = []
+    while job := store.claim_next("w", (), clock(), clock() + timedelta(seconds=30), "t"):
+        order.append(job.id)
+    assert order == ["high", "a-first", "b-first", "later", "low"]
+
+
+def test_claim_skips_jobs_not_yet_due_and_other_queues(store: Store, clock: FakeClock) -> None:
+    future = NewJob("future", JobSpec(command="true", id="future"), 3,
+                    clock() + timedelta(seconds=5), "inline")
+    store.insert_jobs([future, new_job("other", clock, queue="other")], clock())
+    lease = clock() + timedelta(seconds=30)
+    assert store.claim_next("w", ("default",), clock(), lease, "t") is None
+    claimed = store.claim_next("w", ("other",), clock(), lease, "t")
+    assert claimed is not None and claimed.id == "other"
+    clock.advance(5000)
+    claimed = store.claim_next("w", (), clock(), lease, "t")
+    assert claimed is not None and claimed.id == "future"
+
+
+def test_finish_is_fenced_by_the_claim_token(store: Store, clock: FakeClock) -> None:
+    store.insert_jobs([new_job("j", clock)], clock())
+    job = store.claim_next("w1", (), clock(), clock() + timedelta(seconds=30), "token-1")
+    assert job is not None and job.state is JobState.PROCESSING
+    done = Transition(JobState.COMPLETED, 0, clock(), 0, None, "out")
+    assert not store.finish("j", "w1", "stale-token", done, clock())
+    assert store.get_job("j").state is JobState.PROCESSING  # type: ignore[union-attr]
+    assert store.finish("j", "w1", "token-1", done, clock())
+    assert not store.finish("j", "w1", "token-1", done, clock()), "a result is recorded once"
+    finished = store.get_job("j")
+    assert finished is not None
+    assert (finished.state, finished.output_tail, finished.lease_token) == (
+        JobState.COMPLETED, "out", None)
+
+
+def test_eight_threads_drain_300_jobs_each_claimed_once(db_path: Path, clock: FakeClock) -> None:
+    url = f"sqlite:///{db_path}"
+    setup = open_store(url)
+    Queue(setup, clock=clock).enqueue([JobSpec(command="true") for _ in range(300)])
+    setup.close()
+    claimed: list[str] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def drain(worker: int) -> None:
+        store = open_store(url, durable=False)
+        try:
+            while job := store.claim_next(f"w{worker}", (), clock(),
+                                          clock() + timedelta(seconds=30), f"t{worker}"):
+                with lock:
+                    claimed.append(job.id)
+                done = Transition(JobState.COMPLETED, 0, clock(), 0, None, None)
+                assert store.finish(job.id, f"w{worker}", f"t{worker}", done, clock())
+        except BaseException as exc:  # surfaced below: a thread's failure must fail the test
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=drain, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(claimed) == 300
+    assert len(set(claimed)) == 300
+    check = open_store(url)
+    assert check.count_by_state()[JobState.COMPLETED] == 300
+    check.close()
+
+
+def test_dlq_retry_resets_and_keeps_the_spec(store: Store, queue: Queue, clock: FakeClock) -> None:
+    queue.enqueue([JobSpec(command="false", id="d", max_retries=4, labels={"k": "v"})])
+    store.claim_next("w", (), clock(), clock() + timedelta(seconds=30), "t")
+    dead = Transition(JobState.DEAD, 5, clock(), 1, "exit code 1", "tail")
+    assert store.finish("d", "w", "t", dead, clock())
+    assert [j.id for j in queue.dlq_list()] == ["d"]
+    clock.advance(1000)
+    assert queue.dlq_retry(["d"]) == ["d"]
+    job = queue.get("d")
+    assert (job.state, job.attempts, job.max_retries, dict(job.labels)) == (
+        JobState.PENDING, 0, 4, {"k": "v"})
+    assert (job.last_error, job.exit_code, job.available_at) == (None, None, clock())
+
+
+def test_processing_jobs_and_drain_blockers(store: Store, clock: FakeClock) -> None:
+    future = NewJob("future", JobSpec(command="true", id="future"), 3,
+                    clock() + timedelta(hours=1), "inline")
+    store.insert_jobs([future, new_job("now", clock)], clock())
+    assert store.drain_blockers((), clock()) == 1, "a future job does not hold a drain"
+    store.claim_next("w", (), clock(), clock() + timedelta(seconds=30), "t")
+    assert [j.id for j in store.processing_jobs()] == ["now"]
+    assert store.drain_blockers((), clock()) == 1
+    assert store.next_available_at(()) == clock() + timedelta(hours=1)
