@@ -39,8 +39,10 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "home"
     monkeypatch.setenv("QUEUECTL_HOME", str(path))
     for name in list(os.environ):
-        if name.startswith("QUEUECTL_") and name not in ("QUEUECTL_HOME",) and not name.startswith(
-            ("QUEUECTL_TEST_", "QUEUECTL_REQUIRE_")
+        if (
+            name.startswith("QUEUECTL_")
+            and name not in ("QUEUECTL_HOME",)
+            and not name.startswith(("QUEUECTL_TEST_", "QUEUECTL_REQUIRE_"))
         ):
             monkeypatch.delenv(name)
     return path
@@ -80,7 +82,11 @@ def run(home: Path) -> Run:
         *args: str, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [QUEUECTL, *args], input=input, capture_output=True, text=True, timeout=timeout,
+            [QUEUECTL, *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
             env={**os.environ, **(env or {})},
         )
 

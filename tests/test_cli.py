@@ -49,9 +49,13 @@ def test_enqueue_json_object_with_every_field(run: Run, run_json: Any) -> None:
     assert job["command"] == ["python3", "-c", "print(1)"]
     assert job["run_at"] == "2030-01-02T02:04:05.000Z"
     assert job["available_at"] == job["run_at"]
-    assert {k: job[k] for k in ("priority", "max_retries", "timeout_ms", "env", "cwd", "queue",
-                                "labels")} == {k: spec[k] for k in ("priority", "max_retries",
-                                "timeout_ms", "env", "cwd", "queue", "labels")}
+    assert {
+        k: job[k]
+        for k in ("priority", "max_retries", "timeout_ms", "env", "cwd", "queue", "labels")
+    } == {
+        k: spec[k]
+        for k in ("priority", "max_retries", "timeout_ms", "env", "cwd", "queue", "labels")
+    }
 
 
 def test_enqueue_argv_array_argument_is_one_command(run: Run, run_json: Any) -> None:
@@ -61,13 +65,31 @@ def test_enqueue_argv_array_argument_is_one_command(run: Run, run_json: Any) -> 
 
 def test_enqueue_options_override_the_spec(run: Run, run_json: Any) -> None:
     ids = enqueue_ok(
-        run, '{"command": "true", "env": {"A": "1"}}', "--id", "opt", "--priority", "-2",
-        "--max-retries", "0", "--timeout-ms", "10", "--queue", "q1", "--env", "B=2",
-        "--label", "k=v=w",
+        run,
+        '{"command": "true", "env": {"A": "1"}}',
+        "--id",
+        "opt",
+        "--priority",
+        "-2",
+        "--max-retries",
+        "0",
+        "--timeout-ms",
+        "10",
+        "--queue",
+        "q1",
+        "--env",
+        "B=2",
+        "--label",
+        "k=v=w",
     )
     job = run_json("show", ids[0])
     assert (job["id"], job["priority"], job["max_retries"], job["timeout_ms"], job["queue"]) == (
-        "opt", -2, 0, 10, "q1")
+        "opt",
+        -2,
+        0,
+        10,
+        "q1",
+    )
     assert job["env"] == {"A": "1", "B": "2"}
     assert job["labels"] == {"k": "v=w"}
 
@@ -83,7 +105,9 @@ def test_enqueue_delay_sets_available_at_in_the_future(run: Run, run_json: Any) 
     assert 89.9 <= (available - created).total_seconds() <= 90.1
 
 
-def test_enqueue_stdin_list_is_one_transaction_with_one_id_per_line(run: Run, run_json: Any) -> None:
+def test_enqueue_stdin_list_is_one_transaction_with_one_id_per_line(
+    run: Run, run_json: Any
+) -> None:
     jobs = [{"id": f"batch-{i}", "command": "true"} for i in range(5)]
     assert enqueue_ok(run, "-", input=json.dumps(jobs)) == [j["id"] for j in jobs]
     bad = [{"id": "ok-1", "command": "true"}, {"id": "bad", "command": 3}]
@@ -118,52 +142,126 @@ def test_identical_resubmission_is_a_noop_and_a_different_spec_conflicts(
 
 BAD_INPUT = [
     # (arguments, stdin, exit code, the stderr line)
-    (['{"command": "x",'], None, 1,
-     "Error: <argument>:1:17: invalid JSON: Expecting property name enclosed in double quotes"),
-    (['{"priority": 1}'], None, 1, "Error: <argument>:1:1: command: required field is missing: add it"),
-    (['{"command": ""}'], None, 1,
-     "Error: <argument>:1:13: command: '' is not valid: use a non-empty command string, "
-     "or a non-empty array of strings (no NUL bytes)"),
-    ([""], None, 1,
-     "Error: <argument>: command: '' is not valid: use a non-empty command string, "
-     "or a non-empty array of strings (no NUL bytes)"),
-    (['{"command": "x", "priorty": 1}'], None, 1,
-     "Error: <argument>:1:18: priorty: unknown field: did you mean 'priority'?"),
-    (['{"command": "x", "priority": "high"}'], None, 1,
-     "Error: <argument>:1:30: priority: 'high' is not of type 'integer'"),
-    (['{"command": "x", "max_retries": -1}'], None, 1,
-     "Error: <argument>:1:33: max_retries: -1 is less than the minimum of 0"),
-    (['{"command": "x", "run_at": "next tuesday"}'], None, 1,
-     "Error: <argument>:1:28: run_at: 'next tuesday' is not an RFC 3339 date-time with offset, "
-     "e.g. 2026-01-31T02:00:00Z"),
-    (['{"command": "x", "run_at": "2026-01-01T00:00:00"}'], None, 1,
-     "Error: <argument>:1:28: run_at: '2026-01-01T00:00:00' is not an RFC 3339 date-time with "
-     "offset, e.g. 2026-01-31T02:00:00Z"),
-    (["x", "--id", "a/b"], None, 1,
-     "Error: <argument>: id: 'a/b' is not valid: use letters, digits, '.', '_', ':' or '-', "
-     "starting with a letter or digit, at most 128 characters, without '..'"),
-    (["x", "--id", "a..b"], None, 1,
-     "Error: <argument>: id: 'a..b' is not valid: use letters, digits, '.', '_', ':' or '-', "
-     "starting with a letter or digit, at most 128 characters, without '..'"),
-    (["x", "--id", "a b"], None, 1,
-     "Error: <argument>: id: 'a b' is not valid: use letters, digits, '.', '_', ':' or '-', "
-     "starting with a letter or digit, at most 128 characters, without '..'"),
-    (["x", "--max-retries", "-1"], None, 2,
-     "Error: Invalid value for '--max-retries': -1 is not in the range x>=0. "
-     "(see 'queuectl enqueue --help')"),
-    (["x", "--delay", "soon"], None, 2,
-     "Error: Invalid value for '--delay': 'soon' is not a duration: use e.g. 30s, 5m, 2h, 1d "
-     "or 250ms (see 'queuectl enqueue --help')"),
-    (["x", "--run-at", "2030-01-01T00:00:00Z", "--delay", "1s"], None, 2,
-     "Error: --run-at and --delay both set a start time: use one of them "
-     "(see 'queuectl enqueue --help')"),
-    (["-"], "- id: d\n  command: a\n- id: d\n  command: b\n", 1,
-     "Error: <stdin>:3:3: id: duplicate id 'd' (first declared at <stdin>:1): ids must be "
-     "unique"),
-    (["-"], "command: a\ncommand: b\n", 1,
-     "Error: <stdin>:2:1: command: duplicate key: remove one of them"),
+    (
+        ['{"command": "x",'],
+        None,
+        1,
+        "Error: <argument>:1:17: invalid JSON: Expecting property name enclosed in double quotes",
+    ),
+    (
+        ['{"priority": 1}'],
+        None,
+        1,
+        "Error: <argument>:1:1: command: required field is missing: add it",
+    ),
+    (
+        ['{"command": ""}'],
+        None,
+        1,
+        "Error: <argument>:1:13: command: '' is not valid: use a non-empty command string, "
+        "or a non-empty array of strings (no NUL bytes)",
+    ),
+    (
+        [""],
+        None,
+        1,
+        "Error: <argument>: command: '' is not valid: use a non-empty command string, "
+        "or a non-empty array of strings (no NUL bytes)",
+    ),
+    (
+        ['{"command": "x", "priorty": 1}'],
+        None,
+        1,
+        "Error: <argument>:1:18: priorty: unknown field: did you mean 'priority'?",
+    ),
+    (
+        ['{"command": "x", "priority": "high"}'],
+        None,
+        1,
+        "Error: <argument>:1:30: priority: 'high' is not of type 'integer'",
+    ),
+    (
+        ['{"command": "x", "max_retries": -1}'],
+        None,
+        1,
+        "Error: <argument>:1:33: max_retries: -1 is less than the minimum of 0",
+    ),
+    (
+        ['{"command": "x", "run_at": "next tuesday"}'],
+        None,
+        1,
+        "Error: <argument>:1:28: run_at: 'next tuesday' is not an RFC 3339 date-time with offset, "
+        "e.g. 2026-01-31T02:00:00Z",
+    ),
+    (
+        ['{"command": "x", "run_at": "2026-01-01T00:00:00"}'],
+        None,
+        1,
+        "Error: <argument>:1:28: run_at: '2026-01-01T00:00:00' is not an RFC 3339 date-time with "
+        "offset, e.g. 2026-01-31T02:00:00Z",
+    ),
+    (
+        ["x", "--id", "a/b"],
+        None,
+        1,
+        "Error: <argument>: id: 'a/b' is not valid: use letters, digits, '.', '_', ':' or '-', "
+        "starting with a letter or digit, at most 128 characters, without '..'",
+    ),
+    (
+        ["x", "--id", "a..b"],
+        None,
+        1,
+        "Error: <argument>: id: 'a..b' is not valid: use letters, digits, '.', '_', ':' or '-', "
+        "starting with a letter or digit, at most 128 characters, without '..'",
+    ),
+    (
+        ["x", "--id", "a b"],
+        None,
+        1,
+        "Error: <argument>: id: 'a b' is not valid: use letters, digits, '.', '_', ':' or '-', "
+        "starting with a letter or digit, at most 128 characters, without '..'",
+    ),
+    (
+        ["x", "--max-retries", "-1"],
+        None,
+        2,
+        "Error: Invalid value for '--max-retries': -1 is not in the range x>=0. "
+        "(see 'queuectl enqueue --help')",
+    ),
+    (
+        ["x", "--delay", "soon"],
+        None,
+        2,
+        "Error: Invalid value for '--delay': 'soon' is not a duration: use e.g. 30s, 5m, 2h, 1d "
+        "or 250ms (see 'queuectl enqueue --help')",
+    ),
+    (
+        ["x", "--run-at", "2030-01-01T00:00:00Z", "--delay", "1s"],
+        None,
+        2,
+        "Error: --run-at and --delay both set a start time: use one of them "
+        "(see 'queuectl enqueue --help')",
+    ),
+    (
+        ["-"],
+        "- id: d\n  command: a\n- id: d\n  command: b\n",
+        1,
+        "Error: <stdin>:3:3: id: duplicate id 'd' (first declared at <stdin>:1): ids must be "
+        "unique",
+    ),
+    (
+        ["-"],
+        "command: a\ncommand: b\n",
+        1,
+        "Error: <stdin>:2:1: command: duplicate key: remove one of them",
+    ),
     (["-"], "", 1, "Error: <stdin>:1:1: no job found: expected a job mapping or a list of jobs"),
-    (["-"], "a: [1, 2\n", 1, "Error: <stdin>:2:1: invalid YAML: *"),  # the parser's own words follow
+    (
+        ["-"],
+        "a: [1, 2\n",
+        1,
+        "Error: <stdin>:2:1: invalid YAML: *",
+    ),  # the parser's own words follow
 ]
 
 
@@ -209,8 +307,14 @@ def test_list_bad_state_is_a_usage_error(run: Run) -> None:
 def test_status_counts_every_state_and_no_workers(run: Run, run_json: Any) -> None:
     enqueue_ok(run, "true")
     status = run_json("status")
-    assert status["counts"] == {"pending": 1, "processing": 0, "completed": 0, "failed": 0,
-                                "dead": 0, "canceled": 0}
+    assert status["counts"] == {
+        "pending": 1,
+        "processing": 0,
+        "completed": 0,
+        "failed": 0,
+        "dead": 0,
+        "canceled": 0,
+    }
     assert status["workers"] == []
 
 
@@ -218,7 +322,10 @@ def test_show_and_cancel_unknown_job_exit_1(run: Run) -> None:
     for command in ("show", "cancel", "logs"):
         result = run(command, "ghost")
         assert result.returncode == 1
-        assert result.stderr.strip() == "Error: job 'ghost' not found: check the id with `queuectl list`"
+        assert (
+            result.stderr.strip()
+            == "Error: job 'ghost' not found: check the id with `queuectl list`"
+        )
 
 
 def test_cancel_only_pending_or_failed(run: Run) -> None:
@@ -243,7 +350,9 @@ def test_dlq_retry_errors(run: Run) -> None:
     enqueue_ok(run, "true", "--id", "alive")
     unknown = run("dlq", "retry", "ghost")
     assert (unknown.returncode, unknown.stderr.strip()) == (
-        1, "Error: job 'ghost' not found: check the id with `queuectl list`")
+        1,
+        "Error: job 'ghost' not found: check the id with `queuectl list`",
+    )
     not_dead = run("dlq", "retry", "alive")
     assert not_dead.returncode == 1
     assert not_dead.stderr.strip() == (
@@ -262,7 +371,9 @@ def test_database_that_is_not_sqlite_is_refused(run: Run, tmp_path: Path) -> Non
     before = bogus.read_bytes()
     result = run("--db", f"sqlite:///{bogus}", "status")
     assert result.returncode == 1
-    assert result.stderr.startswith(f"Error: sqlite:///{bogus}: not a usable queuectl SQLite database")
+    assert result.stderr.startswith(
+        f"Error: sqlite:///{bogus}: not a usable queuectl SQLite database"
+    )
     assert len(result.stderr.strip().splitlines()) == 1
     assert bogus.read_bytes() == before
 
@@ -283,7 +394,9 @@ def test_database_from_a_newer_queuectl_is_refused(run: Run, tmp_path: Path) -> 
 def test_unknown_db_url_and_missing_directory(run: Run, tmp_path: Path) -> None:
     result = run("--db", "mysql://x", "status")
     assert (result.returncode, result.stderr.strip()) == (
-        1, "Error: unsupported database URL 'mysql://x': use sqlite:///path/to/file.db")
+        1,
+        "Error: unsupported database URL 'mysql://x': use sqlite:///path/to/file.db",
+    )
     missing = tmp_path / "nope" / "q.db"
     result = run("--db", f"sqlite:///{missing}", "status")
     assert result.returncode == 1
@@ -295,8 +408,13 @@ def test_relative_sqlite_url_is_relative_to_the_working_directory(run: Run, tmp_
 
     from .conftest import QUEUECTL
 
-    result = subprocess.run([QUEUECTL, "--db", "sqlite:///rel.db", "enqueue", "true"],
-                            cwd=tmp_path, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [QUEUECTL, "--db", "sqlite:///rel.db", "enqueue", "true"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "rel.db").exists()
 
@@ -318,7 +436,8 @@ def test_python_dash_m_and_version(run: Run) -> None:
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "queuectl", "--version"], capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "queuectl", "--version"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0
     assert result.stdout.startswith("queuectl, version ")

@@ -35,16 +35,37 @@ def test_set_then_get_in_another_process(run: Run, key: str, value: str, shown: 
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("max_retries", "-1", "max_retries: '-1' is not valid for max_retries: use an integer >= 0"),
-        ("max_retries", "two", "max_retries: 'two' is not valid for max_retries: use an integer >= 0"),
-        ("backoff_base", "1", "backoff_base: '1' is not valid for backoff_base: use a number > 1 "
-         "and <= 100"),
-        ("backoff_base", "nan", "backoff_base: 'nan' is not valid for backoff_base: use a number > 1 "
-         "and <= 100"),
-        ("lease_ms", "10", "lease_ms: '10' is not valid for lease_ms: use an integer from 200 to "
-         "86400000"),
-        ("colour", "red", "unknown config key 'colour': use one of max_retries, backoff_base, "
-         "backoff_max_ms, poll_interval_ms, job_timeout_ms, lease_ms"),
+        (
+            "max_retries",
+            "-1",
+            "max_retries: '-1' is not valid for max_retries: use an integer >= 0",
+        ),
+        (
+            "max_retries",
+            "two",
+            "max_retries: 'two' is not valid for max_retries: use an integer >= 0",
+        ),
+        (
+            "backoff_base",
+            "1",
+            "backoff_base: '1' is not valid for backoff_base: use a number > 1 and <= 100",
+        ),
+        (
+            "backoff_base",
+            "nan",
+            "backoff_base: 'nan' is not valid for backoff_base: use a number > 1 and <= 100",
+        ),
+        (
+            "lease_ms",
+            "10",
+            "lease_ms: '10' is not valid for lease_ms: use an integer from 200 to 86400000",
+        ),
+        (
+            "colour",
+            "red",
+            "unknown config key 'colour': use one of max_retries, backoff_base, "
+            "backoff_max_ms, poll_interval_ms, job_timeout_ms, lease_ms",
+        ),
     ],
 )
 def test_bad_key_or_value_exits_2_and_writes_nothing(
@@ -67,7 +88,9 @@ def test_environment_overrides_for_one_process(run: Run) -> None:
     assert run("config", "get", "max_retries").stdout == "2\n"
     bad = run("config", "get", "max_retries", env={"QUEUECTL_MAX_RETRIES": "x"})
     assert (bad.returncode, bad.stderr.strip()) == (
-        2, "Error: QUEUECTL_MAX_RETRIES: 'x' is not valid for max_retries: use an integer >= 0")
+        2,
+        "Error: QUEUECTL_MAX_RETRIES: 'x' is not valid for max_retries: use an integer >= 0",
+    )
 
 
 def test_config_change_after_enqueue_keeps_the_jobs_max_retries(run: Run, run_json: Any) -> None:

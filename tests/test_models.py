@@ -25,8 +25,12 @@ def test_generated_ids_are_unique_valid_and_sorted_by_creation() -> None:
 
 def test_ids_from_separate_processes_sort_by_creation_time() -> None:
     code = "from queuectl.models import new_job_id; print(new_job_id())"
-    ids = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True).stdout.strip() for _ in range(3)]
+    ids = [
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(3)
+    ]
     assert ids == sorted(ids)
     assert len(set(ids)) == 3
 

@@ -18,10 +18,27 @@ from .conftest import FakeClock
 
 def stored_job(clock: FakeClock, **fields: Any) -> Job:
     values: dict[str, Any] = dict(
-        id="j", command="true", priority=0, run_at=None, max_retries=3, timeout_ms=None, env={},
-        cwd=None, queue="default", labels={}, state=JobState.PROCESSING, attempts=0,
-        created_at=clock(), updated_at=clock(), available_at=clock(), started_at=clock(),
-        finished_at=None, exit_code=None, last_error=None, worker_id="w", source="inline",
+        id="j",
+        command="true",
+        priority=0,
+        run_at=None,
+        max_retries=3,
+        timeout_ms=None,
+        env={},
+        cwd=None,
+        queue="default",
+        labels={},
+        state=JobState.PROCESSING,
+        attempts=0,
+        created_at=clock(),
+        updated_at=clock(),
+        available_at=clock(),
+        started_at=clock(),
+        finished_at=None,
+        exit_code=None,
+        last_error=None,
+        worker_id="w",
+        source="inline",
         spec_hash="h",
     )
     values.update(fields)
@@ -36,8 +53,16 @@ def test_run_once_runs_one_job_with_its_env_and_cwd(
     store: Store, queue: Queue, clock: FakeClock, tmp_path: Path, home: Path
 ) -> None:
     out = tmp_path / "out"
-    queue.enqueue([JobSpec(command=f'echo "$GREETING $QUEUECTL_ATTEMPT $PWD" > {out}',
-                           id="env", env={"GREETING": "hi"}, cwd=str(tmp_path))])
+    queue.enqueue(
+        [
+            JobSpec(
+                command=f'echo "$GREETING $QUEUECTL_ATTEMPT $PWD" > {out}',
+                id="env",
+                env={"GREETING": "hi"},
+                cwd=str(tmp_path),
+            )
+        ]
+    )
     runner = make_runner(store, clock)
     assert runner.run_once()
     assert not runner.run_once()
@@ -46,12 +71,16 @@ def test_run_once_runs_one_job_with_its_env_and_cwd(
     assert (job.state, job.attempts, job.exit_code) == (JobState.COMPLETED, 0, 0)
 
 
-def test_missing_cwd_is_a_failed_attempt(store: Store, queue: Queue, clock: FakeClock,
-                                         home: Path) -> None:
+def test_missing_cwd_is_a_failed_attempt(
+    store: Store, queue: Queue, clock: FakeClock, home: Path
+) -> None:
     queue.enqueue([JobSpec(command="true", id="nowhere", cwd="/no/such/dir", max_retries=0)])
     assert make_runner(store, clock).run_once()
     job = queue.get("nowhere")
-    assert (job.state, job.last_error) == (JobState.DEAD, "working directory not found: /no/such/dir")
+    assert (job.state, job.last_error) == (
+        JobState.DEAD,
+        "working directory not found: /no/such/dir",
+    )
 
 
 def test_argv_command_not_found(store: Store, queue: Queue, clock: FakeClock, home: Path) -> None:
@@ -61,8 +90,9 @@ def test_argv_command_not_found(store: Store, queue: Queue, clock: FakeClock, ho
     assert (job.exit_code, job.last_error) == (127, "command not found (exit 127)")
 
 
-def test_output_tail_is_kept_in_the_store(store: Store, queue: Queue, clock: FakeClock,
-                                          home: Path) -> None:
+def test_output_tail_is_kept_in_the_store(
+    store: Store, queue: Queue, clock: FakeClock, home: Path
+) -> None:
     queue.enqueue([JobSpec(command="seq 1 5000", id="chatty")])
     assert make_runner(store, clock).run_once()
     tail = queue.get("chatty").output_tail
@@ -86,7 +116,10 @@ def test_expired_lease_of_another_host_is_recovered_as_a_failed_attempt(
     assert runner.recover_lost_jobs() == 1
     job = queue.get("lost")
     assert (job.state, job.attempts, job.last_error) == (
-        JobState.FAILED, 1, "worker lost (lease expired)")
+        JobState.FAILED,
+        1,
+        "worker lost (lease expired)",
+    )
     assert job.available_at == clock() + timedelta(seconds=2)
 
 
@@ -97,8 +130,9 @@ def test_dead_local_worker_is_recovered_without_waiting_for_its_lease(
     gone.wait()
     runner = make_runner(store, clock)
     queue.enqueue([JobSpec(command="true", id="orphan", max_retries=0)])
-    store.claim_next(f"{runner.host}:{gone.pid}:0000", (), clock(),
-                     clock() + timedelta(seconds=30), "tok")
+    store.claim_next(
+        f"{runner.host}:{gone.pid}:0000", (), clock(), clock() + timedelta(seconds=30), "tok"
+    )
     assert runner.recover_lost_jobs() == 1
     job = queue.get("orphan")
     assert (job.state, job.last_error) == (JobState.DEAD, "worker lost (process died)")

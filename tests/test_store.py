@@ -79,8 +79,9 @@ def test_claim_order_is_priority_then_creation_then_id(store: Store, clock: Fake
 
 
 def test_claim_skips_jobs_not_yet_due_and_other_queues(store: Store, clock: FakeClock) -> None:
-    future = NewJob("future", JobSpec(command="true", id="future"), 3,
-                    clock() + timedelta(seconds=5), "inline")
+    future = NewJob(
+        "future", JobSpec(command="true", id="future"), 3, clock() + timedelta(seconds=5), "inline"
+    )
     store.insert_jobs([future, new_job("other", clock, queue="other")], clock())
     lease = clock() + timedelta(seconds=30)
     assert store.claim_next("w", ("default",), clock(), lease, "t") is None
@@ -103,7 +104,10 @@ def test_finish_is_fenced_by_the_claim_token(store: Store, clock: FakeClock) -> 
     finished = store.get_job("j")
     assert finished is not None
     assert (finished.state, finished.output_tail, finished.lease_token) == (
-        JobState.COMPLETED, "out", None)
+        JobState.COMPLETED,
+        "out",
+        None,
+    )
 
 
 def test_eight_threads_drain_300_jobs_each_claimed_once(db_path: Path, clock: FakeClock) -> None:
@@ -118,8 +122,9 @@ def test_eight_threads_drain_300_jobs_each_claimed_once(db_path: Path, clock: Fa
     def drain(worker: int) -> None:
         store = open_store(url, durable=False)
         try:
-            while job := store.claim_next(f"w{worker}", (), clock(),
-                                          clock() + timedelta(seconds=30), f"t{worker}"):
+            while job := store.claim_next(
+                f"w{worker}", (), clock(), clock() + timedelta(seconds=30), f"t{worker}"
+            ):
                 with lock:
                     claimed.append(job.id)
                 done = Transition(JobState.COMPLETED, 0, clock(), 0, None, None)
@@ -152,13 +157,18 @@ def test_dlq_retry_resets_and_keeps_the_spec(store: Store, queue: Queue, clock: 
     assert queue.dlq_retry(["d"]) == ["d"]
     job = queue.get("d")
     assert (job.state, job.attempts, job.max_retries, dict(job.labels)) == (
-        JobState.PENDING, 0, 4, {"k": "v"})
+        JobState.PENDING,
+        0,
+        4,
+        {"k": "v"},
+    )
     assert (job.last_error, job.exit_code, job.available_at) == (None, None, clock())
 
 
 def test_processing_jobs_and_drain_blockers(store: Store, clock: FakeClock) -> None:
-    future = NewJob("future", JobSpec(command="true", id="future"), 3,
-                    clock() + timedelta(hours=1), "inline")
+    future = NewJob(
+        "future", JobSpec(command="true", id="future"), 3, clock() + timedelta(hours=1), "inline"
+    )
     store.insert_jobs([future, new_job("now", clock)], clock())
     assert store.drain_blockers((), clock()) == 1, "a future job does not hold a drain"
     store.claim_next("w", (), clock(), clock() + timedelta(seconds=30), "t")
