@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -21,7 +22,7 @@ import click
 
 from . import __version__, spec
 from .core import Queue
-from .errors import QueuectlError, UsageProblem
+from .errors import Problem, QueuectlError, SpecInvalid, UsageProblem
 from .models import Job, JobState
 from .paths import default_db_url, job_log_path
 from .store import open_store
@@ -680,4 +681,132 @@ def worker_stop_cmd(app: App, timeout: float) -> None:
         raise click.ClickException(
             f"{len(report.still_running)} worker(s) still running after {timeout:g} s "
             f"(pid {pids}): they are finishing a job; wait, or run `worker stop` again"
+        )
+
+
+# -- declared specs: validate and apply ---------------------------------------------------
+
+
+def _github_escape(text: str, *, prop: bool = False) -> str:
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return text.replace(":", "%3A").replace(",", "%2C") if prop else text
+
+
+def emit_problems(problems: Sequence[Problem], fmt: str) -> None:
+    """Print validation problems: text lines, a JSON list, or GitHub workflow annotations."""
+    if fmt == "json":
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "file": p.source,
+                        "line": p.line,
+                        "column": p.column,
+                        "field": p.field,
+                        "message": p.message,
+                    }
+                    for p in problems
+                ],
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+    elif fmt == "github":
+        for p in problems:
+            text = f"{p.field}: {p.message}" if p.field else p.message
+            click.echo(
+                f"::error file={_github_escape(p.source, prop=True)},line={p.line},"
+                f"col={p.column}::{_github_escape(text)}"
+            )
+    else:
+        for p in problems:
+            click.echo(str(p))
+
+
+spec_paths = click.argument(
+    "paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path)
+)
+
+
+@cli.command(name="validate")
+@spec_paths
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "github"]),
+    default="text",
+    show_default=True,
+    help="text for people, json for programs, github for workflow annotations.",
+)
+def validate_cmd(paths: tuple[Path, ...], fmt: str) -> None:
+    """Validate job-spec files and directories (recursively) without touching any store.
+
+    Checks the schema, date-times, YAML/JSON syntax and duplicate ids across every
+    file given. Prints `path:line:col: field: message` per problem; exits 1 if any.
+
+    \b
+    Examples:
+        queuectl validate jobs/
+        queuectl validate --format github jobs/*.yaml
+    """
+    result = spec.validate_paths(paths)
+    if result.problems or fmt == "json":
+        emit_problems(result.problems, fmt)
+    if result.problems:
+        click.echo(f"{len(result.problems)} problem(s) in {result.files} file(s)", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {len(result.specs)} job(s) in {result.files} file(s)", err=True)
+
+
+@cli.command(name="apply")
+@spec_paths
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option(
+    "--replace", is_flag=True, help="Enqueue changed jobs afresh even if they ran or were canceled."
+)
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Cancel pending jobs an earlier apply of these paths created that are no longer declared.",
+)
+@format_option
+@pass_app
+def apply_cmd(
+    app: App, paths: tuple[Path, ...], dry_run: bool, replace: bool, prune: bool, fmt: str
+) -> None:
+    """Make the queue hold exactly the declared jobs, once (GitOps).
+
+    Every job needs an id. Per job the plan is create, unchanged, update (pending and
+    never run), conflict (changed after it ran: left alone, exit 1), replace (with
+    --replace) or prune (with --prune). The plan is printed as JSON even when
+    conflicts make the exit code 1. All changes are one transaction: an invalid file
+    changes nothing.
+
+    \b
+    Examples:
+        queuectl apply jobs/ --dry-run
+        queuectl apply jobs/ --prune
+    """
+    from . import apply as apply_mod
+
+    try:
+        result = apply_mod.apply(
+            app.queue().store, list(paths), dry_run=dry_run, replace=replace, prune=prune
+        )
+    except SpecInvalid as exc:
+        for problem in exc.problems:
+            click.echo(f"Error: {problem}", err=True)
+        raise click.ClickException(
+            f"nothing applied: fix the {len(exc.problems)} problem(s) above"
+        ) from exc
+    emit([e.to_dict() for e in result.entries], fmt, ("id", "action", "source", "reason"))
+    counts = {
+        a: sum(e.action == a for e in result.entries)
+        for a in ("create", "update", "replace", "prune", "unchanged", "conflict")
+    }
+    summary = ", ".join(f"{n} {a}" for a, n in counts.items() if n) or "nothing declared"
+    click.echo(f"{'dry run, nothing written: ' if dry_run else ''}{summary}", err=True)
+    if result.conflicts:
+        raise click.ClickException(
+            f"{len(result.conflicts)} conflict(s) left alone: see the plan's reasons"
         )

@@ -35,6 +35,10 @@ class JobConflict(QueuectlError):
     """A job with this id exists with a different spec."""
 
 
+class ConcurrentChange(QueuectlError):
+    """A job changed between planning and applying; nothing was written."""
+
+
 class StoreError(QueuectlError):
     """The store cannot be opened or used."""
 

@@ -120,6 +120,7 @@ class NewJob:
     max_retries: int
     available_at: datetime
     source: str
+    source_commit: str | None = None  # the git commit of an applied spec file
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ class Job:
     lease_token: str | None = None
     lease_expires_at: datetime | None = None
     output_tail: str = ""
+    source_commit: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The job as shown by `show` and `list` (JSON-ready)."""
@@ -177,6 +179,7 @@ class Job:
             "worker_id": self.worker_id,
             "lease_expires_at": format_time(self.lease_expires_at),
             "source": self.source,
+            "source_commit": self.source_commit,
             "spec_hash": self.spec_hash,
         }
 

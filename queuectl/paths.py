@@ -39,7 +39,7 @@ def logs_dir() -> Path:
 
 def job_log_path(job_id: str) -> Path:
     """The log file of a job; ids that could escape the logs directory are refused."""
-    if not _ID.match(job_id) or ".." in job_id:
+    if not _ID.fullmatch(job_id) or ".." in job_id:
         raise QueuectlError(f"{job_id!r} is not a valid job id: no log file can belong to it")
     return logs_dir() / f"job-{job_id}.log"
 

@@ -431,7 +431,7 @@ def validate_documents(docs: Sequence[Document], *, source: str = "<input>") -> 
                 line, col = (doc.line, 1) if doc._locate else doc.position(prefix)
                 loaded.append(LoadedSpec(_to_spec(data), doc.source, line, col))
                 continue
-            found = list(_problems(doc, prefix, data))
+            found = sorted(_problems(doc, prefix, data), key=lambda p: (p.line, p.column))
             if found:
                 problems.extend(found)
             else:  # the fast checker was stricter than jsonschema: trust jsonschema
@@ -553,9 +553,83 @@ def parse_specs(text: str, source: str, *, is_json: bool | None = None) -> list[
     return validate_documents(load_text(text, source, is_json=is_json), source=source)
 
 
-def validate_values(values: Sequence[Any], source: str) -> list[LoadedSpec]:
-    """Validate job dicts built in memory (inline enqueue)."""
-    return validate_documents([Document(source, list(values), line=0, _positions={})])
+SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def spec_files(paths: Iterable[Path]) -> list[Path]:
+    """The spec files named by `paths`: files as given, directories searched recursively
+    for *.yaml, *.yml and *.json (hidden files and directories skipped), sorted."""
+    found: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            found.append(path)
+            continue
+        for candidate in sorted(path.rglob("*")):
+            relative = candidate.relative_to(path).parts
+            if (
+                candidate.suffix.lower() in SPEC_SUFFIXES
+                and candidate.is_file()
+                and not any(part.startswith(".") for part in relative)
+            ):
+                found.append(candidate)
+    return found
+
+
+def read_spec_file(path: Path, source: str | None = None) -> list[Document]:
+    """Load one spec file (JSON by suffix, else YAML); raise SpecInvalid naming the file."""
+    source = source or str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecInvalid([Problem(source, 0, 0, "", f"cannot read: {exc.strerror}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecInvalid(
+            [Problem(source, line, 1, "", "not UTF-8 text: save the file as UTF-8")]
+        ) from None
+    if "\0" in text:
+        line = text[: text.index("\0")].count("\n") + 1
+        raise SpecInvalid([Problem(source, line, 1, "", "contains a NUL byte: not a text file")])
+    docs = load_text(text, source, is_json=path.suffix.lower() == ".json")
+    if not docs:
+        raise SpecInvalid([Problem(source, 1, 1, "", "no job found: the file is empty")])
+    return docs
+
+
+@dataclass
+class Validation:
+    """The outcome of validating a set of files: every valid spec and every problem."""
+
+    specs: list[LoadedSpec]
+    problems: list[Problem]
+    files: int
+
+
+def validate_paths(paths: Iterable[Path]) -> Validation:
+    """Validate every spec file under `paths` as one set (ids must be unique across it)."""
+    files = spec_files(paths)
+    docs: list[Document] = []
+    problems: list[Problem] = []
+    for path in files:
+        try:
+            docs.extend(read_spec_file(path))
+        except SpecInvalid as exc:
+            problems.extend(exc.problems)
+    specs: list[LoadedSpec] = []
+    if docs:
+        try:
+            specs = validate_documents(docs)
+        except SpecInvalid as exc:
+            problems.extend(exc.problems)
+    if not files:
+        problems.append(
+            Problem(
+                ", ".join(map(str, paths)), 0, 0, "", "no spec files found (*.yaml, *.yml, *.json)"
+            )
+        )
+    return Validation(specs, problems, len(files))
 
 
 def inline_specs(

@@ -30,6 +30,20 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class Change:
+    """One write of an apply: `create` a job, `update`/`replace` one in place, or `prune` it.
+
+    `expected` is the (state, updated_at) the plan saw; the write happens only if the
+    job is still exactly so, which keeps a concurrent claim from being overwritten.
+    """
+
+    action: str
+    job_id: str
+    job: NewJob | None = None
+    expected: tuple[JobState, datetime] | None = None
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     stop_requested: bool
     claim_held: bool  # False when the current job's claim was taken over
@@ -49,6 +63,21 @@ class Store(Protocol):
         ...
 
     def get_job(self, job_id: str) -> Job | None: ...
+
+    def get_jobs(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        """The jobs among `job_ids` that exist, by id."""
+        ...
+
+    def applied_pending_jobs(self) -> list[Job]:
+        """Pending jobs created by `apply` (candidates for --prune)."""
+        ...
+
+    def apply_changes(self, changes: Sequence[Change], now: datetime) -> None:
+        """Make every change in one transaction, or none.
+
+        :raises ConcurrentChange: a job changed since the plan was made.
+        """
+        ...
 
     def list_jobs(
         self,

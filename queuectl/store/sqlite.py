@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import (
+    ConcurrentChange,
     InvalidState,
     JobConflict,
     JobNotFound,
@@ -26,7 +27,7 @@ from ..errors import (
     StoreError,
 )
 from ..models import Job, JobState, NewJob, WorkerInfo, from_ms, to_ms
-from . import Heartbeat, Transition
+from . import Change, Heartbeat, Transition
 
 MIN_SQLITE = (3, 35, 0)  # UPDATE ... RETURNING
 BUSY_TIMEOUT_MS = 60_000  # contention waits instead of failing with "database is locked"
@@ -34,10 +35,28 @@ BUSY_TIMEOUT_MS = 60_000  # contention waits instead of failing with "database i
 INSERT_JOB = """
 INSERT INTO jobs (id, command, priority, run_at, max_retries, timeout_ms, env, cwd, queue,
                   labels, state, attempts, created_at, updated_at, available_at, source,
-                  spec_hash)
+                  source_commit, spec_hash)
 VALUES (:id, :command, :priority, :run_at, :max_retries, :timeout_ms, :env, :cwd, :queue,
-        :labels, 'pending', 0, :now, :now, :available_at, :source, :spec_hash)
+        :labels, 'pending', 0, :now, :now, :available_at, :source, :source_commit, :spec_hash)
 """
+REPLACE_SPEC = """
+UPDATE jobs SET command = :command, priority = :priority, run_at = :run_at,
+                max_retries = :max_retries, timeout_ms = :timeout_ms, env = :env, cwd = :cwd,
+                queue = :queue, labels = :labels, state = 'pending', attempts = 0,
+                available_at = :available_at, updated_at = :now, started_at = NULL,
+                finished_at = NULL, exit_code = NULL, last_error = NULL, worker_id = NULL,
+                lease_token = NULL, lease_expires_at = NULL, output_tail = '', source = :source,
+                source_commit = :source_commit, spec_hash = :spec_hash,
+                created_at = CASE WHEN :fresh THEN :now ELSE created_at END
+ WHERE id = :id AND state = :expected_state AND updated_at = :expected_updated_at
+   AND state <> 'processing'
+"""
+PRUNE_JOB = """
+UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now
+ WHERE id = :id AND state = 'pending' AND updated_at = :expected_updated_at
+"""
+GET_JOBS = "SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(:ids))"
+APPLIED_PENDING = "SELECT * FROM jobs WHERE state = 'pending' AND source LIKE 'apply:%'"
 EXISTING_HASHES = """
 SELECT id, spec_hash, source FROM jobs WHERE id IN (SELECT value FROM json_each(:ids))
 """
@@ -58,8 +77,7 @@ UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now
 """
 RETRY_DEAD = """
 UPDATE jobs SET state = 'pending', attempts = 0, available_at = :now, updated_at = :now,
-                started_at = NULL, finished_at = NULL, exit_code = NULL, last_error = NULL,
-                worker_id = NULL, lease_token = NULL, lease_expires_at = NULL
+                exit_code = NULL, last_error = NULL, lease_token = NULL, lease_expires_at = NULL
  WHERE state = 'dead' AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))
 RETURNING id
 """
@@ -127,6 +145,28 @@ SELECT min(available_at) FROM jobs
 """
 
 
+def _job_params(job: NewJob, now_ms: int) -> dict[str, Any]:
+    spec = job.spec
+    command = list(spec.command) if isinstance(spec.command, tuple) else spec.command
+    return {
+        "id": job.id,
+        "command": json.dumps(command),
+        "priority": spec.priority,
+        "run_at": to_ms(spec.run_at) if spec.run_at else None,
+        "max_retries": job.max_retries,
+        "timeout_ms": spec.timeout_ms,
+        "env": json.dumps(dict(spec.env)),
+        "cwd": spec.cwd,
+        "queue": spec.queue,
+        "labels": json.dumps(dict(spec.labels)),
+        "now": now_ms,
+        "available_at": to_ms(job.available_at),
+        "source": job.source,
+        "source_commit": job.source_commit,
+        "spec_hash": spec.spec_hash,
+    }
+
+
 def _queues_param(queues: Sequence[str]) -> str | None:
     return json.dumps(list(queues)) if queues else None
 
@@ -155,6 +195,7 @@ def _job_from_row(row: sqlite3.Row) -> Job:
         last_error=row["last_error"],
         worker_id=row["worker_id"],
         source=row["source"],
+        source_commit=row["source_commit"],
         spec_hash=row["spec_hash"],
         lease_token=row["lease_token"],
         lease_expires_at=from_ms(row["lease_expires_at"]),
@@ -199,6 +240,13 @@ def _statements(script: str) -> Iterator[str]:
         raise MigrationFailed(
             f"migration ends with an incomplete statement: {buffer.strip()[:60]!r}"
         )
+
+
+def _changed(job_id: str) -> ConcurrentChange:
+    return ConcurrentChange(
+        f"job {job_id!r} changed while the apply was planned (a worker claimed it?): "
+        "nothing was written; run the apply again"
+    )
 
 
 class SqliteStore:
@@ -312,33 +360,50 @@ class SqliteStore:
                     created.append(False)
                     continue
                 created.append(True)
-                spec = job.spec
-                rows.append(
-                    {
-                        "id": job.id,
-                        "command": json.dumps(
-                            list(spec.command) if isinstance(spec.command, tuple) else spec.command
-                        ),
-                        "priority": spec.priority,
-                        "run_at": to_ms(spec.run_at) if spec.run_at else None,
-                        "max_retries": job.max_retries,
-                        "timeout_ms": spec.timeout_ms,
-                        "env": json.dumps(dict(spec.env)),
-                        "cwd": spec.cwd,
-                        "queue": spec.queue,
-                        "labels": json.dumps(dict(spec.labels)),
-                        "now": now_ms,
-                        "available_at": to_ms(job.available_at),
-                        "source": job.source,
-                        "spec_hash": spec.spec_hash,
-                    }
-                )
+                rows.append(_job_params(job, now_ms))
             conn.executemany(INSERT_JOB, rows)
         return created
 
     def get_job(self, job_id: str) -> Job | None:
         row = self.conn.execute(GET_JOB, {"id": job_id}).fetchone()
         return _job_from_row(row) if row else None
+
+    def get_jobs(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        rows = self.conn.execute(GET_JOBS, {"ids": json.dumps(list(job_ids))})
+        return {row["id"]: _job_from_row(row) for row in rows}
+
+    def applied_pending_jobs(self) -> list[Job]:
+        return [_job_from_row(row) for row in self.conn.execute(APPLIED_PENDING)]
+
+    def apply_changes(self, changes: Sequence[Change], now: datetime) -> None:
+        now_ms = to_ms(now)
+        with self._write() as conn:
+            for change in changes:
+                expected = change.expected
+                guard = {
+                    "expected_state": expected[0].value if expected else None,
+                    "expected_updated_at": to_ms(expected[1]) if expected else None,
+                }
+                if change.action == "create" and change.job is not None:
+                    try:
+                        conn.execute(INSERT_JOB, _job_params(change.job, now_ms))
+                    except sqlite3.IntegrityError:
+                        raise _changed(change.job_id) from None
+                    continue
+                if change.action in ("update", "replace") and change.job is not None:
+                    params = {
+                        **_job_params(change.job, now_ms),
+                        **guard,
+                        "fresh": change.action == "replace",
+                    }
+                    written = conn.execute(REPLACE_SPEC, params).rowcount
+                elif change.action == "prune":
+                    params = {"id": change.job_id, "now": now_ms, **guard}
+                    written = conn.execute(PRUNE_JOB, params).rowcount
+                else:
+                    raise ValueError(f"unknown change {change.action!r}")
+                if written != 1:
+                    raise _changed(change.job_id)
 
     def list_jobs(
         self,

@@ -1,4 +1,4 @@
--- user_version 1
+-- user_version 2
 CREATE INDEX jobs_claim_order ON jobs (priority DESC, created_at, id)
     WHERE state IN ('pending', 'failed');
 CREATE INDEX jobs_created ON jobs (created_at, id);
@@ -34,7 +34,7 @@ CREATE TABLE jobs (
     source           TEXT NOT NULL,
     spec_hash        TEXT NOT NULL,
     output_tail      TEXT NOT NULL DEFAULT ''
-) WITHOUT ROWID;
+, source_commit TEXT) WITHOUT ROWID;
 CREATE TABLE workers (
     id               TEXT PRIMARY KEY,
     pid              INTEGER NOT NULL,

@@ -1,0 +1,152 @@
+"""`queuectl apply`: the GitOps plan, driven through the installed command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import Run
+
+pytestmark = pytest.mark.e2e
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def plan_of(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    return {entry["id"]: entry["action"] for entry in json.loads(result.stdout)}
+
+
+def test_apply_examples_twice_is_a_noop(run: Run, run_json: Any) -> None:
+    first = run("apply", str(EXAMPLES))
+    assert first.returncode == 0, first.stderr
+    assert set(plan_of(first).values()) == {"create"}
+    assert len(plan_of(first)) == 8
+    before = run_json("list")
+    second = run("apply", str(EXAMPLES))
+    assert second.returncode == 0
+    assert set(plan_of(second).values()) == {"unchanged"}
+    assert run_json("list") == before
+
+
+def test_update_in_place_while_pending_and_never_run(
+    run: Run, run_json: Any, tmp_path: Path
+) -> None:
+    spec = write(tmp_path / "jobs" / "a.yaml", "id: a\ncommand: echo one\n")
+    assert plan_of(run("apply", str(spec))) == {"a": "create"}
+    created = run_json("show", "a")
+    write(spec, "id: a\ncommand: echo two\npriority: 4\n")
+    result = run("apply", str(spec))
+    assert (result.returncode, plan_of(result)) == (0, {"a": "update"})
+    job = run_json("show", "a")
+    assert (job["command"], job["priority"], job["created_at"]) == (
+        "echo two",
+        4,
+        created["created_at"],
+    )
+
+
+def test_conflict_after_a_run_and_replace(run: Run, run_json: Any, tmp_path: Path) -> None:
+    spec = write(tmp_path / "a.yaml", "id: a\ncommand: 'true'\n")
+    run("apply", str(spec))
+    assert run("worker", "run", "--drain").returncode == 0
+    write(spec, "id: a\ncommand: echo changed\n")
+    result = run("apply", str(spec))
+    assert result.returncode == 1
+    (entry,) = json.loads(result.stdout)
+    assert entry == {
+        "id": "a",
+        "action": "conflict",
+        "source": str(spec),
+        "reason": "the job is completed and has run: use --replace to enqueue it afresh",
+    }
+    assert result.stderr.strip().endswith("Error: 1 conflict(s) left alone: see the plan's reasons")
+    assert run_json("show", "a")["command"] == "true"
+    replaced = run("apply", "--replace", str(spec))
+    assert (replaced.returncode, plan_of(replaced)) == (0, {"a": "replace"})
+    job = run_json("show", "a")
+    assert (job["state"], job["attempts"], job["command"]) == ("pending", 0, "echo changed")
+
+
+def test_one_bad_file_changes_nothing(run: Run, run_json: Any, tmp_path: Path) -> None:
+    write(tmp_path / "jobs" / "good.yaml", "id: good\ncommand: x\n")
+    write(tmp_path / "jobs" / "bad.yaml", "id: bad\ncommand: x\npriority: high\n")
+    result = run("apply", str(tmp_path / "jobs"))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"Error: {tmp_path}/jobs/bad.yaml:3:11: priority: 'high' is not of type 'integer'",
+        "Error: nothing applied: fix the 1 problem(s) above",
+    ]
+    assert run_json("list") == []
+
+
+def test_every_applied_job_needs_an_id(run: Run, tmp_path: Path) -> None:
+    spec = write(tmp_path / "a.yaml", "- id: a\n  command: x\n- command: y\n")
+    result = run("apply", str(spec))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == (
+        f"Error: {spec}:3:3: id: apply needs an explicit id: add `id:` to every job"
+    )
+
+
+def test_dry_run_writes_nothing(run: Run, run_json: Any, home: Path) -> None:
+    result = run("apply", "--dry-run", str(EXAMPLES))
+    assert result.returncode == 0
+    assert set(plan_of(result).values()) == {"create"}
+    assert result.stderr.startswith("dry run, nothing written: 8 create")
+    assert run_json("list") == []
+
+
+def test_prune_cancels_pending_jobs_no_longer_declared(
+    run: Run, run_json: Any, tmp_path: Path
+) -> None:
+    jobs = tmp_path / "jobs"
+    write(jobs / "a.yaml", "- {id: a, command: x}\n- {id: b, command: y}\n")
+    write(tmp_path / "elsewhere" / "c.yaml", "id: c\ncommand: z\n")
+    run("apply", str(jobs))
+    run("apply", str(tmp_path / "elsewhere"))
+    run("enqueue", "true", "--id", "inline-job")
+    write(jobs / "a.yaml", "- {id: a, command: x}\n")
+    assert plan_of(run("apply", str(jobs))) == {"a": "unchanged"}
+    assert run_json("show", "b")["state"] == "pending"
+    result = run("apply", "--prune", str(jobs))
+    assert result.returncode == 0
+    assert json.loads(result.stdout)[1]["action"] == "prune"
+    assert plan_of(result) == {"a": "unchanged", "b": "prune"}
+    states = {j["id"]: j["state"] for j in run_json("list")}
+    assert states == {"a": "pending", "b": "canceled", "c": "pending", "inline-job": "pending"}
+
+
+def test_source_file_and_git_commit_are_recorded(run: Run, run_json: Any, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    spec = write(repo / "jobs" / "a.yaml", "id: a\ncommand: x\n")
+    git = ["git", "-C", str(repo), "-c", "user.email=t@example.invalid", "-c", "user.name=t"]
+    subprocess.run([*git[:3], "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "jobs"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    run("apply", str(repo / "jobs"))
+    job = run_json("show", "a")
+    assert job["source"] == f"apply:{spec.resolve()}"
+    assert job["source_commit"] == head
+    outside = write(tmp_path / "loose" / "b.yaml", "id: b\ncommand: x\n")
+    run("apply", str(outside))
+    assert run_json("show", "b")["source_commit"] is None
+
+
+def test_table_format(run: Run) -> None:
+    result = run("apply", "--format", "table", str(EXAMPLES))
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["ID", "ACTION", "SOURCE", "REASON"]
+    assert len(lines) == 9

@@ -1,0 +1,230 @@
+"""The spec loader and `queuectl validate`: positions, syntax, typos, duplicates, formats."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from queuectl import spec
+from queuectl.errors import SpecInvalid
+
+from .conftest import Run
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def problems_of(text: str, source: str = "f.yaml", *, is_json: bool | None = None) -> list[str]:
+    with pytest.raises(SpecInvalid) as info:
+        spec.parse_specs(text, source, is_json=is_json)
+    return [str(p) for p in info.value.problems]
+
+
+def test_schema_errors_point_at_the_node_at_every_depth() -> None:
+    text = (
+        "- id: a\n"
+        "  command: echo\n"
+        "  env:\n"
+        "    GOOD: yes-string\n"
+        "    BAD: 3\n"
+        "- id: b\n"
+        "  command: [echo, 4]\n"
+        "  labels: {team: 7}\n"
+        "  priority: high\n"
+    )
+    assert problems_of(text) == [
+        "f.yaml:5:10: env.BAD: 3 is not of type 'string'",
+        "f.yaml:7:12: command: ['echo', 4] is not valid: use a non-empty command string, "
+        "or a non-empty array of strings (no NUL bytes)",
+        "f.yaml:8:18: labels.team: 7 is not of type 'string'",
+        "f.yaml:9:13: priority: 'high' is not of type 'integer'",
+    ]
+
+
+def test_json_positions_are_found_on_the_error_path() -> None:
+    text = '[\n  {"id": "a", "command": "x"},\n  {"id": "b", "command": "x", "timeout_ms": -5}\n]\n'
+    assert problems_of(text, "f.json", is_json=True) == [
+        "f.json:3:45: timeout_ms: -5 is less than the minimum of 0"
+    ]
+
+
+def test_typo_is_named_with_a_suggestion_at_the_key() -> None:
+    assert problems_of("command: x\nmax_retires: 2\n") == [
+        "f.yaml:2:1: max_retires: unknown field: did you mean 'max_retries'?"
+    ]
+
+
+def test_yaml_syntax_error_has_a_position() -> None:
+    (problem,) = problems_of("command: [unclosed\nid: x\n")
+    assert problem.startswith("f.yaml:2:")
+    assert "invalid YAML" in problem
+
+
+def test_duplicate_keys_and_unsupported_tags_are_rejected() -> None:
+    assert problems_of("command: a\ncommand: b\n") == [
+        "f.yaml:2:1: command: duplicate key: remove one of them"
+    ]
+    assert problems_of('{"command": "a", "command": "b"}', "f.json", is_json=True) == [
+        "f.json:1:1: command: duplicate key: remove one of them"
+    ]
+    (problem,) = problems_of("command: !!python/object:os.system echo\n")
+    assert "unsupported YAML tag" in problem
+
+
+def test_yaml_timestamps_stay_text_and_are_checked_as_rfc3339() -> None:
+    (loaded,) = spec.parse_specs("command: x\nrun_at: 2030-01-01T00:00:00Z\n", "f.yaml")
+    assert loaded.spec.run_at is not None and loaded.spec.run_at.year == 2030
+    assert problems_of("command: x\nrun_at: 2030-01-01\n") == [
+        "f.yaml:2:9: run_at: '2030-01-01' is not an RFC 3339 date-time with offset, "
+        "e.g. 2026-01-31T02:00:00Z"
+    ]
+    assert problems_of("command: x\nrun_at: 2030-02-30T00:00:00Z\n")[0].startswith("f.yaml:2:9")
+
+
+def test_multi_document_and_list_files() -> None:
+    text = "id: a\ncommand: x\n---\n- {id: b, command: y}\n- {id: c, command: [z]}\n"
+    loaded = spec.parse_specs(text, "f.yaml")
+    assert [item.spec.id for item in loaded] == ["a", "b", "c"]
+    assert [item.line for item in loaded] == [1, 4, 5]
+
+
+def test_alias_bomb_fails_fast_and_big_honest_files_pass() -> None:
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    for level in "bcdefghi":
+        prev = chr(ord(level) - 1)
+        bomb += (
+            f"{level}: &{level} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+        )
+    bomb += "command: *i\n"
+    started = time.monotonic()
+    (problem,) = problems_of(bomb)
+    assert time.monotonic() - started < 1.0
+    assert "alias bomb" in problem
+    honest = "".join(
+        f"- id: job-{i}\n  command: echo {i}\n  labels: {{n: '{i}'}}\n" for i in range(5000)
+    )
+    assert len(spec.parse_specs(honest, "big.yaml")) == 5000
+
+
+def test_large_json_batch_loads() -> None:
+    text = json.dumps(
+        [{"id": f"j{i}", "command": "true", "priority": i % 3} for i in range(100_000)]
+    )
+    loaded = spec.parse_specs(text, "batch.json")
+    assert len(loaded) == 100_000
+
+
+def test_deep_nesting_is_a_clean_error() -> None:
+    (problem,) = problems_of("command: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "nested deeper" in problem or "invalid YAML" in problem
+    (problem,) = problems_of("[" * 100_000 + "]" * 100_000, "f.json", is_json=True)
+    assert "nested deeper" in problem
+
+
+# -- queuectl validate ------------------------------------------------------------------
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_validate_examples_is_clean(run: Run, home: Path) -> None:
+    result = run("validate", str(EXAMPLES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert result.stderr.startswith("ok: ")
+    assert not home.exists(), "validate must not create a home or a database"
+
+
+def test_validate_reports_every_problem_across_files(run: Run, tmp_path: Path, home: Path) -> None:
+    write(tmp_path / "jobs" / "a.yaml", "id: same\ncommand: x\n")
+    write(tmp_path / "jobs" / "sub" / "b.yml", "id: same\ncommand: y\npriorty: 1\n")
+    write(tmp_path / "jobs" / "c.json", '{"command": ')
+    write(tmp_path / "jobs" / ".hidden.yaml", "not: [valid")
+    write(tmp_path / "jobs" / "notes.txt", "ignored")
+    result = run("validate", str(tmp_path / "jobs"))
+    assert result.returncode == 1
+    jobs = tmp_path / "jobs"
+    assert result.stdout.splitlines() == [
+        f"{jobs}/c.json:1:13: invalid JSON: Expecting value",
+        f"{jobs}/sub/b.yml:3:1: priorty: unknown field: did you mean 'priority'?",
+    ] or result.stdout.splitlines() == [
+        f"{jobs}/c.json:1:13: invalid JSON: Expecting value",
+        f"{jobs}/sub/b.yml:3:1: priorty: unknown field: did you mean 'priority'?",
+        f"{jobs}/sub/b.yml:1:1: id: duplicate id 'same' (first declared at {jobs}/a.yaml:1): "
+        "ids must be unique",
+    ]
+    assert result.stderr.strip().endswith("in 3 file(s)")
+    assert not home.exists()
+
+
+def test_validate_duplicate_ids_across_files(run: Run, tmp_path: Path) -> None:
+    a = write(tmp_path / "a.yaml", "id: same\ncommand: x\n")
+    b = write(tmp_path / "b.yaml", "# comment\nid: same\ncommand: y\n")
+    result = run("validate", str(a), str(b))
+    assert result.returncode == 1
+    assert result.stdout.strip() == (
+        f"{b}:2:1: id: duplicate id 'same' (first declared at {a}:1): ids must be unique"
+    )
+
+
+@pytest.mark.parametrize("fmt", ["json", "github"])
+def test_validate_machine_formats_parse_back(run: Run, tmp_path: Path, fmt: str) -> None:
+    bad = write(tmp_path / "bad.yaml", "command: x\npriority: high\n")
+    result = run("validate", "--format", fmt, str(bad))
+    assert result.returncode == 1
+    if fmt == "json":
+        assert json.loads(result.stdout) == [
+            {
+                "file": str(bad),
+                "line": 2,
+                "column": 11,
+                "field": "priority",
+                "message": "'high' is not of type 'integer'",
+            }
+        ]
+    else:
+        (line,) = result.stdout.splitlines()
+        escaped = str(bad).replace(":", "%3A").replace(",", "%2C")
+        assert (
+            line
+            == f"::error file={escaped},line=2,col=11::priority: 'high' is not of type 'integer'"
+        )
+
+
+def test_validate_json_format_clean_prints_an_empty_list(run: Run) -> None:
+    result = run("validate", "--format", "json", str(EXAMPLES))
+    assert (result.returncode, json.loads(result.stdout)) == (0, [])
+
+
+def test_validate_usage_errors_exit_2(run: Run, tmp_path: Path) -> None:
+    assert run("validate").returncode == 2
+    missing = run("validate", str(tmp_path / "nope"))
+    assert missing.returncode == 2
+    assert "does not exist" in missing.stderr
+
+
+def test_validate_rejects_undecodable_and_empty_files(run: Run, tmp_path: Path) -> None:
+    write(tmp_path / "empty.yaml", "")
+    (tmp_path / "latin1.yaml").write_bytes(b"command: caf\xe9\n")
+    result = run("validate", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"{tmp_path}/empty.yaml:1:1: no job found: the file is empty",
+        f"{tmp_path}/latin1.yaml:1:1: not UTF-8 text: save the file as UTF-8",
+    ]
+
+
+def test_the_schema_is_shipped_and_is_valid_2020_12() -> None:
+    import jsonschema
+
+    schema: Any = spec.schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["$id"]
+    assert schema["additionalProperties"] is False
+    assert all("description" in prop for prop in schema["properties"].values())
