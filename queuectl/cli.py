@@ -810,3 +810,75 @@ def apply_cmd(
         raise click.ClickException(
             f"{len(result.conflicts)} conflict(s) left alone: see the plan's reasons"
         )
+
+
+# -- spool directory --------------------------------------------------------------------
+
+
+@cli.group(name="spool", cls=QueuectlGroup)
+def spool_group() -> None:
+    """Turn job files dropped into a directory into jobs.
+
+    Write a file as `name.yaml.tmp` (or a dotfile) and rename it into place: the
+    rename is atomic, so a half-written file is never read.
+    """
+
+
+spool_dir_argument = click.argument(
+    "directory",
+    required=False,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+
+
+def _open_spool(app: App, directory: Path | None) -> Any:
+    from .spool import Spool, default_spool_dir
+
+    return Spool(
+        directory or default_spool_dir(),
+        app.queue().store,
+        log=lambda line: click.echo(line, err=True),
+    )
+
+
+@spool_group.command(name="watch")
+@spool_dir_argument
+@pass_app
+def spool_watch_cmd(app: App, directory: Path | None) -> None:
+    """Watch DIRECTORY (default $QUEUECTL_HOME/spool) and ingest files as they arrive.
+
+    Ingests what is already there first, including files a stopped watcher left
+    half-done. SIGTERM or Ctrl-C stops it after the file at hand.
+
+    \b
+    Example:
+        queuectl spool watch /var/spool/queuectl
+    """
+    spool = _open_spool(app, directory)
+    with _signals(lambda signum: spool.stop()):
+        spool.watch()
+
+
+@spool_group.command(name="ingest")
+@spool_dir_argument
+@pass_app
+def spool_ingest_cmd(app: App, directory: Path | None) -> None:
+    """Ingest the files in DIRECTORY once (for cron or CI); exit 1 if any was rejected.
+
+    Files still being written (modified in the last quarter second) are waited for.
+
+    \b
+    Example:
+        queuectl spool ingest ~/.queuectl/spool
+    """
+    spool = _open_spool(app, directory)
+    handled = spool.scan_once()
+    while (settle := spool.next_settle_s()) is not None:
+        time.sleep(settle + 0.01)  # a file written in place: let it settle, then take it
+        handled += spool.scan_once()
+    rejected = [h for h in handled if not h.ingested]
+    click.echo(
+        f"{len(handled) - len(rejected)} file(s) ingested, {len(rejected)} rejected", err=True
+    )
+    if rejected:
+        sys.exit(1)

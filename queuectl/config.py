@@ -89,6 +89,22 @@ KEYS: dict[str, Key] = {
             lambda v: 200 <= v <= 86_400_000,
             "a worker that has not heartbeated for this long is presumed dead",
         ),
+        Key(
+            "spool_max_bytes",
+            1_048_576,
+            _int,
+            "an integer from 1 to 1073741824",
+            lambda v: 1 <= v <= 1 << 30,
+            "spool files larger than this are rejected",
+        ),
+        Key(
+            "spool_keep_done_days",
+            7,
+            _float,
+            "a number >= 0 (0 = keep forever)",
+            lambda v: v >= 0,
+            "ingested spool files are deleted from done/ after this many days",
+        ),
     )
 }
 
@@ -160,3 +176,11 @@ class Config:
     @property
     def lease_ms(self) -> int:
         return int(self.values["lease_ms"])
+
+    @property
+    def spool_max_bytes(self) -> int:
+        return int(self.values["spool_max_bytes"])
+
+    @property
+    def spool_keep_done_days(self) -> float:
+        return float(self.values["spool_keep_done_days"])

@@ -143,6 +143,17 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def queuectl_alive(pid: int) -> bool:
+    """Alive, and (where /proc tells) still running queuectl rather than a reused pid."""
+    if not pid_alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"queuectl" in f.read()
+    except OSError:
+        return True
+
+
 def job_processes(job_id: str, worker_id: str) -> set[int]:
     """Process groups on this host still running `job_id` for `worker_id` (Linux /proc only).
 

@@ -575,13 +575,17 @@ def spec_files(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
-def read_spec_file(path: Path, source: str | None = None) -> list[Document]:
+def read_spec_file(path: Path) -> list[Document]:
     """Load one spec file (JSON by suffix, else YAML); raise SpecInvalid naming the file."""
-    source = source or str(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise SpecInvalid([Problem(source, 0, 0, "", f"cannot read: {exc.strerror}")]) from None
+        raise SpecInvalid([Problem(str(path), 0, 0, "", f"cannot read: {exc.strerror}")]) from None
+    return parse_spec_bytes(raw, str(path), is_json=path.suffix.lower() == ".json")
+
+
+def parse_spec_bytes(raw: bytes, source: str, *, is_json: bool) -> list[Document]:
+    """Decode and parse the bytes of a spec file; raise SpecInvalid naming `source`."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -592,7 +596,7 @@ def read_spec_file(path: Path, source: str | None = None) -> list[Document]:
     if "\0" in text:
         line = text[: text.index("\0")].count("\n") + 1
         raise SpecInvalid([Problem(source, line, 1, "", "contains a NUL byte: not a text file")])
-    docs = load_text(text, source, is_json=path.suffix.lower() == ".json")
+    docs = load_text(text, source, is_json=is_json)
     if not docs:
         raise SpecInvalid([Problem(source, 1, 1, "", "no job found: the file is empty")])
     return docs

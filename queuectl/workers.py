@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from . import procs
@@ -135,23 +134,12 @@ def _pids_locked() -> Iterator[list[dict[str, Any]]]:
         os.replace(tmp, path)
 
 
-def _is_our_worker(pid: int) -> bool:
-    """Alive, and (where /proc tells) still a queuectl worker, not a reused pid."""
-    if not procs.pid_alive(pid):
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True
-    return b"queuectl" in cmdline and b"worker" in cmdline
-
-
 def start_detached(url: str, count: int, options: Sequence[str]) -> list[int]:
     """Start `count` detached worker processes, recorded in pids.json; return their pids."""
     log_path = logs_dir() / "workers.log"
     started = []
     with _pids_locked() as entries:
-        entries[:] = [e for e in entries if _is_our_worker(int(e.get("pid", 0)))]
+        entries[:] = [e for e in entries if procs.queuectl_alive(int(e.get("pid", 0)))]
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             for _ in range(count):
@@ -188,8 +176,8 @@ def stop_workers(store: Store, timeout_s: float) -> StopReport:
     host = socket.gethostname()
     live = store.live_workers(utcnow())
     with _pids_locked() as entries:
-        targets = {int(e["pid"]) for e in entries if _is_our_worker(int(e.get("pid", 0)))}
-        targets |= {w.pid for w in live if w.host == host and _is_our_worker(w.pid)}
+        targets = {int(e["pid"]) for e in entries if procs.queuectl_alive(int(e.get("pid", 0)))}
+        targets |= {w.pid for w in live if w.host == host and procs.queuectl_alive(w.pid)}
         remote = [w.id for w in live if w.host != host]
         if remote:
             store.request_stop(remote)

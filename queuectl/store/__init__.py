@@ -44,6 +44,16 @@ class Change:
 
 
 @dataclass(frozen=True)
+class SpoolFile:
+    """The validated jobs of one claimed spool file."""
+
+    claim_id: str  # unique per claim: a crash-and-retry of the same claim inserts once
+    name: str
+    content_hash: str
+    jobs: Sequence[NewJob]
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     stop_requested: bool
     claim_held: bool  # False when the current job's claim was taken over
@@ -60,6 +70,18 @@ class Store(Protocol):
     def insert_jobs(self, jobs: Sequence[NewJob], now: datetime) -> list[bool]:
         """Insert jobs in one transaction; per job True if created, False if an identical job
         existed. Raises JobConflict (and inserts nothing) if an id exists with another spec."""
+        ...
+
+    def ingest_spool_files(self, files: Sequence[SpoolFile], now: datetime) -> list[str | None]:
+        """Insert each file's jobs in one transaction, file by file all-or-nothing.
+
+        Per file: None if ingested (or already ingested under this claim), else the
+        conflict that rejected it.
+        """
+        ...
+
+    def forget_spool_files(self, before: datetime) -> int:
+        """Drop the ingest records of files ingested before `before`."""
         ...
 
     def get_job(self, job_id: str) -> Job | None: ...

@@ -27,7 +27,7 @@ from ..errors import (
     StoreError,
 )
 from ..models import Job, JobState, NewJob, WorkerInfo, from_ms, to_ms
-from . import Change, Heartbeat, Transition
+from . import Change, Heartbeat, SpoolFile, Transition
 
 MIN_SQLITE = (3, 35, 0)  # UPDATE ... RETURNING
 BUSY_TIMEOUT_MS = 60_000  # contention waits instead of failing with "database is locked"
@@ -55,6 +55,12 @@ PRUNE_JOB = """
 UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now
  WHERE id = :id AND state = 'pending' AND updated_at = :expected_updated_at
 """
+SPOOL_FILE_SEEN = "SELECT 1 FROM spool_files WHERE claim_id = :claim_id"
+RECORD_SPOOL_FILE = """
+INSERT INTO spool_files (claim_id, name, content_hash, job_ids, ingested_at)
+VALUES (:claim_id, :name, :content_hash, :job_ids, :now)
+"""
+FORGET_SPOOL_FILES = "DELETE FROM spool_files WHERE ingested_at < :before"
 GET_JOBS = "SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(:ids))"
 APPLIED_PENDING = "SELECT * FROM jobs WHERE state = 'pending' AND source LIKE 'apply:%'"
 EXISTING_HASHES = """
@@ -165,6 +171,31 @@ def _job_params(job: NewJob, now_ms: int) -> dict[str, Any]:
         "source_commit": job.source_commit,
         "spec_hash": spec.spec_hash,
     }
+
+
+def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob], now_ms: int) -> list[bool]:
+    """Insert jobs inside the caller's transaction; an identical existing id is a no-op."""
+    existing = {
+        row["id"]: row
+        for row in conn.execute(EXISTING_HASHES, {"ids": json.dumps([j.id for j in jobs])})
+    }
+    created: list[bool] = []
+    rows: list[dict[str, Any]] = []
+    for job in jobs:
+        found = existing.get(job.id)
+        if found is not None:
+            if found["spec_hash"] != job.spec.spec_hash:
+                raise JobConflict(
+                    f"job {job.id!r} already exists with a different spec "
+                    f"(from {found['source']}): choose another id, or re-submit "
+                    "the identical spec (a no-op)"
+                )
+            created.append(False)
+            continue
+        created.append(True)
+        rows.append(_job_params(job, now_ms))
+    conn.executemany(INSERT_JOB, rows)
+    return created
 
 
 def _queues_param(queues: Sequence[str]) -> str | None:
@@ -340,29 +371,41 @@ class SqliteStore:
     # -- jobs --------------------------------------------------------------------
 
     def insert_jobs(self, jobs: Sequence[NewJob], now: datetime) -> list[bool]:
-        now_ms = to_ms(now)
         with self._write() as conn:
-            existing = {
-                row["id"]: row
-                for row in conn.execute(EXISTING_HASHES, {"ids": json.dumps([j.id for j in jobs])})
-            }
-            created: list[bool] = []
-            rows: list[dict[str, Any]] = []
-            for job in jobs:
-                found = existing.get(job.id)
-                if found is not None:
-                    if found["spec_hash"] != job.spec.spec_hash:
-                        raise JobConflict(
-                            f"job {job.id!r} already exists with a different spec "
-                            f"(from {found['source']}): choose another id, or re-submit "
-                            "the identical spec (a no-op)"
-                        )
-                    created.append(False)
+            return _insert_jobs(conn, jobs, to_ms(now))
+
+    def ingest_spool_files(self, files: Sequence[SpoolFile], now: datetime) -> list[str | None]:
+        now_ms = to_ms(now)
+        outcomes: list[str | None] = []
+        with self._write() as conn:
+            for file in files:
+                if conn.execute(SPOOL_FILE_SEEN, {"claim_id": file.claim_id}).fetchone():
+                    outcomes.append(None)  # ingested before a crash: nothing to do twice
                     continue
-                created.append(True)
-                rows.append(_job_params(job, now_ms))
-            conn.executemany(INSERT_JOB, rows)
-        return created
+                conn.execute("SAVEPOINT spool_file")
+                try:
+                    _insert_jobs(conn, file.jobs, now_ms)
+                except JobConflict as exc:
+                    conn.execute("ROLLBACK TO spool_file")
+                    outcomes.append(str(exc))
+                else:
+                    conn.execute(
+                        RECORD_SPOOL_FILE,
+                        {
+                            "claim_id": file.claim_id,
+                            "name": file.name,
+                            "content_hash": file.content_hash,
+                            "now": now_ms,
+                            "job_ids": json.dumps([job.id for job in file.jobs]),
+                        },
+                    )
+                    outcomes.append(None)
+                conn.execute("RELEASE spool_file")
+        return outcomes
+
+    def forget_spool_files(self, before: datetime) -> int:
+        with self._write() as conn:
+            return conn.execute(FORGET_SPOOL_FILES, {"before": to_ms(before)}).rowcount
 
     def get_job(self, job_id: str) -> Job | None:
         row = self.conn.execute(GET_JOB, {"id": job_id}).fetchone()

@@ -1,0 +1,325 @@
+"""The spool directory: claims, rejections, crash recovery, and a real watcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from queuectl.errors import QueuectlError
+from queuectl.models import JobState
+from queuectl.spool import SETTLE_S, Spool
+from queuectl.store import Store
+
+from .conftest import QUEUECTL, Run, wait_for
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "spool"
+    path.mkdir(mode=0o700)
+    return path
+
+
+def drop(directory: Path, name: str, text: str | bytes, *, age_s: float = 5.0) -> Path:
+    """Write a file as a finished drop: `age_s` old, so it is settled."""
+    path = directory / name
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    then = time.time() - age_s
+    os.utime(path, (then, then))
+    return path
+
+
+def error_report(spool_dir: Path, name: str) -> dict[str, object]:
+    loaded: dict[str, object] = json.loads(
+        (spool_dir / "rejected" / f"{name}.error.json").read_text()
+    )
+    return loaded
+
+
+def test_ingests_valid_files_and_ignores_the_rest(spool_dir: Path, store: Store) -> None:
+    drop(spool_dir, "a.yaml", "command: echo a\n")
+    drop(spool_dir, "b.json", '[{"id": "b1", "command": "x"}, {"id": "b2", "command": "y"}]')
+    for ignored in (".hidden.yaml", "c.yaml.tmp", "d.part", "e.yaml.swp", "f.yaml~", "notes.txt"):
+        drop(spool_dir, ignored, "command: nope\n")
+    (spool_dir / "sub.yaml").mkdir()
+    handled = Spool(spool_dir, store).scan_once()
+    assert sorted((h.name, h.ingested) for h in handled) == [("a.yaml", True), ("b.json", True)]
+    assert sorted(os.listdir(spool_dir / "done")) == ["a.yaml", "b.json"]
+    assert os.listdir(spool_dir / ".processing") == []
+    assert {j.source for j in store.list_jobs()} == {"spool:a.yaml", "spool:b.json"}
+    assert {"b1", "b2"} <= {j.id for j in store.list_jobs()}
+    assert sorted(os.listdir(spool_dir)) == sorted(
+        [
+            ".hidden.yaml",
+            "c.yaml.tmp",
+            "d.part",
+            "e.yaml.swp",
+            "f.yaml~",
+            "notes.txt",
+            "sub.yaml",
+            ".processing",
+            "done",
+            "rejected",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        (
+            "schema.yaml",
+            "command: x\npriority: high\n",
+            "schema.yaml:2:11: priority: 'high' is not of type 'integer'",
+        ),
+        ("syntax.json", '{"command": ', "syntax.json:1:13: invalid JSON: Expecting value"),
+        (
+            "binary.yaml",
+            b"command: \xff\xfe\n",
+            "binary.yaml:1:1: not UTF-8 text: save the file as UTF-8",
+        ),
+        ("nul.yaml", b"command: a\x00b\n", "nul.yaml:1:1: contains a NUL byte: not a text file"),
+        (
+            "big.yaml",
+            "command: " + "x" * 2_000_000 + "\n",
+            "big.yaml: 2000010 bytes is more than spool_max_bytes (1048576): split the file or raise "
+            "the limit",
+        ),
+    ],
+)
+def test_bad_files_are_rejected_with_an_error_file(
+    spool_dir: Path, store: Store, name: str, content: str | bytes, reason: str
+) -> None:
+    drop(spool_dir, name, content)
+    (handled,) = Spool(spool_dir, store).scan_once()
+    assert (handled.ingested, handled.reason) == (False, reason)
+    assert (spool_dir / "rejected" / name).exists()
+    report = error_report(spool_dir, name)
+    assert report["reason"] == reason
+    assert isinstance(report["errors"], list) and report["errors"]
+    assert store.list_jobs() == []
+
+
+def test_alias_bomb_is_rejected_fast(spool_dir: Path, store: Store) -> None:
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    for level in "bcdefghi":
+        p = chr(ord(level) - 1)
+        bomb += f"{level}: &{level} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+    drop(spool_dir, "bomb.yaml", bomb + "command: *i\n")
+    started = time.monotonic()
+    (handled,) = Spool(spool_dir, store).scan_once()
+    assert time.monotonic() - started < 1.0
+    assert not handled.ingested and "alias bomb" in (handled.reason or "")
+
+
+def test_symlink_and_foreign_owner_are_rejected(
+    spool_dir: Path, store: Store, tmp_path: Path
+) -> None:
+    target = tmp_path / "elsewhere.yaml"
+    target.write_text("command: x\n")
+    (spool_dir / "link.yaml").symlink_to(target)
+    os.utime(spool_dir / "link.yaml", (1, 1), follow_symlinks=False)
+    foreign = drop(spool_dir, "foreign.yaml", "command: x\n")
+    chowned = os.geteuid() == 0
+    if chowned:
+        os.chown(foreign, 65534, 65534)
+    handled = {h.name: h for h in Spool(spool_dir, store).scan_once()}
+    assert handled["link.yaml"].reason == (
+        "link.yaml: a symbolic link: drop the file itself, not a link (it could point anywhere)"
+    )
+    assert target.read_text() == "command: x\n"
+    if chowned:
+        assert handled["foreign.yaml"].reason == (
+            "foreign.yaml: owned by uid 65534, not by the watcher's user (0) or root: only they "
+            "may submit jobs"
+        )
+    assert store.list_jobs() == [] if chowned else len(store.list_jobs()) == 1
+
+
+def test_world_writable_directory_is_refused(spool_dir: Path, store: Store, run: Run) -> None:
+    spool_dir.chmod(0o777)
+    with pytest.raises(QueuectlError, match="world-writable"):
+        Spool(spool_dir, store)
+    for command in ("ingest", "watch"):
+        result = run("spool", command, str(spool_dir))
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            f"Error: spool directory '{spool_dir}' is world-writable, so anyone could inject "
+            f"jobs: run `chmod o-w {spool_dir}`"
+        )
+
+
+def test_same_id_identical_is_a_noop_and_different_is_a_conflict(
+    spool_dir: Path, store: Store
+) -> None:
+    spool = Spool(spool_dir, store)
+    drop(spool_dir, "one.yaml", "id: fixed\ncommand: echo 1\n")
+    spool.scan_once()
+    drop(spool_dir, "one-again.yaml", "id: fixed\ncommand: echo 1\n")
+    drop(spool_dir, "two.yaml", "id: fixed\ncommand: echo 2\n")
+    handled = {h.name: h for h in spool.scan_once()}
+    assert handled["one-again.yaml"].ingested
+    assert not handled["two.yaml"].ingested
+    assert "already exists with a different spec" in (handled["two.yaml"].reason or "")
+    assert [j.id for j in store.list_jobs()] == ["fixed"]
+    assert store.get_job("fixed").command == "echo 1"  # type: ignore[union-attr]
+
+
+def test_a_file_written_in_place_waits_until_it_settles(spool_dir: Path, store: Store) -> None:
+    spool = Spool(spool_dir, store)
+    growing = spool_dir / "growing.yaml"
+    growing.write_text("command: echo ha")  # just modified: maybe still being written
+    assert spool.scan_once() == []
+    assert spool.next_settle_s() is not None
+    assert growing.exists()
+    old = time.time() - 2 * SETTLE_S
+    os.utime(growing, (old, old))
+    (handled,) = spool.scan_once()
+    assert handled.ingested
+
+
+def test_a_file_renamed_into_place_is_taken_at_once(spool_dir: Path, store: Store) -> None:
+    spool = Spool(spool_dir, store)
+    (spool_dir / "job.yaml.tmp").write_text("command: echo now\n")
+    os.rename(spool_dir / "job.yaml.tmp", spool_dir / "job.yaml")
+    (handled,) = spool.scan_once(ready={"job.yaml"})
+    assert handled.ingested
+
+
+def test_leftover_claims_of_a_dead_watcher_are_ingested_once(spool_dir: Path, store: Store) -> None:
+    from queuectl.store.sqlite import SqliteStore
+
+    assert isinstance(store, SqliteStore)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = os.uname().nodename
+    spool = Spool(spool_dir, store)
+    drop(spool_dir, "late.yaml", "command: y\n")
+    spool.scan_once()
+    (token,) = [row[0] for row in store.conn.execute("SELECT claim_id FROM spool_files")]
+    # A watcher died after inserting late.yaml's jobs, before moving it to done/ ...
+    os.rename(
+        spool_dir / "done" / "late.yaml",
+        spool_dir / ".processing" / f"{token}@{host}@{dead.pid}@late.yaml",
+    )
+    # ... and another died after claiming early.yaml, before inserting anything.
+    (spool_dir / ".processing" / f"aaaa@{host}@{dead.pid}@early.yaml").write_text("command: x\n")
+    handled = spool.scan_once()
+    assert sorted((h.name, h.ingested) for h in handled) == [
+        ("early.yaml", True),
+        ("late.yaml", True),
+    ]
+    assert sorted(j.source for j in store.list_jobs()) == ["spool:early.yaml", "spool:late.yaml"]
+    assert os.listdir(spool_dir / ".processing") == []
+    assert sorted(os.listdir(spool_dir / "done")) == ["early.yaml", "late.yaml"]
+
+
+def test_claims_of_a_live_watcher_are_left_alone(
+    spool_dir: Path, store: Store, tmp_path: Path
+) -> None:
+    other = tmp_path / "other-spool"
+    other.mkdir(mode=0o700)
+    live = subprocess.Popen([QUEUECTL, "spool", "watch", str(other)], stderr=subprocess.DEVNULL)
+    try:
+        spool = Spool(spool_dir, store)
+        busy = spool_dir / ".processing" / f"cccc@{os.uname().nodename}@{live.pid}@busy.yaml"
+        busy.write_text("command: x\n")
+        spool.scan_once()
+        assert busy.exists(), "a claim whose watcher is alive is not taken over"
+    finally:
+        live.terminate()
+        live.wait(timeout=20)
+
+
+def test_two_watchers_ingest_each_file_once(spool_dir: Path, db_path: Path, store: Store) -> None:
+    from queuectl.store import open_store
+
+    for i in range(200):
+        drop(spool_dir, f"job-{i:03}.yaml", f"command: echo {i}\n")
+    counts: list[int] = []
+
+    def watcher() -> None:
+        own = open_store(f"sqlite:///{db_path}")
+        try:
+            counts.append(sum(h.ingested for h in Spool(spool_dir, own).scan_once()))
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=watcher) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(counts) == 200
+    assert len(store.list_jobs()) == 200
+    assert len(os.listdir(spool_dir / "done")) == 200
+
+
+def test_done_is_pruned_by_age(spool_dir: Path, store: Store) -> None:
+    spool = Spool(spool_dir, store)
+    stale = spool_dir / "done" / "old.yaml"
+    stale.write_text("command: x\n")
+    os.utime(stale, (time.time() - 9 * 86_400,) * 2)
+    fresh = spool_dir / "done" / "new.yaml"
+    fresh.write_text("command: x\n")
+    spool.scan_once()
+    assert not stale.exists() and fresh.exists()
+
+
+# -- the real watcher, as users run it ----------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_watcher_ingests_backlog_and_live_drops_then_stops_on_sigterm(
+    spool_dir: Path, home: Path, run: Run
+) -> None:
+    drop(spool_dir, "backlog.yaml", "id: backlog\ncommand: echo old\n")
+    watcher = subprocess.Popen(
+        [QUEUECTL, "spool", "watch", str(spool_dir)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+
+        def state(job_id: str) -> str | None:
+            result = run("show", job_id)
+            return json.loads(result.stdout)["state"] if result.returncode == 0 else None
+
+        assert wait_for(lambda: state("backlog"), what="the backlog file") == JobState.PENDING
+        tmp = spool_dir / ".live.yaml"
+        tmp.write_text("id: live\ncommand: echo new\n")
+        os.rename(tmp, spool_dir / "live.yaml")
+        assert wait_for(lambda: state("live"), what="the live drop") == JobState.PENDING
+        (spool_dir / "bad.yaml.tmp").write_text("command: [\n")
+        os.rename(spool_dir / "bad.yaml.tmp", spool_dir / "bad.yaml")
+        wait_for(
+            lambda: (spool_dir / "rejected" / "bad.yaml.error.json").exists(), what="the rejection"
+        )
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        _, stderr = watcher.communicate(timeout=20)
+    assert watcher.returncode == 0
+    assert "ingested backlog.yaml" in stderr
+    assert "ingested live.yaml" in stderr
+    assert "rejected bad.yaml" in stderr
+
+
+@pytest.mark.e2e
+def test_ingest_command_exit_codes(spool_dir: Path, run: Run) -> None:
+    drop(spool_dir, "ok.yaml", "command: x\n")
+    result = run("spool", "ingest", str(spool_dir))
+    assert (result.returncode, result.stderr.splitlines()[-1]) == (
+        0,
+        "1 file(s) ingested, 0 rejected",
+    )
+    drop(spool_dir, "bad.yaml", "command: 1\n")
+    result = run("spool", "ingest", str(spool_dir))
+    assert (result.returncode, result.stderr.splitlines()[-1]) == (
+        1,
+        "0 file(s) ingested, 1 rejected",
+    )
