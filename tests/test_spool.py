@@ -89,8 +89,8 @@ def test_ingests_valid_files_and_ignores_the_rest(spool_dir: Path, store: Store)
         (
             "big.yaml",
             "command: " + "x" * 2_000_000 + "\n",
-            "big.yaml: 2000010 bytes is more than spool_max_bytes (1048576): split the file or raise "
-            "the limit",
+            "big.yaml: 2000010 bytes is more than spool_max_bytes (1048576): "
+            "split the file or raise the limit",
         ),
     ],
 )

@@ -1,8 +1,9 @@
--- user_version 2
+-- user_version 3
 CREATE INDEX jobs_claim_order ON jobs (priority DESC, created_at, id)
     WHERE state IN ('pending', 'failed');
 CREATE INDEX jobs_created ON jobs (created_at, id);
 CREATE INDEX jobs_state_available ON jobs (state, available_at);
+CREATE INDEX spool_files_ingested ON spool_files (ingested_at);
 CREATE TABLE config (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -35,6 +36,13 @@ CREATE TABLE jobs (
     spec_hash        TEXT NOT NULL,
     output_tail      TEXT NOT NULL DEFAULT ''
 , source_commit TEXT) WITHOUT ROWID;
+CREATE TABLE spool_files (
+    claim_id     TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    job_ids      TEXT NOT NULL,   -- JSON array
+    ingested_at  INTEGER NOT NULL
+);
 CREATE TABLE workers (
     id               TEXT PRIMARY KEY,
     pid              INTEGER NOT NULL,
