@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from . import config as config_mod
+from . import procs
 from .config import Config
 from .errors import JobNotFound, UsageProblem
-from .models import Job, JobSpec, JobState, NewJob, new_job_id, utcnow
+from .models import Job, JobSpec, JobState, NewJob, WorkerInfo, new_job_id, utcnow
 from .paths import job_log_path
 from .store import Store
 
@@ -101,9 +103,19 @@ class Queue:
         counts = self.store.count_by_state()
         return {
             "counts": {state.value: counts[state] for state in JobState},
-            "workers": [w.to_dict() for w in self.store.live_workers(self.clock())],
+            "workers": [w.to_dict() for w in self.live_workers()],
             "store": self.store.url,
         }
+
+    def live_workers(self) -> list[WorkerInfo]:
+        """Workers whose lease holds, less those of this host whose process is gone
+        (a worker killed with SIGKILL cannot deregister; its lease would linger)."""
+        host = socket.gethostname()
+        return [
+            w
+            for w in self.store.live_workers(self.clock())
+            if w.host != host or procs.pid_alive(w.pid)
+        ]
 
     def output(self, job_id: str) -> JobOutput:
         """The job's output: the local log file if this machine has it, else the stored tail."""

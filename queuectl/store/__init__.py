@@ -205,7 +205,9 @@ def open_store(url: str, *, durable: bool = True) -> Store:
 
         return SqliteStore(sqlite_path(url), url=url, durable=durable)
     if url.startswith(("postgresql://", "postgres://")):
-        raise StoreError(
-            f"{url!r}: this queuectl has no PostgreSQL store yet: use a sqlite:/// URL"
-        )
-    raise StoreError(f"unsupported database URL {url!r}: use sqlite:///path/to/file.db")
+        from .postgres import PostgresStore
+
+        return PostgresStore(url, durable=durable)
+    raise StoreError(
+        f"unsupported database URL {url!r}: use sqlite:///path/to/file.db or postgresql://user@host:port/dbname"
+    )

@@ -1,0 +1,659 @@
+"""PostgreSQL store: the only module that imports psycopg (the `postgres` extra).
+
+Every host's instants are translated to the database clock (each connection
+measures its offset to `clock_timestamp()`), so hosts with skewed clocks agree
+on leases and due times. Claims use FOR UPDATE SKIP LOCKED; writes that make
+work available send NOTIFY, which idle workers LISTEN for. A lost connection is
+re-established with backoff and the operation retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from importlib import resources
+from typing import Any, TypeVar
+
+from ..errors import (
+    ConcurrentChange,
+    InvalidState,
+    JobConflict,
+    JobNotFound,
+    MigrationFailed,
+    SchemaTooNew,
+    StoreError,
+)
+from ..models import Job, JobState, NewJob, WorkerInfo, utcnow
+from . import Change, Heartbeat, SpoolFile, Transition
+
+try:
+    import psycopg
+    from psycopg.rows import dict_row
+    from psycopg.types.json import Jsonb
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise StoreError("PostgreSQL support needs psycopg: pip install 'queuectl[postgres]'") from exc
+
+T = TypeVar("T")
+CHANNEL = "queuectl"
+MIGRATION_LOCK = 0x71756575  # pg_advisory_xact_lock key: one migrator at a time
+RECONNECT_FOR_S = 120.0  # keep retrying a lost connection this long before giving up
+
+INSERT_JOB = """
+INSERT INTO jobs (id, command, priority, run_at, max_retries, timeout_ms, env, cwd, queue,
+                  labels, state, attempts, created_at, updated_at, available_at, source,
+                  source_commit, spec_hash)
+VALUES (%(id)s, %(command)s, %(priority)s, %(run_at)s, %(max_retries)s, %(timeout_ms)s,
+        %(env)s, %(cwd)s, %(queue)s, %(labels)s, 'pending', 0, %(now)s, %(now)s,
+        %(available_at)s, %(source)s, %(source_commit)s, %(spec_hash)s)
+ON CONFLICT (id) DO NOTHING
+"""
+EXISTING_HASHES = "SELECT id, spec_hash, source FROM jobs WHERE id = ANY(%(ids)s)"
+NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
+REPLACE_SPEC = """
+UPDATE jobs SET command = %(command)s, priority = %(priority)s, run_at = %(run_at)s,
+                max_retries = %(max_retries)s, timeout_ms = %(timeout_ms)s, env = %(env)s,
+                cwd = %(cwd)s, queue = %(queue)s, labels = %(labels)s, state = 'pending',
+                attempts = 0, available_at = %(available_at)s, updated_at = %(now)s,
+                started_at = NULL, finished_at = NULL, exit_code = NULL, last_error = NULL,
+                worker_id = NULL, lease_token = NULL, lease_expires_at = NULL, output_tail = '',
+                source = %(source)s, source_commit = %(source_commit)s,
+                spec_hash = %(spec_hash)s,
+                created_at = CASE WHEN %(fresh)s THEN %(now)s ELSE created_at END
+ WHERE id = %(id)s AND state = %(expected_state)s AND updated_at = %(expected_updated_at)s
+   AND state <> 'processing'
+"""
+PRUNE_JOB = """
+UPDATE jobs SET state = 'canceled', updated_at = %(now)s, finished_at = %(now)s
+ WHERE id = %(id)s AND state = 'pending' AND updated_at = %(expected_updated_at)s
+"""
+SPOOL_FILE_SEEN = "SELECT 1 FROM spool_files WHERE claim_id = %(claim_id)s"
+RECORD_SPOOL_FILE = """
+INSERT INTO spool_files (claim_id, name, content_hash, job_ids, ingested_at)
+VALUES (%(claim_id)s, %(name)s, %(content_hash)s, %(job_ids)s, %(now)s)
+"""
+FORGET_SPOOL_FILES = "DELETE FROM spool_files WHERE ingested_at < %(before)s"
+GET_JOB = "SELECT * FROM jobs WHERE id = %(id)s"
+GET_JOBS = "SELECT * FROM jobs WHERE id = ANY(%(ids)s)"
+APPLIED_PENDING = "SELECT * FROM jobs WHERE state = 'pending' AND source LIKE 'apply:%%'"
+LIST_JOBS = """
+SELECT * FROM jobs
+ WHERE (%(state)s::text IS NULL OR state = %(state)s)
+   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+   AND labels @> %(labels)s
+ ORDER BY created_at, id
+ LIMIT %(limit)s
+"""
+COUNT_BY_STATE = "SELECT state, count(*) AS n FROM jobs GROUP BY state"
+CANCEL_JOB = """
+UPDATE jobs SET state = 'canceled', updated_at = %(now)s, finished_at = %(now)s
+ WHERE id = %(id)s AND state IN ('pending', 'failed')
+RETURNING *
+"""
+RETRY_DEAD = """
+UPDATE jobs SET state = 'pending', attempts = 0, available_at = %(now)s, updated_at = %(now)s,
+                exit_code = NULL, last_error = NULL, lease_token = NULL, lease_expires_at = NULL
+ WHERE state = 'dead' AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
+RETURNING id
+"""
+PURGE_DEAD = "DELETE FROM jobs WHERE state = 'dead' RETURNING id"
+READ_CONFIG = "SELECT key, value FROM config"
+WRITE_CONFIG = """
+INSERT INTO config (key, value) VALUES (%(key)s, %(value)s)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
+FORGET_DEAD_WORKERS = "DELETE FROM workers WHERE lease_expires_at < %(before)s"
+REGISTER_WORKER = """
+INSERT INTO workers (id, pid, host, queues, started_at, heartbeat_at, lease_expires_at)
+VALUES (%(id)s, %(pid)s, %(host)s, %(queues)s, %(started_at)s, %(heartbeat_at)s,
+        %(lease_expires_at)s)
+"""
+HEARTBEAT_WORKER = """
+UPDATE workers SET heartbeat_at = %(now)s, lease_expires_at = %(lease_until)s
+ WHERE id = %(worker_id)s
+RETURNING stop_requested
+"""
+RENEW_JOB_LEASE = """
+UPDATE jobs SET lease_expires_at = %(lease_until)s
+ WHERE id = %(job_id)s AND lease_token = %(token)s AND state = 'processing'
+"""
+DEREGISTER_WORKER = "DELETE FROM workers WHERE id = %(worker_id)s"
+LIVE_WORKERS = "SELECT * FROM workers WHERE lease_expires_at >= %(now)s ORDER BY started_at, id"
+REQUEST_STOP = """
+UPDATE workers SET stop_requested = true
+ WHERE %(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[])
+"""
+CLAIM_NEXT = """
+WITH next AS (
+    SELECT id FROM jobs
+     WHERE state IN ('pending', 'failed') AND available_at <= %(now)s
+       AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+     ORDER BY priority DESC, created_at, id
+     LIMIT 1
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs SET state = 'processing', worker_id = %(worker_id)s, lease_token = %(token)s,
+                started_at = %(now)s, updated_at = %(now)s, finished_at = NULL,
+                lease_expires_at = %(lease_until)s
+  FROM next
+ WHERE jobs.id = next.id
+RETURNING jobs.*
+"""
+SET_CURRENT_JOB = "UPDATE workers SET current_job = %(job_id)s WHERE id = %(worker_id)s"
+FINISH_JOB = """
+UPDATE jobs SET state = %(state)s, attempts = %(attempts)s, available_at = %(available_at)s,
+                exit_code = %(exit_code)s, last_error = %(last_error)s,
+                output_tail = coalesce(%(output_tail)s, output_tail),
+                updated_at = %(now)s, finished_at = %(now)s,
+                lease_token = NULL, lease_expires_at = NULL
+ WHERE id = %(job_id)s AND lease_token = %(token)s AND state = 'processing'
+"""
+CLEAR_CURRENT_JOB = """
+UPDATE workers SET current_job = NULL WHERE id = %(worker_id)s AND current_job = %(job_id)s
+"""
+PROCESSING_JOBS = "SELECT * FROM jobs WHERE state = 'processing'"
+DRAIN_BLOCKERS = """
+SELECT count(*) AS n FROM jobs
+ WHERE (state = 'processing' OR state = 'failed'
+        OR (state = 'pending' AND available_at <= %(now)s))
+   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+"""
+NEXT_AVAILABLE_AT = """
+SELECT min(available_at) AS at FROM jobs
+ WHERE state IN ('pending', 'failed')
+   AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+"""
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("queuectl").joinpath("store/migrations/postgres")
+    return sorted(
+        (int(entry.name[:4]), entry.read_text(encoding="utf-8"))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".sql")
+    )
+
+
+def _changed(job_id: str) -> ConcurrentChange:
+    return ConcurrentChange(
+        f"job {job_id!r} changed while the apply was planned (a worker claimed it?): "
+        "nothing was written; run the apply again"
+    )
+
+
+class PostgresStore:
+    """A queue in one PostgreSQL database, shared by any number of hosts."""
+
+    def __init__(self, url: str, *, durable: bool = True) -> None:
+        self.url = url
+        self.durable = durable
+        self._skew = timedelta(0)
+        self._listen: psycopg.Connection[Any] | None = None
+        self.conn = self._connect()
+        try:
+            self._migrate()
+        except psycopg.Error as exc:
+            raise MigrationFailed(
+                f"{url}: migrating the schema failed ({exc}); the database is unchanged"
+            ) from None
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            conn = psycopg.connect(
+                self.url, autocommit=True, row_factory=dict_row, connect_timeout=10
+            )
+        except psycopg.Error as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(
+                f"cannot connect to {self.url} ({reason}): check the URL and that the server "
+                "is running"
+            ) from None
+        if not self.durable:  # a worker's own transitions: a lost one only means a re-run
+            conn.execute("SET synchronous_commit = off")
+        row = conn.execute("SELECT clock_timestamp() AS now").fetchone()
+        self._skew = row["now"] - utcnow() if row else timedelta(0)
+        return conn
+
+    def _db(self, value: datetime | None) -> datetime | None:
+        return None if value is None else value + self._skew
+
+    def _local(self, value: datetime | None) -> datetime | None:
+        return None if value is None else value - self._skew
+
+    def _run(self, operation: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run an operation; if the connection is lost, reconnect with backoff and retry."""
+        delay, deadline = 0.1, time.monotonic() + RECONNECT_FOR_S
+        while True:
+            try:
+                return operation(self.conn)
+            except psycopg.OperationalError:
+                if not (self.conn.closed or self.conn.broken) or time.monotonic() > deadline:
+                    raise
+            while True:
+                time.sleep(delay)  # backing off from a server that is down
+                delay = min(delay * 2, 5.0)
+                try:
+                    self.conn = self._connect()
+                    break
+                except StoreError:
+                    if time.monotonic() > deadline:
+                        raise
+
+    @contextlib.contextmanager
+    def _tx(self, conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
+        with conn.transaction():
+            yield conn
+
+    def _migrate(self) -> None:
+        migrations = _migrations()
+        latest = migrations[-1][0]
+        with self._tx(self.conn) as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            # The version table itself is the one thing that cannot be versioned.
+            conn.execute("CREATE TABLE IF NOT EXISTS queuectl_schema (version integer NOT NULL)")
+            row = conn.execute("SELECT max(version) AS v FROM queuectl_schema").fetchone()
+            version = (row or {}).get("v") or 0
+            if version > latest:
+                raise SchemaTooNew(
+                    f"{self.url}: the database has schema version {version}, written by a newer "
+                    f"queuectl (this one knows up to {latest}): upgrade queuectl"
+                )
+            for number, sql in migrations:
+                if number > version:
+                    conn.execute(sql.encode())
+            if latest > version:
+                conn.execute("DELETE FROM queuectl_schema")
+                conn.execute("INSERT INTO queuectl_schema (version) VALUES (%s)", (latest,))
+
+    def close(self) -> None:
+        self.conn.close()
+        if self._listen is not None:
+            self._listen.close()
+
+    def changed(self) -> bool:
+        """True when a NOTIFY arrived (or the listening connection had to be re-made)."""
+        try:
+            if self._listen is None or self._listen.closed or self._listen.broken:
+                self._listen = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+                self._listen.execute(f"LISTEN {CHANNEL}")
+                return True
+            return sum(1 for _ in self._listen.notifies(timeout=0)) > 0
+        except psycopg.Error:
+            self._listen = None  # fall back to polling until the server is back
+            return True
+
+    def _job(self, row: Mapping[str, Any]) -> Job:
+        command = row["command"]
+        return Job(
+            id=row["id"],
+            command=tuple(command) if isinstance(command, list) else command,
+            priority=row["priority"],
+            run_at=self._local(row["run_at"]),
+            max_retries=row["max_retries"],
+            timeout_ms=row["timeout_ms"],
+            env=row["env"],
+            cwd=row["cwd"],
+            queue=row["queue"],
+            labels=row["labels"],
+            state=JobState(row["state"]),
+            attempts=row["attempts"],
+            created_at=row["created_at"] - self._skew,
+            updated_at=row["updated_at"] - self._skew,
+            available_at=row["available_at"] - self._skew,
+            started_at=self._local(row["started_at"]),
+            finished_at=self._local(row["finished_at"]),
+            exit_code=row["exit_code"],
+            last_error=row["last_error"],
+            worker_id=row["worker_id"],
+            source=row["source"],
+            source_commit=row["source_commit"],
+            spec_hash=row["spec_hash"],
+            lease_token=row["lease_token"],
+            lease_expires_at=self._local(row["lease_expires_at"]),
+            output_tail=row["output_tail"],
+        )
+
+    def _job_params(self, job: NewJob, now: datetime) -> dict[str, Any]:
+        spec = job.spec
+        command = list(spec.command) if isinstance(spec.command, tuple) else spec.command
+        return {
+            "id": job.id,
+            "command": Jsonb(command),
+            "priority": spec.priority,
+            "run_at": self._db(spec.run_at),
+            "max_retries": job.max_retries,
+            "timeout_ms": spec.timeout_ms,
+            "env": Jsonb(dict(spec.env)),
+            "cwd": spec.cwd,
+            "queue": spec.queue,
+            "labels": Jsonb(dict(spec.labels)),
+            "now": self._db(now),
+            "available_at": self._db(job.available_at),
+            "source": job.source,
+            "source_commit": job.source_commit,
+            "spec_hash": spec.spec_hash,
+        }
+
+    def _insert_jobs(
+        self, conn: psycopg.Connection[Any], jobs: Sequence[NewJob], now: datetime
+    ) -> list[bool]:
+        ids = [job.id for job in jobs]
+        existing = {r["id"]: r for r in conn.execute(EXISTING_HASHES, {"ids": ids}).fetchall()}
+        created: list[bool] = []
+        rows = []
+        for job in jobs:
+            found = existing.get(job.id)
+            if found is None:
+                created.append(True)
+                rows.append(self._job_params(job, now))
+                continue
+            if found["spec_hash"] != job.spec.spec_hash:
+                raise JobConflict(
+                    f"job {job.id!r} already exists with a different spec "
+                    f"(from {found['source']}): choose another id, or re-submit "
+                    "the identical spec (a no-op)"
+                )
+            created.append(False)
+        if rows:
+            with conn.cursor() as cur:
+                cur.executemany(INSERT_JOB, rows)
+                if cur.rowcount != len(rows):  # a concurrent insert took an id: check it
+                    raced = {r["id"]: r for r in conn.execute(EXISTING_HASHES, {"ids": ids})}
+                    for job in jobs:
+                        if raced[job.id]["spec_hash"] != job.spec.spec_hash:
+                            raise JobConflict(
+                                f"job {job.id!r} was just created with a different spec: "
+                                "choose another id"
+                            )
+            conn.execute(NOTIFY)
+        return created
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def insert_jobs(self, jobs: Sequence[NewJob], now: datetime) -> list[bool]:
+        def op(conn: psycopg.Connection[Any]) -> list[bool]:
+            with self._tx(conn):
+                return self._insert_jobs(conn, jobs, now)
+
+        return self._run(op)
+
+    def ingest_spool_files(self, files: Sequence[SpoolFile], now: datetime) -> list[str | None]:
+        def op(conn: psycopg.Connection[Any]) -> list[str | None]:
+            outcomes: list[str | None] = []
+            with self._tx(conn):
+                for file in files:
+                    if conn.execute(SPOOL_FILE_SEEN, {"claim_id": file.claim_id}).fetchone():
+                        outcomes.append(None)
+                        continue
+                    try:
+                        with conn.transaction():  # a savepoint: one file all-or-nothing
+                            self._insert_jobs(conn, file.jobs, now)
+                            conn.execute(
+                                RECORD_SPOOL_FILE,
+                                {
+                                    "claim_id": file.claim_id,
+                                    "name": file.name,
+                                    "content_hash": file.content_hash,
+                                    "now": self._db(now),
+                                    "job_ids": Jsonb([job.id for job in file.jobs]),
+                                },
+                            )
+                    except JobConflict as exc:
+                        outcomes.append(str(exc))
+                    else:
+                        outcomes.append(None)
+            return outcomes
+
+        return self._run(op)
+
+    def forget_spool_files(self, before: datetime) -> int:
+        def op(conn: psycopg.Connection[Any]) -> int:
+            return conn.execute(FORGET_SPOOL_FILES, {"before": self._db(before)}).rowcount
+
+        return self._run(op)
+
+    def get_job(self, job_id: str) -> Job | None:
+        row = self._run(lambda conn: conn.execute(GET_JOB, {"id": job_id}).fetchone())
+        return self._job(row) if row else None
+
+    def get_jobs(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        rows = self._run(lambda conn: conn.execute(GET_JOBS, {"ids": list(job_ids)}).fetchall())
+        return {row["id"]: self._job(row) for row in rows}
+
+    def applied_pending_jobs(self) -> list[Job]:
+        return [self._job(r) for r in self._run(lambda c: c.execute(APPLIED_PENDING).fetchall())]
+
+    def apply_changes(self, changes: Sequence[Change], now: datetime) -> None:
+        def op(conn: psycopg.Connection[Any]) -> None:
+            with self._tx(conn):
+                for change in changes:
+                    expected = change.expected
+                    guard = {
+                        "expected_state": expected[0].value if expected else None,
+                        "expected_updated_at": self._db(expected[1]) if expected else None,
+                    }
+                    if change.action == "create" and change.job is not None:
+                        if (
+                            conn.execute(INSERT_JOB, self._job_params(change.job, now)).rowcount
+                            != 1
+                        ):
+                            raise _changed(change.job_id)
+                        continue
+                    if change.action in ("update", "replace") and change.job is not None:
+                        params = {
+                            **self._job_params(change.job, now),
+                            **guard,
+                            "fresh": change.action == "replace",
+                        }
+                        written = conn.execute(REPLACE_SPEC, params).rowcount
+                    elif change.action == "prune":
+                        params = {"id": change.job_id, "now": self._db(now), **guard}
+                        written = conn.execute(PRUNE_JOB, params).rowcount
+                    else:
+                        raise ValueError(f"unknown change {change.action!r}")
+                    if written != 1:
+                        raise _changed(change.job_id)
+                conn.execute(NOTIFY)
+
+        self._run(op)
+
+    def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[Job]:
+        params = {
+            "state": state.value if state else None,
+            "queue": queue,
+            "labels": Jsonb(dict(labels or {})),
+            "limit": limit,
+        }
+        rows = self._run(lambda conn: conn.execute(LIST_JOBS, params).fetchall())
+        return [self._job(row) for row in rows]
+
+    def count_by_state(self) -> dict[JobState, int]:
+        counts = dict.fromkeys(JobState, 0)
+        for row in self._run(lambda conn: conn.execute(COUNT_BY_STATE).fetchall()):
+            counts[JobState(row["state"])] = row["n"]
+        return counts
+
+    def cancel_job(self, job_id: str, now: datetime) -> Job:
+        row = self._run(
+            lambda conn: conn.execute(CANCEL_JOB, {"id": job_id, "now": self._db(now)}).fetchone()
+        )
+        if row is not None:
+            return self._job(row)
+        job = self.get_job(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        raise InvalidState(
+            f"job {job_id!r} is {job.state.value}: only pending or failed jobs can be canceled"
+        )
+
+    def retry_dead(self, job_ids: Sequence[str] | None, now: datetime) -> list[str]:
+        def op(conn: psycopg.Connection[Any]) -> list[str]:
+            with self._tx(conn):
+                for job_id in job_ids or ():
+                    row = conn.execute(GET_JOB + " FOR UPDATE", {"id": job_id}).fetchone()
+                    if row is None:
+                        raise JobNotFound(job_id)
+                    if row["state"] != JobState.DEAD:
+                        raise InvalidState(
+                            f"job {job_id!r} is {row['state']}, not dead: "
+                            "`dlq retry` takes jobs listed by `queuectl dlq list`"
+                        )
+                ids = list(job_ids) if job_ids is not None else None
+                rows = conn.execute(RETRY_DEAD, {"ids": ids, "now": self._db(now)}).fetchall()
+                conn.execute(NOTIFY)
+                return [row["id"] for row in rows]
+
+        return self._run(op)
+
+    def purge_dead(self) -> list[str]:
+        return [r["id"] for r in self._run(lambda conn: conn.execute(PURGE_DEAD).fetchall())]
+
+    # -- config --------------------------------------------------------------------------
+
+    def read_config(self) -> dict[str, str]:
+        rows = self._run(lambda conn: conn.execute(READ_CONFIG).fetchall())
+        return {row["key"]: row["value"] for row in rows}
+
+    def write_config(self, key: str, value: str) -> None:
+        self._run(lambda conn: conn.execute(WRITE_CONFIG, {"key": key, "value": value}))
+
+    # -- workers -------------------------------------------------------------------------
+
+    def register_worker(self, worker: WorkerInfo) -> None:
+        params = {
+            "id": worker.id,
+            "pid": worker.pid,
+            "host": worker.host,
+            "queues": Jsonb(list(worker.queues)),
+            "started_at": self._db(worker.started_at),
+            "heartbeat_at": self._db(worker.heartbeat_at),
+            "lease_expires_at": self._db(worker.lease_expires_at),
+            "before": self._db(worker.started_at),
+        }
+
+        def op(conn: psycopg.Connection[Any]) -> None:
+            with self._tx(conn):
+                conn.execute(FORGET_DEAD_WORKERS, params)
+                conn.execute(REGISTER_WORKER, params)
+
+        self._run(op)
+
+    def heartbeat(
+        self,
+        worker_id: str,
+        now: datetime,
+        lease_until: datetime,
+        job_id: str | None,
+        token: str | None,
+    ) -> Heartbeat:
+        params = {
+            "worker_id": worker_id,
+            "now": self._db(now),
+            "lease_until": self._db(lease_until),
+            "job_id": job_id,
+            "token": token,
+        }
+
+        def op(conn: psycopg.Connection[Any]) -> Heartbeat:
+            with self._tx(conn):
+                row = conn.execute(HEARTBEAT_WORKER, params).fetchone()
+                held = job_id is None or conn.execute(RENEW_JOB_LEASE, params).rowcount == 1
+            return Heartbeat(stop_requested=bool(row and row["stop_requested"]), claim_held=held)
+
+        return self._run(op)
+
+    def deregister_worker(self, worker_id: str) -> None:
+        self._run(lambda conn: conn.execute(DEREGISTER_WORKER, {"worker_id": worker_id}))
+
+    def live_workers(self, now: datetime) -> list[WorkerInfo]:
+        rows = self._run(lambda conn: conn.execute(LIVE_WORKERS, {"now": self._db(now)}).fetchall())
+        return [
+            WorkerInfo(
+                id=row["id"],
+                pid=row["pid"],
+                host=row["host"],
+                started_at=row["started_at"] - self._skew,
+                heartbeat_at=row["heartbeat_at"] - self._skew,
+                lease_expires_at=row["lease_expires_at"] - self._skew,
+                current_job=row["current_job"],
+                queues=tuple(row["queues"]),
+            )
+            for row in rows
+        ]
+
+    def request_stop(self, worker_ids: Sequence[str] | None = None) -> int:
+        ids = list(worker_ids) if worker_ids is not None else None
+        return self._run(lambda conn: conn.execute(REQUEST_STOP, {"ids": ids}).rowcount)
+
+    def claim_next(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        now: datetime,
+        lease_until: datetime,
+        token: str,
+    ) -> Job | None:
+        params = {
+            "worker_id": worker_id,
+            "token": token,
+            "now": self._db(now),
+            "lease_until": self._db(lease_until),
+            "queues": list(queues) or None,
+        }
+
+        def op(conn: psycopg.Connection[Any]) -> Mapping[str, Any] | None:
+            with self._tx(conn):
+                row = conn.execute(CLAIM_NEXT, params).fetchone()
+                if row is not None:
+                    conn.execute(SET_CURRENT_JOB, {"job_id": row["id"], "worker_id": worker_id})
+                return row
+
+        row = self._run(op)
+        return self._job(row) if row else None
+
+    def finish(
+        self, job_id: str, worker_id: str, token: str, outcome: Transition, now: datetime
+    ) -> bool:
+        params = {
+            "job_id": job_id,
+            "worker_id": worker_id,
+            "token": token,
+            "state": outcome.state.value,
+            "attempts": outcome.attempts,
+            "available_at": self._db(outcome.available_at),
+            "exit_code": outcome.exit_code,
+            "last_error": outcome.last_error,
+            "output_tail": outcome.output_tail,
+            "now": self._db(now),
+        }
+
+        def op(conn: psycopg.Connection[Any]) -> bool:
+            with self._tx(conn):
+                recorded = conn.execute(FINISH_JOB, params).rowcount == 1
+                conn.execute(CLEAR_CURRENT_JOB, params)
+            return recorded
+
+        return self._run(op)
+
+    def processing_jobs(self) -> list[Job]:
+        return [self._job(r) for r in self._run(lambda c: c.execute(PROCESSING_JOBS).fetchall())]
+
+    def drain_blockers(self, queues: Sequence[str], now: datetime) -> int:
+        params = {"now": self._db(now), "queues": list(queues) or None}
+        row = self._run(lambda conn: conn.execute(DRAIN_BLOCKERS, params).fetchone())
+        return int(row["n"]) if row else 0
+
+    def next_available_at(self, queues: Sequence[str]) -> datetime | None:
+        params = {"queues": list(queues) or None}
+        row = self._run(lambda conn: conn.execute(NEXT_AVAILABLE_AT, params).fetchone())
+        return self._local(row["at"]) if row else None

@@ -1,0 +1,619 @@
+"""End to end: the installed `queuectl` in real processes (workers, signals, crashes, leases).
+
+Every test has its own QUEUECTL_HOME. Jobs leave evidence in files under
+tmp_path (markers, timestamps, pids) and the tests poll for conditions with a
+deadline; no sleep stands in for synchronisation. Worker processes, detached
+workers and orphaned jobs are killed at teardown, pass or fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import QUEUECTL, Run, wait_for
+
+pytestmark = pytest.mark.e2e
+
+NOT_FOUND = "command not found (exit 127)"
+STAMP = f'{shlex.quote(sys.executable)} -c "import time; print(repr(time.time()))"'
+
+
+def q(path: Path) -> str:
+    return shlex.quote(str(path))
+
+
+def instant(text: str) -> float:
+    """An RFC 3339 time as shown by `show`, in seconds since the epoch."""
+    return datetime.fromisoformat(text).timestamp()
+
+
+def pid_gone(pid: int) -> bool:
+    """True once `pid` has exited; a zombie waiting for its reaper counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return Path("/proc/self").exists()  # Linux: it vanished; elsewhere kill(0) said alive
+    except OSError:
+        return False
+    return stat.rpartition(b")")[2].split()[0] in (b"Z", b"X")
+
+
+def read_pid(path: Path) -> int | None:
+    """The pid a job wrote to `path`, once it is completely written."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.endswith("\n") and text.strip().isdigit() else None
+
+
+def lasts(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    """Fail unless `condition` holds at every check for `seconds` seconds."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert condition(), what
+        time.sleep(0.02)
+
+
+class Workers:
+    """Worker processes of one test; at teardown every process of its home is killed."""
+
+    def __init__(self, home: Path, logs: Path) -> None:
+        self.home = home
+        self.logs = logs
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *options: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """A foreground `queuectl worker run`, output in a log file under tmp_path."""
+        path = self.logs / f"worker-{len(self.procs)}.log"
+        with path.open("wb") as log:
+            proc = subprocess.Popen(
+                [QUEUECTL, "worker", "run", *options],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+            )
+        self.procs.append(proc)
+        return proc
+
+    def output(self) -> str:
+        """What the foreground workers and the detached ones logged (for failure messages)."""
+        paths = [*sorted(self.logs.glob("worker-*.log")), self.home / "logs" / "workers.log"]
+        return "\n".join(p.read_text(errors="replace") for p in paths if p.exists())
+
+    def detached_pids(self) -> list[int]:
+        try:
+            entries = json.loads((self.home / "pids.json").read_text())["workers"]
+        except FileNotFoundError:
+            return []
+        return [int(entry["pid"]) for entry in entries]
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        for pid in {*self.detached_pids(), *self._processes_of_home()}:
+            if pid != os.getpid() and not pid_gone(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def _processes_of_home(self) -> set[int]:
+        """Processes (detached workers, orphaned jobs) started with this test's home (Linux)."""
+        marker = f"QUEUECTL_HOME={self.home}".encode()
+        found = set()
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    with contextlib.suppress(OSError):
+                        if marker in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                            found.add(int(entry))
+        return found
+
+
+@pytest.fixture(autouse=True)
+def fast_polling(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Idle workers look for due jobs every 50 ms instead of 500 ms."""
+    monkeypatch.setenv("QUEUECTL_POLL_INTERVAL_MS", "50")
+
+
+@pytest.fixture
+def workers(home: Path, tmp_path: Path) -> Iterator[Workers]:
+    started = Workers(home, tmp_path)
+    try:
+        yield started
+    finally:
+        started.cleanup()
+
+
+@pytest.fixture
+def enqueue(run: Run) -> Callable[..., str]:
+    """Enqueue one job; return its id."""
+
+    def enqueue_job(job_spec: str, *options: str) -> str:
+        result = run("enqueue", job_spec, *options)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    return enqueue_job
+
+
+@pytest.fixture
+def show(run_json: Callable[..., Any]) -> Callable[[str], dict[str, Any]]:
+    return lambda job_id: run_json("show", job_id)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def drain(run: Run) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`worker run --drain` in the foreground; it must exit 0."""
+
+    def drain_queue(
+        *options: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        result = run("worker", "run", "--drain", *options, env=env)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    return drain_queue
+
+
+def state_is(show: Callable[[str], dict[str, Any]], job_id: str, *states: str) -> Any:
+    """For wait_for: the job once it is in one of `states`, else None."""
+    job = show(job_id)
+    return job if job["state"] in states else None
+
+
+# -- running jobs ---------------------------------------------------------------------
+
+
+def test_success_path_records_the_job_and_its_output(
+    home: Path, run: Run, enqueue: Callable[..., str], show: Any, drain: Any
+) -> None:
+    job_id = enqueue("echo hello; echo oops >&2")
+
+    drain()
+
+    job = show(job_id)
+    assert (job["state"], job["attempts"], job["exit_code"], job["last_error"]) == (
+        "completed",
+        0,
+        0,
+        None,
+    )
+    logs = run("logs", job_id)
+    assert logs.returncode == 0, logs.stderr
+    lines = logs.stdout.splitlines()
+    assert "hello" in lines
+    assert "oops" in lines
+    assert any(line.startswith("===") and " attempt 1 " in line for line in lines), lines
+    assert (home / "logs" / f"job-{job_id}.log").read_text() == logs.stdout
+
+
+def test_failing_job_without_retries_is_dead_after_one_run(
+    tmp_path: Path, run_json: Any, enqueue: Callable[..., str], show: Any, drain: Any
+) -> None:
+    runs = tmp_path / "runs"
+    job_id = enqueue(f"echo run >> {q(runs)}; exit 3", "--max-retries", "0")
+
+    drain()
+
+    job = show(job_id)
+    assert (job["state"], job["attempts"], job["exit_code"], job["last_error"]) == (
+        "dead",
+        1,
+        3,
+        "exit code 3",
+    )
+    assert runs.read_text().splitlines() == ["run"]
+    assert run_json("status")["counts"]["dead"] == 1
+
+
+def test_retries_wait_backoff_base_to_the_power_of_attempts(
+    tmp_path: Path, run: Run, enqueue: Callable[..., str], show: Any, drain: Any
+) -> None:
+    assert run("config", "set", "backoff_base", "2").returncode == 0
+    stamps = tmp_path / "stamps"
+    job_id = enqueue(f"{STAMP} >> {q(stamps)}; exit 1", "--max-retries", "2")
+
+    drain()
+
+    job = show(job_id)
+    assert (job["state"], job["attempts"], job["last_error"]) == ("dead", 3, "exit code 1")
+    times = [float(line) for line in stamps.read_text().split()]
+    assert len(times) == 3
+    first_gap, second_gap = times[1] - times[0], times[2] - times[1]
+    assert 1.9 <= first_gap < 3.5, times
+    assert 3.9 <= second_gap < 6, times
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "no-such-command-queuectl-e2e --flag",
+        json.dumps(["no-such-binary-queuectl-e2e", "--flag"]),
+        json.dumps(["/nonexistent/queuectl-e2e"]),
+    ],
+    ids=["shell", "argv", "argv-path"],
+)
+def test_command_not_found_is_exit_127(
+    command: str, enqueue: Callable[..., str], show: Any, drain: Any
+) -> None:
+    job_id = enqueue(command, "--max-retries", "0")
+
+    drain()
+
+    job = show(job_id)
+    assert (job["state"], job["exit_code"], job["last_error"]) == ("dead", 127, NOT_FOUND)
+
+
+def test_dlq_retry_runs_a_dead_job_again(
+    tmp_path: Path, run: Run, run_json: Any, enqueue: Callable[..., str], show: Any, drain: Any
+) -> None:
+    runs, marker = tmp_path / "runs", tmp_path / "marker"
+    job_id = enqueue(
+        f"echo run >> {q(runs)}; [ -e {q(marker)} ] && exit 0; touch {q(marker)}; exit 1",
+        "--max-retries",
+        "0",
+    )
+    drain()
+    assert show(job_id)["state"] == "dead"
+
+    result = run("dlq", "retry", job_id)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "retried 1 job(s)"
+    job = show(job_id)
+    assert (job["state"], job["attempts"], job["max_retries"], job["last_error"]) == (
+        "pending",
+        0,
+        0,
+        None,
+    )
+    drain()
+    job = show(job_id)
+    assert (job["state"], job["attempts"], job["exit_code"]) == ("completed", 0, 0)
+    assert runs.read_text().splitlines() == ["run", "run"]
+    assert run_json("dlq", "list") == []
+
+
+def test_jobs_run_by_priority_then_in_creation_order(
+    tmp_path: Path, enqueue: Callable[..., str], drain: Any
+) -> None:
+    order = tmp_path / "order"
+    # Ids sort against creation order, so FIFO must come from created_at, not from the id.
+    for name, priority in [("z1", 0), ("y2", 5), ("x3", 0), ("w4", 5), ("v5", 10), ("u6", 0)]:
+        enqueue(f"echo {name} >> {q(order)}", "--id", name, "--priority", str(priority))
+
+    drain()
+
+    assert order.read_text().split() == ["v5", "y2", "w4", "z1", "x3", "u6"]
+
+
+def test_jobs_wait_for_their_start_time(
+    tmp_path: Path,
+    run_json: Any,
+    enqueue: Callable[..., str],
+    show: Any,
+    drain: Any,
+    workers: Workers,
+) -> None:
+    later = enqueue(f"{STAMP} > {q(tmp_path / 'later')}", "--delay", "3s")
+    sooner = enqueue(f"{STAMP} > {q(tmp_path / 'sooner')}", "--delay", "2s")
+
+    drain()  # future pending jobs do not hold a drain: it exits without running them
+
+    for job_id in (later, sooner):
+        job = show(job_id)
+        assert (job["state"], job["started_at"]) == ("pending", None)
+    assert not (tmp_path / "later").exists()
+    assert not (tmp_path / "sooner").exists()
+
+    workers.start()
+    for job_id, name in ((sooner, "sooner"), (later, "later")):
+        job = wait_for(
+            lambda job_id=job_id: state_is(show, job_id, "completed", "failed", "dead"),
+            timeout=15,
+            what=f"{name} to finish",
+        )
+        assert job["state"] == "completed"
+        ran_at = float((tmp_path / name).read_text())
+        assert instant(job["started_at"]) >= instant(job["available_at"]), job
+        assert ran_at >= instant(job["available_at"]), (ran_at, job)
+
+
+def test_four_workers_run_each_of_200_jobs_exactly_once(
+    tmp_path: Path, run: Run, run_json: Any, drain: Any
+) -> None:
+    ids_file = tmp_path / "ids"
+    specs = [{"command": f'echo "$QUEUECTL_JOB_ID" >> {q(ids_file)}'} for _ in range(200)]
+    result = run("enqueue", "-", input=json.dumps(specs))
+    assert result.returncode == 0, result.stderr
+    ids = result.stdout.split()
+    assert len(set(ids)) == 200
+
+    drain("--count", "4")
+
+    assert Counter(ids_file.read_text().split()) == Counter(ids)
+    counts = run_json("status")["counts"]
+    assert counts == {**dict.fromkeys(counts, 0), "completed": 200}
+
+
+def test_timeout_kills_the_jobs_grandchildren(
+    tmp_path: Path, enqueue: Callable[..., str], show: Any, drain: Any
+) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    job_spec = {
+        "command": ["sh", "-c", f"sleep 30 & echo $! > {q(pidfile)}; sleep 30"],
+        "timeout_ms": 500,
+        "max_retries": 0,
+    }
+    job_id = enqueue(json.dumps(job_spec))
+
+    began = time.monotonic()
+    drain()
+
+    assert time.monotonic() - began < 10, "the timed-out job must not run its 30 s"
+    job = show(job_id)
+    assert (job["state"], job["last_error"]) == ("dead", "timed out after 500 ms")
+    grandchild = read_pid(pidfile)
+    assert grandchild is not None
+    wait_for(lambda: pid_gone(grandchild), timeout=10, what=f"grandchild {grandchild} to die")
+
+
+# -- detached workers and signals -----------------------------------------------------
+
+
+def test_detached_workers_start_work_and_stop(
+    tmp_path: Path,
+    run: Run,
+    run_json: Any,
+    enqueue: Callable[..., str],
+    show: Any,
+    workers: Workers,
+) -> None:
+    began = time.monotonic()
+    result = run("worker", "start", "--count", "2")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - began < 5, "worker start must return at once"
+    pids = workers.detached_pids()
+    assert len(pids) == 2
+    live = wait_for(
+        lambda: len(ws := run_json("status")["workers"]) == 2 and ws,
+        timeout=15,
+        what="2 live workers",
+    )
+    assert {w["pid"] for w in live} == set(pids)
+
+    done = tmp_path / "done"
+    job_ids = [enqueue(f"echo {n} >> {q(done)}") for n in range(4)]
+    for job_id in job_ids:
+        wait_for(lambda job_id=job_id: state_is(show, job_id, "completed"), timeout=15)
+
+    result = run("worker", "stop", "--timeout", "30")
+
+    assert result.returncode == 0, result.stderr + workers.output()
+    assert result.stdout.strip() == "stopped 2 worker(s)"
+    assert all(pid_gone(pid) for pid in pids)
+    assert run_json("status")["workers"] == []
+    assert workers.detached_pids() == []
+    assert sorted(done.read_text().split()) == ["0", "1", "2", "3"]
+
+
+def test_stop_waits_for_the_running_job(
+    tmp_path: Path, run: Run, enqueue: Callable[..., str], show: Any, workers: Workers
+) -> None:
+    started, finished = tmp_path / "started", tmp_path / "finished"
+    first = enqueue(f"touch {q(started)}; sleep 2; touch {q(finished)}", "--priority", "1")
+    second = enqueue(f"touch {q(tmp_path / 'second')}")
+    assert run("worker", "start", "--count", "1").returncode == 0
+    wait_for(started.exists, timeout=15, what="the first job to start")
+    assert show(first)["state"] == "processing"
+
+    result = run("worker", "stop", "--timeout", "30")
+
+    assert result.returncode == 0, result.stderr + workers.output()
+    assert result.stdout.strip() == "stopped 1 worker(s)"
+    assert finished.exists()
+    job = show(first)
+    assert (job["state"], job["exit_code"]) == ("completed", 0)
+    assert show(second)["state"] == "pending"
+    assert not (tmp_path / "second").exists()
+
+
+@pytest.mark.parametrize(
+    "signals",
+    [
+        [signal.SIGTERM],
+        [signal.SIGTERM, signal.SIGTERM],
+        [signal.SIGINT, signal.SIGINT, signal.SIGINT],  # Ctrl-C repeated within a second
+    ],
+    ids=["sigterm", "sigterm-twice", "sigint-repeated-quickly"],
+)
+def test_stop_signal_lets_the_running_job_finish(
+    signals: list[signal.Signals],
+    tmp_path: Path,
+    run_json: Any,
+    enqueue: Callable[..., str],
+    show: Any,
+    workers: Workers,
+) -> None:
+    started, finished = tmp_path / "started", tmp_path / "finished"
+    first = enqueue(f"touch {q(started)}; sleep 1.5; touch {q(finished)}", "--priority", "1")
+    second = enqueue(f"touch {q(tmp_path / 'second')}")
+    worker = workers.start()
+    wait_for(started.exists, timeout=15, what="the first job to start")
+
+    for n, signum in enumerate(signals):
+        if n:  # 0.2 s apart: signals sent back to back would merge into one in the kernel
+            lasts(
+                lambda: worker.poll() is None and not finished.exists(),
+                0.2,
+                "the job must run on after a stop signal",
+            )
+        worker.send_signal(signum)
+
+    assert worker.wait(timeout=20) == 0, workers.output()
+    assert finished.exists()
+    job = show(first)
+    assert (job["state"], job["exit_code"]) == ("completed", 0)
+    assert show(second)["state"] == "pending"  # a stopping worker claims nothing new
+    assert run_json("status")["counts"]["processing"] == 0
+
+
+def second_sigint(worker: subprocess.Popen[bytes], job_pid: int) -> None:
+    worker.send_signal(signal.SIGINT)
+    lasts(
+        lambda: worker.poll() is None and not pid_gone(job_pid),
+        1.2,
+        "the first Ctrl-C must let the job run on",
+    )
+    worker.send_signal(signal.SIGINT)
+
+
+def sigquit(worker: subprocess.Popen[bytes], job_pid: int) -> None:
+    worker.send_signal(signal.SIGQUIT)
+
+
+@pytest.mark.parametrize(
+    ("interrupt", "reason"),
+    [(second_sigint, "second Ctrl-C"), (sigquit, "SIGQUIT")],
+    ids=["second-sigint", "sigquit"],
+)
+def test_interrupt_kills_the_running_job_and_records_it(
+    interrupt: Callable[[subprocess.Popen[bytes], int], None],
+    reason: str,
+    tmp_path: Path,
+    run_json: Any,
+    enqueue: Callable[..., str],
+    show: Any,
+    workers: Workers,
+) -> None:
+    pidfile = tmp_path / "job.pid"
+    job_id = enqueue(f"echo $$ > {q(pidfile)}; exec sleep 30", "--max-retries", "0")
+    worker = workers.start()
+    job_pid = wait_for(lambda: read_pid(pidfile), timeout=15, what="the job to start")
+
+    interrupt(worker, job_pid)
+
+    worker.wait(timeout=20)
+    job = show(job_id)
+    assert job["state"] == "dead", job  # recorded as a failure; max_retries 0 sends it to the DLQ
+    assert job["last_error"].startswith("interrupted"), job
+    assert reason in job["last_error"], job
+    wait_for(lambda: pid_gone(job_pid), timeout=5, what="the interrupted job to die")
+    assert run_json("status")["counts"]["processing"] == 0
+
+
+def test_a_killed_workers_job_is_recovered_and_retried(
+    tmp_path: Path, run: Run, enqueue: Callable[..., str], show: Any, workers: Workers
+) -> None:
+    env = {"QUEUECTL_LEASE_MS": "1000"}
+    pidfile, attempts = tmp_path / "first.pid", tmp_path / "attempts"
+    job_id = enqueue(
+        f'if [ "$QUEUECTL_ATTEMPT" = 1 ]; then echo $$ > {q(pidfile)}; exec sleep 30; fi; '
+        f'echo "$QUEUECTL_ATTEMPT" >> {q(attempts)}'
+    )
+    crashing = workers.start(env=env)
+    orphan = wait_for(lambda: read_pid(pidfile), timeout=15, what="the first attempt to start")
+    assert show(job_id)["state"] == "processing"
+
+    crashing.kill()
+    crashing.wait()
+    assert not pid_gone(orphan), "the job runs in its own session and outlives its worker"
+    workers.start(env=env)
+
+    failed = wait_for(
+        lambda: state_is(show, job_id, "failed", "dead", "completed"),
+        timeout=15,
+        what="the job to be recovered",
+    )
+    assert failed["state"] == "failed", failed
+    assert failed["last_error"].startswith("worker lost"), failed
+    assert failed["attempts"] == 1
+    if sys.platform.startswith("linux"):  # orphans are found through /proc
+        wait_for(lambda: pid_gone(orphan), timeout=3, what=f"orphaned attempt {orphan} killed")
+    job = wait_for(
+        lambda: state_is(show, job_id, "completed", "dead"), timeout=15, what="the retry"
+    )
+    assert (job["state"], job["attempts"], job["exit_code"]) == ("completed", 1, 0)
+    assert attempts.read_text().split() == ["2"]
+    assert " attempt 2 " in run("logs", job_id).stdout
+
+
+def test_status_does_not_list_a_killed_worker(run_json: Any, workers: Workers) -> None:
+    worker = workers.start()
+    wait_for(
+        lambda: [w for w in run_json("status")["workers"] if w["pid"] == worker.pid],
+        timeout=15,
+        what="the worker to register",
+    )
+
+    worker.kill()
+    worker.wait()
+
+    # Its lease (30 s by default) has not expired, but this host can see the process is gone,
+    # as the runner's own recovery does: `status` lists the live workers only.
+    assert [w for w in run_json("status")["workers"] if w["pid"] == worker.pid] == []
+
+
+# -- config and queues ----------------------------------------------------------------
+
+
+def test_config_is_shared_by_every_process_and_copied_into_jobs_at_enqueue(
+    run: Run, enqueue: Callable[..., str], show: Any, drain: Any
+) -> None:
+    result = run("config", "set", "max-retries", "5")
+    assert (result.returncode, result.stdout.strip()) == (0, "max_retries = 5")
+    assert run("config", "get", "max_retries").stdout.strip() == "5"
+    early = enqueue("true")
+    assert show(early)["max_retries"] == 5
+
+    assert run("config", "set", "max_retries", "1").returncode == 0
+    late = enqueue("true")
+    assert run("config", "set", "job_timeout_ms", "300").returncode == 0
+    slow = enqueue("sleep 5", "--max-retries", "0")
+    drain()
+
+    assert show(early)["max_retries"] == 5  # copied at enqueue: later changes leave it alone
+    assert show(late)["max_retries"] == 1
+    assert show(early)["state"] == "completed"
+    job = show(slow)
+    assert (job["state"], job["last_error"]) == ("dead", "timed out after 300 ms")
+
+
+def test_worker_serves_only_its_queue(
+    tmp_path: Path, enqueue: Callable[..., str], show: Any, drain: Any
+) -> None:
+    ran = tmp_path / "ran"
+    jobs = {
+        name: enqueue(f"echo {name} >> {q(ran)}", *options)
+        for name, options in (("a", ["--queue", "a"]), ("b", ["--queue", "b"]), ("default", []))
+    }
+
+    drain("--queue", "a")
+
+    assert show(jobs["a"])["state"] == "completed"
+    assert show(jobs["b"])["state"] == "pending"
+    assert show(jobs["default"])["state"] == "pending"
+    assert ran.read_text().split() == ["a"]
