@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,51 @@ from queuectl.core import Queue
 from queuectl.store import Store, open_store
 
 QUEUECTL = str(Path(sys.executable).with_name("queuectl"))
+PG_URL = os.environ.get("QUEUECTL_TEST_DATABASE_URL", "")
+REQUIRE_PG = os.environ.get("QUEUECTL_REQUIRE_POSTGRES") == "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_backends: run the test on SQLite and on PostgreSQL")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests of the store contract (and those marked both_backends) run on both stores."""
+    wants_both = "store" in metafunc.fixturenames or metafunc.definition.get_closest_marker(
+        "both_backends"
+    )
+    if wants_both and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", ["sqlite", "postgres"])
+
+
+@pytest.fixture
+def backend() -> str:
+    return "sqlite"
+
+
+def postgres_schema_url() -> Iterator[str]:
+    """A fresh schema in the test server, as a URL whose search_path selects it; dropped after."""
+    if not PG_URL:
+        reason = "QUEUECTL_TEST_DATABASE_URL is not set: no PostgreSQL server to test against"
+        if REQUIRE_PG:
+            pytest.fail(reason + " (QUEUECTL_REQUIRE_POSTGRES=1)")
+        pytest.skip(reason)
+    import psycopg
+
+    try:
+        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL at {PG_URL} is required but unreachable: {exc}")
+        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable: {exc}")
+    schema = f"qt_{uuid.uuid4().hex[:16]}"
+    admin.execute(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()
 
 
 class FakeClock:
@@ -55,7 +101,24 @@ def db_path(home: Path) -> Path:
 
 
 @pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
+def db_url(backend: str, home: Path) -> Iterator[str]:
+    """The store of this test: the home's SQLite file, or a fresh PostgreSQL schema."""
+    if backend == "postgres":
+        yield from postgres_schema_url()
+    else:
+        yield f"sqlite:///{home / 'queue.db'}"
+
+
+@pytest.fixture
+def store(db_url: str, home: Path) -> Iterator[Store]:
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    opened = open_store(db_url)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def sqlite_store(db_path: Path) -> Iterator[Store]:
     opened = open_store(f"sqlite:///{db_path}")
     yield opened
     opened.close()
@@ -75,8 +138,13 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
-def run(home: Path) -> Run:
-    """Run the installed `queuectl` with this test's home; returns the completed process."""
+def run(home: Path, backend: str, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Run:
+    """Run the installed `queuectl` with this test's home and store; returns the process.
+
+    On SQLite the store is the home's default database, as a new user gets it.
+    """
+    if backend == "postgres":
+        monkeypatch.setenv("QUEUECTL_DATABASE_URL", db_url)
 
     def run_queuectl(
         *args: str, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 60

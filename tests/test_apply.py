@@ -11,7 +11,7 @@ import pytest
 
 from .conftest import Run
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.both_backends]
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 

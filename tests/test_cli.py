@@ -395,7 +395,8 @@ def test_unknown_db_url_and_missing_directory(run: Run, tmp_path: Path) -> None:
     result = run("--db", "mysql://x", "status")
     assert (result.returncode, result.stderr.strip()) == (
         1,
-        "Error: unsupported database URL 'mysql://x': use sqlite:///path/to/file.db",
+        "Error: unsupported database URL 'mysql://x': use sqlite:///path/to/file.db or "
+        "postgresql://user@host:port/dbname",
     )
     missing = tmp_path / "nope" / "q.db"
     result = run("--db", f"sqlite:///{missing}", "status")

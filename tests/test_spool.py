@@ -193,17 +193,19 @@ def test_a_file_renamed_into_place_is_taken_at_once(spool_dir: Path, store: Stor
     assert handled.ingested
 
 
-def test_leftover_claims_of_a_dead_watcher_are_ingested_once(spool_dir: Path, store: Store) -> None:
+def test_leftover_claims_of_a_dead_watcher_are_ingested_once(
+    spool_dir: Path, sqlite_store: Store
+) -> None:
     from queuectl.store.sqlite import SqliteStore
 
-    assert isinstance(store, SqliteStore)
+    assert isinstance(sqlite_store, SqliteStore)
     dead = subprocess.Popen(["true"])
     dead.wait()
     host = os.uname().nodename
-    spool = Spool(spool_dir, store)
+    spool = Spool(spool_dir, sqlite_store)
     drop(spool_dir, "late.yaml", "command: y\n")
     spool.scan_once()
-    (token,) = [row[0] for row in store.conn.execute("SELECT claim_id FROM spool_files")]
+    (token,) = [row[0] for row in sqlite_store.conn.execute("SELECT claim_id FROM spool_files")]
     # A watcher died after inserting late.yaml's jobs, before moving it to done/ ...
     os.rename(
         spool_dir / "done" / "late.yaml",
@@ -216,7 +218,8 @@ def test_leftover_claims_of_a_dead_watcher_are_ingested_once(spool_dir: Path, st
         ("early.yaml", True),
         ("late.yaml", True),
     ]
-    assert sorted(j.source for j in store.list_jobs()) == ["spool:early.yaml", "spool:late.yaml"]
+    sources = sorted(j.source for j in sqlite_store.list_jobs())
+    assert sources == ["spool:early.yaml", "spool:late.yaml"]
     assert os.listdir(spool_dir / ".processing") == []
     assert sorted(os.listdir(spool_dir / "done")) == ["early.yaml", "late.yaml"]
 
@@ -238,7 +241,7 @@ def test_claims_of_a_live_watcher_are_left_alone(
         live.wait(timeout=20)
 
 
-def test_two_watchers_ingest_each_file_once(spool_dir: Path, db_path: Path, store: Store) -> None:
+def test_two_watchers_ingest_each_file_once(spool_dir: Path, db_url: str, store: Store) -> None:
     from queuectl.store import open_store
 
     for i in range(200):
@@ -246,7 +249,7 @@ def test_two_watchers_ingest_each_file_once(spool_dir: Path, db_path: Path, stor
     counts: list[int] = []
 
     def watcher() -> None:
-        own = open_store(f"sqlite:///{db_path}")
+        own = open_store(db_url)
         try:
             counts.append(sum(h.ingested for h in Spool(spool_dir, own).scan_once()))
         finally:

@@ -47,7 +47,7 @@ def test_failed_migration_leaves_the_version_unchanged(db_path: Path) -> None:
     assert tables == {"config"}, "the failed migration's earlier statements must roll back"
 
 
-def test_wal_mode(store: Store, db_path: Path) -> None:
+def test_wal_mode(sqlite_store: Store, db_path: Path) -> None:
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -110,8 +110,10 @@ def test_finish_is_fenced_by_the_claim_token(store: Store, clock: FakeClock) -> 
     )
 
 
-def test_eight_threads_drain_300_jobs_each_claimed_once(db_path: Path, clock: FakeClock) -> None:
-    url = f"sqlite:///{db_path}"
+def test_eight_threads_drain_300_jobs_each_claimed_once(
+    store: Store, db_url: str, clock: FakeClock
+) -> None:
+    url = db_url
     setup = open_store(url)
     Queue(setup, clock=clock).enqueue([JobSpec(command="true") for _ in range(300)])
     setup.close()

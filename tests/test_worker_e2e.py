@@ -26,7 +26,7 @@ import pytest
 
 from .conftest import QUEUECTL, Run, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.both_backends]
 
 NOT_FOUND = "command not found (exit 127)"
 STAMP = f'{shlex.quote(sys.executable)} -c "import time; print(repr(time.time()))"'

@@ -38,7 +38,8 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 T = TypeVar("T")
 CHANNEL = "queuectl"
 MIGRATION_LOCK = 0x71756575  # pg_advisory_xact_lock key: one migrator at a time
-RECONNECT_FOR_S = 120.0  # keep retrying a lost connection this long before giving up
+RECONNECT_FOR_S = 120.0
+MIN_SKEW = timedelta(seconds=1)  # keep retrying a lost connection this long before giving up
 
 INSERT_JOB = """
 INSERT INTO jobs (id, command, priority, run_at, max_retries, timeout_ms, env, cwd, queue,
@@ -194,9 +195,13 @@ class PostgresStore:
         try:
             self._migrate()
         except psycopg.Error as exc:
+            self.conn.close()
             raise MigrationFailed(
                 f"{url}: migrating the schema failed ({exc}); the database is unchanged"
             ) from None
+        except BaseException:
+            self.conn.close()
+            raise
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -214,7 +219,10 @@ class PostgresStore:
         if not self.durable:  # a worker's own transitions: a lost one only means a re-run
             conn.execute("SET synchronous_commit = off")
         row = conn.execute("SELECT clock_timestamp() AS now").fetchone()
-        self._skew = row["now"] - utcnow() if row else timedelta(0)
+        skew = row["now"] - utcnow() if row else timedelta(0)
+        # Below a second, the offset is measurement noise (and NTP keeps hosts closer):
+        # correcting it would only make a job enqueued here due a moment later there.
+        self._skew = skew if abs(skew) >= MIN_SKEW else timedelta(0)
         return conn
 
     def _db(self, value: datetime | None) -> datetime | None:

@@ -299,10 +299,10 @@ class SqliteStore:
             # Queue data is private: create the file 0600 before SQLite does (WAL files copy it).
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        self.conn = sqlite3.connect(
+            path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+        )
         try:
-            self.conn = sqlite3.connect(
-                path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
-            )
             self.conn.row_factory = sqlite3.Row
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self.conn.execute("PRAGMA journal_mode = WAL")
@@ -310,10 +310,14 @@ class SqliteStore:
             self.conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
             self._migrate()
         except sqlite3.DatabaseError as exc:
+            self.conn.close()
             raise StoreError(
                 f"{url}: not a usable queuectl SQLite database ({exc}): "
                 "point --db at another file or move this one away"
             ) from None
+        except BaseException:
+            self.conn.close()
+            raise
         self._data_version = self._read_data_version()
 
     def close(self) -> None:
