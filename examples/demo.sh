@@ -2,6 +2,7 @@
 # A two-minute tour of queuectl on the embedded SQLite store, in a throwaway home.
 # Run it with `make demo` (which installs queuectl into .venv first).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 QUEUECTL_HOME="$(mktemp -d)/queuectl-demo"
 export QUEUECTL_HOME
@@ -25,6 +26,17 @@ show queuectl enqueue - <<'YAML'
   command: echo building too
   queue: default
 YAML
+
+step "Drop a job file into the spool directory (write, then rename into place) and ingest it"
+mkdir -p -m 700 "$QUEUECTL_HOME/spool"
+printf 'id: from-the-spool\ncommand: echo "I arrived as a file"\n' > "$QUEUECTL_HOME/spool/.drop.tmp"
+mv "$QUEUECTL_HOME/spool/.drop.tmp" "$QUEUECTL_HOME/spool/drop.yaml"
+show queuectl spool ingest
+
+step "Validate and apply the committed job specs in examples/jobs (GitOps)"
+show queuectl validate examples/jobs
+show queuectl apply examples/jobs --format table
+show queuectl apply examples/jobs --format table   # again: everything is unchanged
 
 step "Status before any worker runs"
 show queuectl status --format table

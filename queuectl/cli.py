@@ -173,7 +173,7 @@ def emit(data: Any, fmt: str, columns: Sequence[str] = ()) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
-def _cell(value: Any, width: int = 48) -> str:
+def _cell(value: Any, width: int = 60) -> str:
     if value is None:
         return "-"
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
