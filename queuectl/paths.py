@@ -37,11 +37,12 @@ def logs_dir() -> Path:
     return path
 
 
-def job_log_path(job_id: str) -> Path:
-    """The log file of a job; ids that could escape the logs directory are refused."""
+def job_log_path(job_id: str, directory: Path | None = None) -> Path:
+    """The log file of a job (in `directory`, default the home's logs/); ids that could
+    escape the logs directory are refused."""
     if not _ID.fullmatch(job_id) or ".." in job_id:
         raise QueuectlError(f"{job_id!r} is not a valid job id: no log file can belong to it")
-    return logs_dir() / f"job-{job_id}.log"
+    return (directory or logs_dir()) / f"job-{job_id}.log"
 
 
 def pids_path() -> Path:

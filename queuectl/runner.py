@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from . import procs
 from .config import Config
@@ -32,7 +33,7 @@ from .models import (
     new_worker_id,
     utcnow,
 )
-from .paths import job_log_path
+from .paths import job_log_path, logs_dir
 from .store import Store, Transition, open_store
 
 Clock = Callable[[], datetime]
@@ -111,6 +112,7 @@ class Runner:
         self._wake = procs.WakePipe()
         self._current: tuple[str, str] | None = None  # (job id, claim token)
         self._last_recover = -math.inf
+        self._logs = logs_dir()
 
     # -- control (safe from signal handlers) ---------------------------------------
 
@@ -177,11 +179,12 @@ class Runner:
             return False
         self._current = (job.id, token)
         started = time.monotonic()
+        log_path = job_log_path(job.id, self._logs)
         try:
-            attempt = self._execute(job)
+            attempt = self._execute(job, log_path)
         except Exception as exc:  # a failure of ours must not leave the job processing
             attempt = Attempt(None, f"worker error: {exc}")
-        tail = _read_tail(job.id)
+        tail = _read_tail(log_path)
         self._current = None
         self._record(job, token, attempt, tail, time.monotonic() - started)
         self.jobs_run += 1
@@ -198,7 +201,7 @@ class Runner:
             outcome = failure_transition(
                 job, now, self.config, exit_code=attempt.exit_code, error=attempt.error, tail=tail
             )
-        if not self.store.finish(job.id, self.worker_id, token, outcome, now):
+        if not self.store.finish(job.id, token, outcome, now):
             self.log(f"job {job.id}: claim lost before the result was recorded; result dropped")
             return
         detail = f" ({attempt.error})" if attempt.error else ""
@@ -225,7 +228,7 @@ class Runner:
 
     # -- executing a job ---------------------------------------------------------------
 
-    def _execute(self, job: Job) -> Attempt:
+    def _execute(self, job: Job, log_path: Path) -> Attempt:
         attempt_no = job.attempts + 1
         shell = isinstance(job.command, str)
         args = ["/bin/sh", "-c", job.command] if isinstance(job.command, str) else list(job.command)
@@ -236,7 +239,11 @@ class Runner:
             "QUEUECTL_ATTEMPT": str(attempt_no),
             "QUEUECTL_WORKER_ID": self.worker_id,
         }
-        log_fd = os.open(job_log_path(job.id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except FileNotFoundError:  # the logs directory was removed under us: make it again
+            self._logs = logs_dir()
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             header = (
                 f"=== {format_time(self.clock())} attempt {attempt_no} worker {self.worker_id}\n"
@@ -339,7 +346,7 @@ class Runner:
             outcome = failure_transition(
                 job, now, self.config, exit_code=None, error=reason, tail=None
             )
-            if self.store.finish(job.id, job.worker_id, job.lease_token, outcome, now):
+            if self.store.finish(job.id, job.lease_token, outcome, now):
                 recovered += 1
                 self.log(f"job {job.id} {outcome.state.value} ({reason}, worker {job.worker_id})")
         return recovered
@@ -351,10 +358,10 @@ def _worker_host_pid(worker_id: str) -> tuple[str, int | None]:
     return host, int(pid) if pid.isdigit() else None
 
 
-def _read_tail(job_id: str) -> str | None:
+def _read_tail(log_path: Path) -> str | None:
     """The last OUTPUT_TAIL_BYTES of the job's log, kept in the store for `logs` anywhere."""
     try:
-        with open(job_log_path(job_id), "rb") as f:
+        with open(log_path, "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - OUTPUT_TAIL_BYTES))
             return f.read().decode("utf-8", errors="replace")

@@ -97,10 +97,10 @@ def test_finish_is_fenced_by_the_claim_token(store: Store, clock: FakeClock) -> 
     job = store.claim_next("w1", (), clock(), clock() + timedelta(seconds=30), "token-1")
     assert job is not None and job.state is JobState.PROCESSING
     done = Transition(JobState.COMPLETED, 0, clock(), 0, None, "out")
-    assert not store.finish("j", "w1", "stale-token", done, clock())
+    assert not store.finish("j", "stale-token", done, clock())
     assert store.get_job("j").state is JobState.PROCESSING  # type: ignore[union-attr]
-    assert store.finish("j", "w1", "token-1", done, clock())
-    assert not store.finish("j", "w1", "token-1", done, clock()), "a result is recorded once"
+    assert store.finish("j", "token-1", done, clock())
+    assert not store.finish("j", "token-1", done, clock()), "a result is recorded once"
     finished = store.get_job("j")
     assert finished is not None
     assert (finished.state, finished.output_tail, finished.lease_token) == (
@@ -130,7 +130,7 @@ def test_eight_threads_drain_300_jobs_each_claimed_once(
                 with lock:
                     claimed.append(job.id)
                 done = Transition(JobState.COMPLETED, 0, clock(), 0, None, None)
-                assert store.finish(job.id, f"w{worker}", f"t{worker}", done, clock())
+                assert store.finish(job.id, f"t{worker}", done, clock())
         except BaseException as exc:  # surfaced below: a thread's failure must fail the test
             errors.append(exc)
         finally:
@@ -153,7 +153,7 @@ def test_dlq_retry_resets_and_keeps_the_spec(store: Store, queue: Queue, clock: 
     queue.enqueue([JobSpec(command="false", id="d", max_retries=4, labels={"k": "v"})])
     store.claim_next("w", (), clock(), clock() + timedelta(seconds=30), "t")
     dead = Transition(JobState.DEAD, 5, clock(), 1, "exit code 1", "tail")
-    assert store.finish("d", "w", "t", dead, clock())
+    assert store.finish("d", "t", dead, clock())
     assert [j.id for j in queue.dlq_list()] == ["d"]
     clock.advance(1000)
     assert queue.dlq_retry(["d"]) == ["d"]
@@ -177,3 +177,16 @@ def test_processing_jobs_and_drain_blockers(store: Store, clock: FakeClock) -> N
     assert [j.id for j in store.processing_jobs()] == ["now"]
     assert store.drain_blockers((), clock()) == 1
     assert store.next_available_at(()) == clock() + timedelta(hours=1)
+
+
+def test_the_claim_walks_the_claim_order_index(sqlite_store: Store) -> None:
+    from queuectl.store.sqlite import CLAIM_NEXT, SqliteStore
+
+    assert isinstance(sqlite_store, SqliteStore)
+    plan = sqlite_store.conn.execute(
+        "EXPLAIN QUERY PLAN " + CLAIM_NEXT,
+        {"worker_id": "w", "token": "t", "now": 0, "lease_until": 0, "queues": None},
+    ).fetchall()
+    details = " | ".join(row["detail"] for row in plan)
+    assert "jobs_claim_order" in details
+    assert "TEMP B-TREE" not in details, details

@@ -160,9 +160,7 @@ class Store(Protocol):
         """Atomically claim the next due job (priority desc, created_at, id) or return None."""
         ...
 
-    def finish(
-        self, job_id: str, worker_id: str, token: str, outcome: Transition, now: datetime
-    ) -> bool:
+    def finish(self, job_id: str, token: str, outcome: Transition, now: datetime) -> bool:
         """Record an attempt's outcome if `token` still holds the claim; else change nothing."""
         ...
 

@@ -120,7 +120,11 @@ UPDATE jobs SET lease_expires_at = %(lease_until)s
  WHERE id = %(job_id)s AND lease_token = %(token)s AND state = 'processing'
 """
 DEREGISTER_WORKER = "DELETE FROM workers WHERE id = %(worker_id)s"
-LIVE_WORKERS = "SELECT * FROM workers WHERE lease_expires_at >= %(now)s ORDER BY started_at, id"
+LIVE_WORKERS = """
+SELECT workers.*, (SELECT id FROM jobs WHERE state = 'processing' AND worker_id = workers.id
+                    LIMIT 1) AS current_job
+  FROM workers WHERE lease_expires_at >= %(now)s ORDER BY started_at, id
+"""
 REQUEST_STOP = """
 UPDATE workers SET stop_requested = true
  WHERE %(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[])
@@ -141,7 +145,6 @@ UPDATE jobs SET state = 'processing', worker_id = %(worker_id)s, lease_token = %
  WHERE jobs.id = next.id
 RETURNING jobs.*
 """
-SET_CURRENT_JOB = "UPDATE workers SET current_job = %(job_id)s WHERE id = %(worker_id)s"
 FINISH_JOB = """
 UPDATE jobs SET state = %(state)s, attempts = %(attempts)s, available_at = %(available_at)s,
                 exit_code = %(exit_code)s, last_error = %(last_error)s,
@@ -149,9 +152,6 @@ UPDATE jobs SET state = %(state)s, attempts = %(attempts)s, available_at = %(ava
                 updated_at = %(now)s, finished_at = %(now)s,
                 lease_token = NULL, lease_expires_at = NULL
  WHERE id = %(job_id)s AND lease_token = %(token)s AND state = 'processing'
-"""
-CLEAR_CURRENT_JOB = """
-UPDATE workers SET current_job = NULL WHERE id = %(worker_id)s AND current_job = %(job_id)s
 """
 PROCESSING_JOBS = "SELECT * FROM jobs WHERE state = 'processing'"
 DRAIN_BLOCKERS = """
@@ -619,22 +619,12 @@ class PostgresStore:
             "queues": list(queues) or None,
         }
 
-        def op(conn: psycopg.Connection[Any]) -> Mapping[str, Any] | None:
-            with self._tx(conn):
-                row = conn.execute(CLAIM_NEXT, params).fetchone()
-                if row is not None:
-                    conn.execute(SET_CURRENT_JOB, {"job_id": row["id"], "worker_id": worker_id})
-                return row
-
-        row = self._run(op)
+        row = self._run(lambda conn: conn.execute(CLAIM_NEXT, params).fetchone())
         return self._job(row) if row else None
 
-    def finish(
-        self, job_id: str, worker_id: str, token: str, outcome: Transition, now: datetime
-    ) -> bool:
+    def finish(self, job_id: str, token: str, outcome: Transition, now: datetime) -> bool:
         params = {
             "job_id": job_id,
-            "worker_id": worker_id,
             "token": token,
             "state": outcome.state.value,
             "attempts": outcome.attempts,
@@ -645,13 +635,7 @@ class PostgresStore:
             "now": self._db(now),
         }
 
-        def op(conn: psycopg.Connection[Any]) -> bool:
-            with self._tx(conn):
-                recorded = conn.execute(FINISH_JOB, params).rowcount == 1
-                conn.execute(CLEAR_CURRENT_JOB, params)
-            return recorded
-
-        return self._run(op)
+        return self._run(lambda conn: conn.execute(FINISH_JOB, params).rowcount == 1)
 
     def processing_jobs(self) -> list[Job]:
         return [self._job(r) for r in self._run(lambda c: c.execute(PROCESSING_JOBS).fetchall())]

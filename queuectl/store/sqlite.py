@@ -107,7 +107,11 @@ UPDATE jobs SET lease_expires_at = :lease_until
  WHERE id = :job_id AND lease_token = :token AND state = 'processing'
 """
 DEREGISTER_WORKER = "DELETE FROM workers WHERE id = :worker_id"
-LIVE_WORKERS = "SELECT * FROM workers WHERE lease_expires_at >= :now ORDER BY started_at, id"
+LIVE_WORKERS = """
+SELECT workers.*, (SELECT id FROM jobs WHERE state = 'processing' AND worker_id = workers.id
+                    LIMIT 1) AS current_job
+  FROM workers WHERE lease_expires_at >= :now ORDER BY started_at, id
+"""
 FORGET_DEAD_WORKERS = "DELETE FROM workers WHERE lease_expires_at < :before"
 REQUEST_STOP = """
 UPDATE workers SET stop_requested = 1
@@ -117,14 +121,13 @@ CLAIM_NEXT = """
 UPDATE jobs SET state = 'processing', worker_id = :worker_id, lease_token = :token,
                 started_at = :now, updated_at = :now, finished_at = NULL,
                 lease_expires_at = :lease_until
- WHERE id = (SELECT id FROM jobs
+ WHERE id = (SELECT id FROM jobs INDEXED BY jobs_claim_order  -- else SQLite sorts all due jobs
               WHERE state IN ('pending', 'failed') AND available_at <= :now
                 AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
               ORDER BY priority DESC, created_at, id
               LIMIT 1)
 RETURNING *
 """
-SET_CURRENT_JOB = "UPDATE workers SET current_job = :job_id WHERE id = :worker_id"
 FINISH_JOB = """
 UPDATE jobs SET state = :state, attempts = :attempts, available_at = :available_at,
                 exit_code = :exit_code, last_error = :last_error,
@@ -132,9 +135,6 @@ UPDATE jobs SET state = :state, attempts = :attempts, available_at = :available_
                 updated_at = :now, finished_at = :now,
                 lease_token = NULL, lease_expires_at = NULL
  WHERE id = :job_id AND lease_token = :token AND state = 'processing'
-"""
-CLEAR_CURRENT_JOB = """
-UPDATE workers SET current_job = NULL WHERE id = :worker_id AND current_job = :job_id
 """
 PROCESSING_JOBS = "SELECT * FROM jobs WHERE state = 'processing'"
 DRAIN_BLOCKERS = """
@@ -581,17 +581,11 @@ class SqliteStore:
         }
         with self._write() as conn:
             row = conn.execute(CLAIM_NEXT, params).fetchone()
-            if row is None:
-                return None
-            conn.execute(SET_CURRENT_JOB, {"job_id": row["id"], "worker_id": worker_id})
-        return _job_from_row(row)
+        return _job_from_row(row) if row else None
 
-    def finish(
-        self, job_id: str, worker_id: str, token: str, outcome: Transition, now: datetime
-    ) -> bool:
+    def finish(self, job_id: str, token: str, outcome: Transition, now: datetime) -> bool:
         params = {
             "job_id": job_id,
-            "worker_id": worker_id,
             "token": token,
             "state": outcome.state.value,
             "attempts": outcome.attempts,
@@ -602,9 +596,7 @@ class SqliteStore:
             "now": to_ms(now),
         }
         with self._write() as conn:
-            recorded = conn.execute(FINISH_JOB, params).rowcount == 1
-            conn.execute(CLEAR_CURRENT_JOB, params)
-        return recorded
+            return conn.execute(FINISH_JOB, params).rowcount == 1
 
     def processing_jobs(self) -> list[Job]:
         return [_job_from_row(r) for r in self.conn.execute(PROCESSING_JOBS)]

@@ -51,6 +51,5 @@ CREATE TABLE workers (
     started_at       INTEGER NOT NULL,
     heartbeat_at     INTEGER NOT NULL,
     lease_expires_at INTEGER NOT NULL,
-    current_job      TEXT,
     stop_requested   INTEGER NOT NULL DEFAULT 0
 );

@@ -43,7 +43,6 @@ CREATE TABLE workers (
     started_at       timestamptz NOT NULL,
     heartbeat_at     timestamptz NOT NULL,
     lease_expires_at timestamptz NOT NULL,
-    current_job      text,
     stop_requested   boolean NOT NULL DEFAULT false
 );
 

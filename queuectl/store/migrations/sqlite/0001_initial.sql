@@ -42,7 +42,6 @@ CREATE TABLE workers (
     started_at       INTEGER NOT NULL,
     heartbeat_at     INTEGER NOT NULL,
     lease_expires_at INTEGER NOT NULL,
-    current_job      TEXT,
     stop_requested   INTEGER NOT NULL DEFAULT 0
 );
 
