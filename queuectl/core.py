@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from . import config as config_mod
-from . import procs
 from .config import Config
 from .errors import JobNotFound, UsageProblem
 from .models import Job, JobSpec, JobState, NewJob, WorkerInfo, new_job_id, utcnow
@@ -110,6 +108,10 @@ class Queue:
     def live_workers(self) -> list[WorkerInfo]:
         """Workers whose lease holds, less those of this host whose process is gone
         (a worker killed with SIGKILL cannot deregister; its lease would linger)."""
+        import socket
+
+        from . import procs
+
         host = socket.gethostname()
         return [
             w

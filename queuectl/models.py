@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -211,4 +210,6 @@ class WorkerInfo:
 
 def new_worker_id() -> str:
     """A worker id that names its host and pid, plus a random suffix against pid reuse."""
+    import socket  # only workers need it; enqueue stays lean
+
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"

@@ -113,6 +113,7 @@ class Runner:
         self._current: tuple[str, str] | None = None  # (job id, claim token)
         self._last_recover = -math.inf
         self._logs = logs_dir()
+        self._environ = dict(os.environ)  # copied once: decoding os.environ per job costs
 
     # -- control (safe from signal handlers) ---------------------------------------
 
@@ -233,7 +234,7 @@ class Runner:
         shell = isinstance(job.command, str)
         args = ["/bin/sh", "-c", job.command] if isinstance(job.command, str) else list(job.command)
         env = {
-            **os.environ,
+            **self._environ,
             **job.env,
             "QUEUECTL_JOB_ID": job.id,
             "QUEUECTL_ATTEMPT": str(attempt_no),

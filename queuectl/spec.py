@@ -13,14 +13,12 @@ keywords the schema uses; a keyword it does not know disables it.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,14 +50,15 @@ def parse_rfc3339(text: str) -> datetime | None:
 
 @functools.cache
 def schema_text() -> str:
-    """The job schema as shipped inside the package (or in the source tree)."""
-    packaged = resources.files("queuectl").joinpath("schemas/job.schema.json")
-    if packaged.is_file():
-        return packaged.read_text(encoding="utf-8")
-    # An editable install runs from the source tree, where the schema sits at the top.
-    return (Path(__file__).resolve().parent.parent / "schemas" / "job.schema.json").read_text(
-        encoding="utf-8"
-    )
+    """The job schema as shipped inside the package (or, in a source checkout, at the top)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (
+        here / "schemas" / "job.schema.json",
+        here.parent / "schemas" / "job.schema.json",
+    ):
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8")
+    raise FileNotFoundError("job.schema.json is missing from the queuectl installation")
 
 
 @functools.cache
@@ -473,6 +472,8 @@ def _describe(err: Any, data: dict[str, Any]) -> tuple[str, str, bool]:
         known = list(schema()["properties"])
         unknown = [k for k in err.instance if k not in known]
         name = unknown[0] if unknown else ""
+        import difflib
+
         hint = difflib.get_close_matches(name, known, n=1)
         fix = f"did you mean {hint[0]!r}?" if hint else f"allowed fields: {', '.join(known)}"
         return name, f"unknown field: {fix}", True

@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from importlib import resources
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import (
@@ -167,12 +167,12 @@ SELECT min(available_at) AS at FROM jobs
 """
 
 
+MIGRATIONS = Path(__file__).parent / "migrations" / "postgres"
+
+
 def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("queuectl").joinpath("store/migrations/postgres")
     return sorted(
-        (int(entry.name[:4]), entry.read_text(encoding="utf-8"))
-        for entry in folder.iterdir()
-        if entry.name.endswith(".sql")
+        (int(p.name[:4]), p.read_text(encoding="utf-8")) for p in MIGRATIONS.glob("*.sql")
     )
 
 

@@ -13,7 +13,6 @@ import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -247,14 +246,12 @@ def _worker_from_row(row: sqlite3.Row) -> WorkerInfo:
     )
 
 
-def _migrations() -> list[tuple[int, str, str]]:
-    """(version, name, sql) of every shipped migration, in order."""
-    folder = resources.files("queuectl").joinpath("store/migrations/sqlite")
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            found.append((int(entry.name[:4]), entry.name, entry.read_text(encoding="utf-8")))
-    return sorted(found)
+MIGRATIONS = Path(__file__).parent / "migrations" / "sqlite"
+
+
+def _migrations() -> list[tuple[int, Path]]:
+    """(version, file) of every shipped migration, in order (read only when applied)."""
+    return sorted((int(p.name[:4]), p) for p in MIGRATIONS.glob("*.sql"))
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -351,10 +348,10 @@ class SqliteStore:
             with self._write() as conn:
                 # Re-read under the write lock: another process may have migrated meanwhile.
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
-                for number, _name, sql in migrations:
+                for number, path in migrations:
                     if number <= version:
                         continue
-                    for statement in _statements(sql):
+                    for statement in _statements(path.read_text(encoding="utf-8")):
                         conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {number:d}")
         except sqlite3.DatabaseError as exc:
