@@ -116,6 +116,7 @@ class Duration(_ParamType):
     """30s, 5m, 2h, 1d, 250ms, or plain seconds; converted to milliseconds."""
 
     name = "DURATION"
+    MAX_MS = 3650 * 86_400_000
     UNITS: ClassVar[dict[str, int]] = {
         "ms": 1,
         "s": 1000,
@@ -131,7 +132,10 @@ class Duration(_ParamType):
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|)\s*", str(value))
         if not match:
             self.fail(f"{value!r} is not a duration: use e.g. 30s, 5m, 2h, 1d or 250ms", param, ctx)
-        return int(float(match[1]) * self.UNITS[match[2]])
+        ms = int(float(match[1]) * self.UNITS[match[2]])
+        if ms > self.MAX_MS:
+            self.fail(f"{value!r} is more than 3650 days: use --run-at for a far date", param, ctx)
+        return ms
 
 
 class DateTime(_ParamType):
@@ -854,8 +858,7 @@ def spool_watch_cmd(app: App, directory: Path | None) -> None:
     Example:
         queuectl spool watch /var/spool/queuectl
     """
-    spool = _open_spool(app, directory)
-    with _signals(lambda signum: spool.stop()):
+    with _open_spool(app, directory) as spool, _signals(lambda signum: spool.stop()):
         spool.watch()
 
 
@@ -871,11 +874,11 @@ def spool_ingest_cmd(app: App, directory: Path | None) -> None:
     Example:
         queuectl spool ingest ~/.queuectl/spool
     """
-    spool = _open_spool(app, directory)
-    handled = spool.scan_once()
-    while (settle := spool.next_settle_s()) is not None:
-        time.sleep(settle + 0.01)  # a file written in place: let it settle, then take it
-        handled += spool.scan_once()
+    with _open_spool(app, directory) as spool:
+        handled = spool.scan_once()
+        while (settle := spool.next_settle_s()) is not None:
+            time.sleep(settle + 0.01)  # a file written in place: let it settle, then take it
+            handled += spool.scan_once()
     rejected = [h for h in handled if not h.ingested]
     click.echo(
         f"{len(handled) - len(rejected)} file(s) ingested, {len(rejected)} rejected", err=True

@@ -45,8 +45,8 @@ KEYS: dict[str, Key] = {
             "max_retries",
             3,
             _int,
-            "an integer >= 0",
-            lambda v: v >= 0,
+            "an integer from 0 to 2147483647",
+            lambda v: 0 <= v <= 2_147_483_647,
             "retries after the first run, copied into each job at enqueue",
         ),
         Key(
@@ -61,8 +61,8 @@ KEYS: dict[str, Key] = {
             "backoff_max_ms",
             3_600_000,
             _int,
-            "an integer >= 0",
-            lambda v: v >= 0,
+            "an integer from 0 to 31536000000 (a year)",
+            lambda v: 0 <= v <= 31_536_000_000,
             "cap on the wait before a retry, in milliseconds",
         ),
         Key(
@@ -77,8 +77,8 @@ KEYS: dict[str, Key] = {
             "job_timeout_ms",
             0,
             _int,
-            "an integer >= 0 (0 = no timeout)",
-            lambda v: v >= 0,
+            "an integer from 0 (no timeout) to 2147483647",
+            lambda v: 0 <= v <= 2_147_483_647,
             "per-attempt limit for jobs that set no timeout_ms",
         ),
         Key(

@@ -111,6 +111,8 @@ class Runner:
         self._interrupt_reason: str | None = None
         self._wake = procs.WakePipe()
         self._current: tuple[str, str] | None = None  # (job id, claim token)
+        self._lost_claim: str | None = None  # the token of a claim another worker took over
+        self._lease_renewed = time.monotonic()
         self._last_recover = -math.inf
         self._logs = logs_dir()
         self._environ = dict(os.environ)  # copied once: decoding os.environ per job costs
@@ -179,13 +181,14 @@ class Runner:
         if job is None:
             return False
         self._current = (job.id, token)
-        started = time.monotonic()
-        log_path = job_log_path(job.id, self._logs)
+        self._lease_renewed = started = time.monotonic()
+        log_path: Path | None = None
         try:
-            attempt = self._execute(job, log_path)
+            log_path = job_log_path(job.id, self._logs)
+            attempt = self._execute(job, log_path, token)
         except Exception as exc:  # a failure of ours must not leave the job processing
             attempt = Attempt(None, f"worker error: {exc}")
-        tail = _read_tail(log_path)
+        tail = _read_tail(log_path) if log_path else None
         self._current = None
         self._record(job, token, attempt, tail, time.monotonic() - started)
         self.jobs_run += 1
@@ -229,7 +232,7 @@ class Runner:
 
     # -- executing a job ---------------------------------------------------------------
 
-    def _execute(self, job: Job, log_path: Path) -> Attempt:
+    def _execute(self, job: Job, log_path: Path, token: str) -> Attempt:
         attempt_no = job.attempts + 1
         shell = isinstance(job.command, str)
         args = ["/bin/sh", "-c", job.command] if isinstance(job.command, str) else list(job.command)
@@ -269,7 +272,7 @@ class Runner:
             timeout_ms = (
                 job.timeout_ms if job.timeout_ms is not None else self.config.job_timeout_ms
             )
-            attempt = self._wait(proc, timeout_ms, shell=shell)
+            attempt = self._wait(proc, timeout_ms, shell=shell, token=token)
             return self._note(log_fd, attempt)
         finally:
             os.close(log_fd)
@@ -279,46 +282,66 @@ class Runner:
         os.write(log_fd, f"=== {format_time(self.clock())} {ending}\n".encode())
         return attempt
 
-    def _wait(self, proc: subprocess.Popen[bytes], timeout_ms: int, *, shell: bool) -> Attempt:
-        deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
+    def _wait(
+        self, proc: subprocess.Popen[bytes], timeout_ms: int, *, shell: bool, token: str
+    ) -> Attempt:
+        """Wait for the job to exit, its timeout, an interrupt, or the loss of its lease.
+
+        A job whose lease could not be renewed for lease_ms may already be running
+        elsewhere (the lease lapsed and another worker recovered it): kill it here, so
+        one job never runs twice at the same time.
+        """
+        deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else math.inf
+        lease_s = self.config.lease_ms / 1000
         while True:
-            if self._interrupt_reason is not None:
+            now = time.monotonic()
+            reason = self._interrupt_reason
+            if self._lost_claim == token:
+                reason = "worker lost its lease (another worker took the job over)"
+            elif now > self._lease_renewed + lease_s:
+                reason = f"worker could not renew its lease for {self.config.lease_ms} ms"
+            elif now >= deadline:
+                reason = f"timed out after {timeout_ms} ms"
+            if reason is not None:
                 procs.kill_group(proc)
-                return Attempt(None, self._interrupt_reason)
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                procs.kill_group(proc)
-                return Attempt(None, f"timed out after {timeout_ms} ms")
-            if procs.wait_exited([proc], self._wake, remaining):
+                return Attempt(None, reason)
+            wait_s = min(deadline, self._lease_renewed + lease_s) - now
+            if procs.wait_exited([proc], self._wake, max(0.0, wait_s) + 0.001):
                 return Attempt.from_returncode(proc.returncode, shell=shell)
 
     # -- leases and recovery -------------------------------------------------------------
 
     def _heartbeat_loop(self, done: threading.Event) -> None:
         """Renew this worker's lease (and its job's) every lease_ms / 3, on its own connection."""
-        store = open_store(self.store.url, durable=False)
+        store: Store | None = None
+        interval = self.config.lease_ms / 3000
         try:
-            interval = self.config.lease_ms / 3000
             while not done.wait(interval):
                 current = self._current
+                began = time.monotonic()
                 now = self.clock()
                 lease_until = now + timedelta(milliseconds=self.config.lease_ms)
                 try:
+                    store = store or open_store(self.store.url, durable=False)
                     beat = store.heartbeat(
                         self.worker_id, now, lease_until, *(current or (None, None))
                     )
                 except Exception as exc:  # a busy or unreachable store: try again next beat
                     self.log(f"heartbeat failed: {exc}")
                     continue
+                if current is not None and self._current == current:
+                    if beat.claim_held:
+                        self._lease_renewed = began
+                    else:
+                        self.log(f"job {current[0]}: lease lost to another worker; killing it")
+                        self._lost_claim = current[1]
+                        self._wake.wake()
                 if beat.stop_requested and not self._stopping:
                     self.log("stop requested through the store")
                     self.stop()
-                if not beat.claim_held and current is not None and self._current == current:
-                    self.log(f"job {current[0]}: lease lost to another worker; killing it")
-                    self._interrupt_reason = "worker lost its lease"
-                    self._wake.wake()
         finally:
-            store.close()
+            if store is not None:
+                store.close()
 
     def recover_lost_jobs(self) -> int:
         """Fail the attempts of processing jobs whose worker is gone; returns how many.
@@ -347,7 +370,12 @@ class Runner:
             outcome = failure_transition(
                 job, now, self.config, exit_code=None, error=reason, tail=None
             )
-            if self.store.finish(job.id, job.lease_token, outcome, now):
+            # Unless its worker is known dead, the lease must still be expired when we write:
+            # a heartbeat may have renewed it since processing_jobs() was read.
+            expired_before = None if local_dead else now
+            if self.store.finish(
+                job.id, job.lease_token, outcome, now, expired_before=expired_before
+            ):
                 recovered += 1
                 self.log(f"job {job.id} {outcome.state.value} ({reason}, worker {job.worker_id})")
         return recovered
@@ -365,6 +393,7 @@ def _read_tail(log_path: Path) -> str | None:
         with open(log_path, "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - OUTPUT_TAIL_BYTES))
-            return f.read().decode("utf-8", errors="replace")
+            # NUL cannot be stored in a PostgreSQL text column; the log file keeps the bytes.
+            return f.read().decode("utf-8", errors="replace").replace("\0", "\ufffd")
     except OSError:
         return None

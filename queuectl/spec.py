@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,9 +43,11 @@ def parse_rfc3339(text: str) -> datetime | None:
     if not _RFC3339.match(text):
         return None
     try:
-        return datetime.fromisoformat(text.upper().replace(" ", "T"))
-    except ValueError:
+        value = datetime.fromisoformat(text.upper().replace(" ", "T"))
+        value.astimezone(UTC)  # 0001-01-01T00:00+01:00 is a date only before UTC
+    except (ValueError, OverflowError):
         return None
+    return value
 
 
 @functools.cache

@@ -12,6 +12,7 @@ hints: every event (and a periodic timer) triggers a full rescan.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -98,9 +99,28 @@ class Spool:
         for sub in (self.processing, self.done, self.rejected):
             sub.mkdir(mode=0o700, exist_ok=True)
         self.host = socket.gethostname()
+        # Claims carry this watcher's token; the watcher holds an flock on its lock file for
+        # as long as it lives, so others can tell its claims from those of a dead watcher
+        # (pids are reused, and in a container every watcher is pid 1).
+        self.watcher = secrets.token_hex(6)
+        self._lock_path = self.processing / f".{self.watcher}.lock"
+        self._lock_fd = os.open(self._lock_path, os.O_WRONLY | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         self._stopping = False
         self._wake = procs.WakePipe()
         self._last_prune = -float("inf")
+
+    def close(self) -> None:
+        """Release this watcher's lock (its claims are all settled by then)."""
+        with contextlib.suppress(FileNotFoundError):
+            self._lock_path.unlink()
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- one pass ---------------------------------------------------------------------
 
@@ -150,7 +170,7 @@ class Spool:
         self, name: str, token: str | None = None, source: Path | None = None
     ) -> _Claim | None:
         token = token or secrets.token_hex(8)
-        target = self.processing / f"{token}@{self.host}@{os.getpid()}@{name}"
+        target = self.processing / f"{token}@{self.host}@{self.watcher}@{name}"
         try:
             os.rename(source or self.dir / name, target)
         except FileNotFoundError:
@@ -162,22 +182,38 @@ class Spool:
         claims = []
         for entry in sorted(os.listdir(self.processing)):
             parts = entry.split("@", 3)
-            if len(parts) != 4 or not parts[2].isdigit():
+            if entry.startswith(".") or len(parts) != 4:
                 continue
-            token, host, pid, name = parts[0], parts[1], int(parts[2]), parts[3]
-            if host == self.host:
-                if pid == os.getpid() or procs.queuectl_alive(pid):
-                    continue  # a live watcher is working on it
-            else:
+            token, host, watcher, name = parts
+            if host == self.host and watcher != self.watcher and self._watcher_alive(watcher):
+                continue  # a live watcher is working on it
+            if host != self.host:
                 with contextlib.suppress(FileNotFoundError):
                     age = time.time() - (self.processing / entry).lstat().st_ctime
                     if age < FOREIGN_CLAIM_STALE_S:
-                        continue
+                        continue  # no lock to ask across hosts: wait until it is stale
             claim = self._claim(name, token, self.processing / entry)
             if claim is not None:
-                self.log(f"retaking {name} from a watcher that stopped mid-file (pid {pid})")
+                self.log(f"retaking {name}, left half-done by watcher {watcher}")
                 claims.append(claim)
         return claims
+
+    def _watcher_alive(self, watcher: str) -> bool:
+        """Whether the watcher that owns `watcher`'s lock file still holds it."""
+        path = self.processing / f".{watcher}.lock"
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # its owner is gone
+        return False
 
     # -- ingesting claimed files ----------------------------------------------------------
 
@@ -191,6 +227,9 @@ class Spool:
                 parsed.append((claim, self._parse(claim, config, now)))
             except SpecInvalid as exc:
                 handled.append(self._reject(claim, exc.problems))
+            except (OSError, ValueError, OverflowError) as exc:  # one bad file never blocks others
+                problem = Problem(claim.name, 0, 0, "", f"could not be read: {exc}")
+                handled.append(self._reject(claim, [problem]))
         outcomes = self.store.ingest_spool_files([file for _, file in parsed], now)
         for (claim, file), conflict in zip(parsed, outcomes, strict=True):
             if conflict is None:
@@ -327,7 +366,10 @@ class Spool:
             while not self._stopping:
                 names = set(ready)
                 ready.difference_update(names)
-                self.scan_once(ready=names)
+                try:
+                    self.scan_once(ready=names)
+                except QueuectlError as exc:  # the store is busy or down: claims stay, retry
+                    self.log(f"ingest failed, retrying in {RESCAN_S:g} s: {exc}")
                 settle = self.next_settle_s()
                 self._wake.wait(RESCAN_S if settle is None else min(RESCAN_S, settle + 0.01))
         finally:

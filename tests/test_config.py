@@ -38,12 +38,12 @@ def test_set_then_get_in_another_process(run: Run, key: str, value: str, shown: 
         (
             "max_retries",
             "-1",
-            "max_retries: '-1' is not valid for max_retries: use an integer >= 0",
+            "max_retries: '-1' is not valid for max_retries: use an integer from 0 to 2147483647",
         ),
         (
             "max_retries",
             "two",
-            "max_retries: 'two' is not valid for max_retries: use an integer >= 0",
+            "max_retries: 'two' is not valid for max_retries: use an integer from 0 to 2147483647",
         ),
         (
             "backoff_base",
@@ -90,7 +90,8 @@ def test_environment_overrides_for_one_process(run: Run) -> None:
     bad = run("config", "get", "max_retries", env={"QUEUECTL_MAX_RETRIES": "x"})
     assert (bad.returncode, bad.stderr.strip()) == (
         2,
-        "Error: QUEUECTL_MAX_RETRIES: 'x' is not valid for max_retries: use an integer >= 0",
+        "Error: QUEUECTL_MAX_RETRIES: 'x' is not valid for max_retries: use an integer from 0 "
+        "to 2147483647",
     )
 
 

@@ -160,8 +160,17 @@ class Store(Protocol):
         """Atomically claim the next due job (priority desc, created_at, id) or return None."""
         ...
 
-    def finish(self, job_id: str, token: str, outcome: Transition, now: datetime) -> bool:
-        """Record an attempt's outcome if `token` still holds the claim; else change nothing."""
+    def finish(
+        self,
+        job_id: str,
+        token: str,
+        outcome: Transition,
+        now: datetime,
+        *,
+        expired_before: datetime | None = None,
+    ) -> bool:
+        """Record an attempt's outcome if `token` still holds the claim (and, with
+        expired_before, only if the claim's lease expired before then); else change nothing."""
         ...
 
     def processing_jobs(self) -> list[Job]:

@@ -39,7 +39,8 @@ T = TypeVar("T")
 CHANNEL = "queuectl"
 MIGRATION_LOCK = 0x71756575  # pg_advisory_xact_lock key: one migrator at a time
 RECONNECT_FOR_S = 120.0
-MIN_SKEW = timedelta(seconds=1)  # keep retrying a lost connection this long before giving up
+MIN_SKEW = timedelta(seconds=1)
+SKEW_EVERY_S = 60.0  # keep retrying a lost connection this long before giving up
 
 INSERT_JOB = """
 INSERT INTO jobs (id, command, priority, run_at, max_retries, timeout_ms, env, cwd, queue,
@@ -118,6 +119,7 @@ RETURNING stop_requested
 RENEW_JOB_LEASE = """
 UPDATE jobs SET lease_expires_at = %(lease_until)s
  WHERE id = %(job_id)s AND lease_token = %(token)s AND state = 'processing'
+   AND (%(expired_before)s::timestamptz IS NULL OR lease_expires_at < %(expired_before)s)
 """
 DEREGISTER_WORKER = "DELETE FROM workers WHERE id = %(worker_id)s"
 LIVE_WORKERS = """
@@ -190,6 +192,7 @@ class PostgresStore:
         self.url = url
         self.durable = durable
         self._skew = timedelta(0)
+        self._skew_measured = 0.0
         self._listen: psycopg.Connection[Any] | None = None
         self.conn = self._connect()
         try:
@@ -218,12 +221,16 @@ class PostgresStore:
             ) from None
         if not self.durable:  # a worker's own transitions: a lost one only means a re-run
             conn.execute("SET synchronous_commit = off")
+        self._measure_skew(conn)
+        return conn
+
+    def _measure_skew(self, conn: psycopg.Connection[Any]) -> None:
         row = conn.execute("SELECT clock_timestamp() AS now").fetchone()
         skew = row["now"] - utcnow() if row else timedelta(0)
         # Below a second, the offset is measurement noise (and NTP keeps hosts closer):
         # correcting it would only make a job enqueued here due a moment later there.
         self._skew = skew if abs(skew) >= MIN_SKEW else timedelta(0)
-        return conn
+        self._skew_measured = time.monotonic()
 
     def _db(self, value: datetime | None) -> datetime | None:
         return None if value is None else value + self._skew
@@ -234,12 +241,20 @@ class PostgresStore:
     def _run(self, operation: Callable[[psycopg.Connection[Any]], T]) -> T:
         """Run an operation; if the connection is lost, reconnect with backoff and retry."""
         delay, deadline = 0.1, time.monotonic() + RECONNECT_FOR_S
+        if time.monotonic() - self._skew_measured > SKEW_EVERY_S:
+            self._measure_skew(self.conn)  # clocks get stepped (NTP after boot): keep up
         while True:
             try:
                 return operation(self.conn)
-            except psycopg.OperationalError:
-                if not (self.conn.closed or self.conn.broken) or time.monotonic() > deadline:
-                    raise
+            except psycopg.OperationalError as exc:
+                if not (self.conn.closed or self.conn.broken):
+                    raise StoreError(f"{self.url}: {exc}") from None
+                if time.monotonic() > deadline:
+                    raise StoreError(
+                        f"{self.url}: connection lost and not regained: {exc}"
+                    ) from None
+            except psycopg.DataError as exc:
+                raise StoreError(f"{self.url}: the server refused a value: {exc}") from None
             while True:
                 time.sleep(delay)  # backing off from a server that is down
                 delay = min(delay * 2, 5.0)
@@ -622,8 +637,17 @@ class PostgresStore:
         row = self._run(lambda conn: conn.execute(CLAIM_NEXT, params).fetchone())
         return self._job(row) if row else None
 
-    def finish(self, job_id: str, token: str, outcome: Transition, now: datetime) -> bool:
+    def finish(
+        self,
+        job_id: str,
+        token: str,
+        outcome: Transition,
+        now: datetime,
+        *,
+        expired_before: datetime | None = None,
+    ) -> bool:
         params = {
+            "expired_before": self._db(expired_before),
             "job_id": job_id,
             "token": token,
             "state": outcome.state.value,

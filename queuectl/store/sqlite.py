@@ -71,7 +71,8 @@ SELECT * FROM jobs
  WHERE (:state IS NULL OR state = :state)
    AND (:queue IS NULL OR queue = :queue)
    AND NOT EXISTS (SELECT 1 FROM json_each(:labels) AS want
-                    WHERE json_extract(jobs.labels, '$."' || want.key || '"') IS NOT want.value)
+                    WHERE NOT EXISTS (SELECT 1 FROM json_each(jobs.labels) AS have
+                                       WHERE have.key = want.key AND have.value = want.value))
  ORDER BY created_at, id
  LIMIT :limit
 """
@@ -104,6 +105,7 @@ RETURNING stop_requested
 RENEW_JOB_LEASE = """
 UPDATE jobs SET lease_expires_at = :lease_until
  WHERE id = :job_id AND lease_token = :token AND state = 'processing'
+   AND (:expired_before IS NULL OR lease_expires_at < :expired_before)
 """
 DEREGISTER_WORKER = "DELETE FROM workers WHERE id = :worker_id"
 LIVE_WORKERS = """
@@ -270,6 +272,18 @@ def _statements(script: str) -> Iterator[str]:
         )
 
 
+def _advice(exc: sqlite3.Error) -> str | None:
+    """What to do about an operational error a user can meet; None for a bug of ours."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return f"another process held the write lock for over {BUSY_TIMEOUT_MS // 1000} s; retry"
+    if "full" in text or "disk I/O" in text:
+        return "free some disk space and retry; nothing was written"
+    if "readonly" in text or "unable to open" in text:
+        return "check that the file and its directory are writable"
+    return None
+
+
 def _changed(job_id: str) -> ConcurrentChange:
     return ConcurrentChange(
         f"job {job_id!r} changed while the apply was planned (a worker claimed it?): "
@@ -292,13 +306,26 @@ class SqliteStore:
             raise StoreError(
                 f"{url}: directory {str(path.parent)!r} does not exist: create it first"
             )
+        if path.is_dir():
+            raise StoreError(f"{url}: {str(path)!r} is a directory: name a database file")
         if not path.exists():
             # Queue data is private: create the file 0600 before SQLite does (WAL files copy it).
-            with contextlib.suppress(FileExistsError):
+            try:
                 os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        self.conn = sqlite3.connect(
-            path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
-        )
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise StoreError(
+                    f"{url}: cannot create {str(path)!r} ({exc.strerror}): "
+                    "choose a writable location"
+                ) from None
+        try:
+            self.conn = sqlite3.connect(
+                path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            advice = _advice(exc) or "check the path"
+            raise StoreError(f"{url}: cannot open the database ({exc}): {advice}") from None
         try:
             self.conn.row_factory = sqlite3.Row
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -324,14 +351,21 @@ class SqliteStore:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+                self.conn.execute("COMMIT")
+            except BaseException:
+                # SQLite may have rolled back already (disk full, I/O error): don't mask it.
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            advice = _advice(exc)
+            if advice is None:
+                raise
+            raise StoreError(f"{self.url}: {exc}: {advice}") from None
 
     def _migrate(self) -> None:
         migrations = _migrations()
@@ -580,8 +614,17 @@ class SqliteStore:
             row = conn.execute(CLAIM_NEXT, params).fetchone()
         return _job_from_row(row) if row else None
 
-    def finish(self, job_id: str, token: str, outcome: Transition, now: datetime) -> bool:
+    def finish(
+        self,
+        job_id: str,
+        token: str,
+        outcome: Transition,
+        now: datetime,
+        *,
+        expired_before: datetime | None = None,
+    ) -> bool:
         params = {
+            "expired_before": to_ms(expired_before) if expired_before else None,
             "job_id": job_id,
             "token": token,
             "state": outcome.state.value,
