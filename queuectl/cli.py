@@ -282,7 +282,7 @@ def enqueue_cmd(
         overrides["env"] = dict(env)
     if labels:
         overrides["labels"] = dict(labels)
-    loaded = spec.inline_specs(job_spec, sys.stdin.read, overrides)
+    loaded = spec.inline_specs(job_spec, sys.stdin.buffer, overrides)
     results = app.queue().enqueue(
         [item.spec for item in loaded], source="inline", delay_ms=delay or 0
     )
@@ -652,8 +652,8 @@ def worker_start_cmd(
     """
     from .workers import start_detached
 
-    url = app.queue().store.url  # fail here, not in a detached child, if the store is unusable
-    pids = start_detached(url, count, _passthrough(poll_interval, queues, drain=False))
+    store = app.queue().store  # fail here, not in a detached child, if the store is unusable
+    pids = start_detached(store, count, _passthrough(poll_interval, queues, drain=False))
     click.echo(f"started {len(pids)} worker(s): pid {', '.join(map(str, pids))}")
 
 

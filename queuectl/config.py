@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -27,12 +28,20 @@ class Key:
     help: str
 
 
+_INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+
+
 def _int(text: str) -> int:
-    return int(text.strip().replace("_", ""))
+    if not _INT.fullmatch(text.strip()):  # int() would also take full-width digits or "1_000"
+        raise ValueError(text)
+    return int(text)
 
 
 def _float(text: str) -> float:
-    value = float(text.strip().replace("_", ""))
+    if not _FLOAT.fullmatch(text.strip()):
+        raise ValueError(text)
+    value = float(text)
     if not math.isfinite(value):
         raise ValueError(text)
     return value
@@ -101,9 +110,18 @@ KEYS: dict[str, Key] = {
             "spool_keep_done_days",
             7,
             _float,
-            "a number >= 0 (0 = keep forever)",
-            lambda v: v >= 0,
+            "a number from 0 (keep forever) to 36500",
+            lambda v: 0 <= v <= 36_500,
             "ingested spool files are deleted from done/ after this many days",
+        ),
+        Key(
+            "spool_settle_ms",
+            1000,
+            _int,
+            "an integer from 0 to 3600000",
+            lambda v: 0 <= v <= 3_600_000,
+            "a spool file written in place is taken once unchanged this long "
+            "(renaming into place is always safe)",
         ),
     )
 }
@@ -180,6 +198,10 @@ class Config:
     @property
     def spool_max_bytes(self) -> int:
         return int(self.values["spool_max_bytes"])
+
+    @property
+    def spool_settle_ms(self) -> int:
+        return int(self.values["spool_settle_ms"])
 
     @property
     def spool_keep_done_days(self) -> float:

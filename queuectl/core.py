@@ -13,7 +13,7 @@ from .config import Config
 from .errors import JobNotFound, UsageProblem
 from .models import Job, JobSpec, JobState, NewJob, WorkerInfo, new_job_id, utcnow
 from .paths import job_log_path
-from .store import Store
+from .store import Store, redact_url
 
 Clock = Callable[[], datetime]
 
@@ -102,7 +102,7 @@ class Queue:
         return {
             "counts": {state.value: counts[state] for state in JobState},
             "workers": [w.to_dict() for w in self.live_workers()],
-            "store": self.store.url,
+            "store": redact_url(self.store.url),
         }
 
     def live_workers(self) -> list[WorkerInfo]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .errors import Problem, SpecInvalid, UsageProblem
 from .models import JobSpec
@@ -575,19 +575,46 @@ def spec_files(paths: Iterable[Path]) -> list[Path]:
                 and not any(part.startswith(".") for part in relative)
             ):
                 found.append(candidate)
-    return found
+    unique: dict[Path, Path] = {}
+    for path in found:  # `validate a.yaml a.yaml` or a file inside a directory also given
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
+
+
+MAX_SPEC_BYTES = 256 * 1024 * 1024  # far above any honest batch; /dev/zero is not a spec
+
+
+def read_limited(stream: BinaryIO, source: str) -> bytes:
+    """Read at most MAX_SPEC_BYTES; raise SpecInvalid naming `source` beyond that."""
+    raw = stream.read(MAX_SPEC_BYTES + 1)
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecInvalid(
+            [
+                Problem(
+                    source,
+                    0,
+                    0,
+                    "",
+                    f"larger than {MAX_SPEC_BYTES >> 20} MiB: split it into several files",
+                )
+            ]
+        )
+    return raw
 
 
 def read_spec_file(path: Path) -> list[Document]:
     """Load one spec file (JSON by suffix, else YAML); raise SpecInvalid naming the file."""
     try:
-        raw = path.read_bytes()
+        if not path.is_file():
+            raise SpecInvalid([Problem(str(path), 0, 0, "", "not a regular file")])
+        with open(path, "rb") as f:
+            raw = read_limited(f, str(path))
     except OSError as exc:
         raise SpecInvalid([Problem(str(path), 0, 0, "", f"cannot read: {exc.strerror}")]) from None
     return parse_spec_bytes(raw, str(path), is_json=path.suffix.lower() == ".json")
 
 
-def parse_spec_bytes(raw: bytes, source: str, *, is_json: bool) -> list[Document]:
+def parse_spec_bytes(raw: bytes, source: str, *, is_json: bool | None) -> list[Document]:
     """Decode and parse the bytes of a spec file; raise SpecInvalid naming `source`."""
     try:
         text = raw.decode("utf-8")
@@ -601,7 +628,7 @@ def parse_spec_bytes(raw: bytes, source: str, *, is_json: bool) -> list[Document
         raise SpecInvalid([Problem(source, line, 1, "", "contains a NUL byte: not a text file")])
     docs = load_text(text, source, is_json=is_json)
     if not docs:
-        raise SpecInvalid([Problem(source, 1, 1, "", "no job found: the file is empty")])
+        raise SpecInvalid([Problem(source, 1, 1, "", "no job found: the input is empty")])
     return docs
 
 
@@ -636,12 +663,12 @@ def validate_paths(paths: Iterable[Path]) -> Validation:
                 ", ".join(map(str, paths)), 0, 0, "", "no spec files found (*.yaml, *.yml, *.json)"
             )
         )
+    order = {str(path): i for i, path in enumerate(files)}
+    problems.sort(key=lambda p: (order.get(p.source, -1), p.line, p.column))
     return Validation(specs, problems, len(files))
 
 
-def inline_specs(
-    arg: str, read_stdin: Callable[[], str], overrides: dict[str, Any]
-) -> list[LoadedSpec]:
+def inline_specs(arg: str, stdin: BinaryIO, overrides: dict[str, Any]) -> list[LoadedSpec]:
     """The jobs of `queuectl enqueue ARG`: JSON, a plain command string, or `-` for stdin.
 
     `overrides` (from command-line options) replace fields of every job; `env` and
@@ -649,7 +676,7 @@ def inline_specs(
     """
     source = "<stdin>" if arg == "-" else "<argument>"
     if arg == "-":
-        docs = load_text(read_stdin(), source)
+        docs = parse_spec_bytes(read_limited(stdin, source), source, is_json=None)
     elif arg.lstrip()[:1] in ("{", "["):
         docs = [load_json(arg, "<argument>")]
         data = docs[0].data

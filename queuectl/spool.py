@@ -35,7 +35,6 @@ from .store import SpoolFile, Store
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 IGNORED_SUFFIXES = (".tmp", ".part", ".swp", "~")
-SETTLE_S = 0.25  # a file written in place is claimed once unchanged this long
 RESCAN_S = 2.0  # rescan even without events: missed events and settling files
 BATCH_FILES = 200  # files ingested per transaction (one fsync for the batch)
 FOREIGN_CLAIM_STALE_S = 600  # a claim left by another host is retaken after this
@@ -142,7 +141,8 @@ class Spool:
 
     def next_settle_s(self) -> float | None:
         """Seconds until the newest unsettled candidate file settles (None: none waiting)."""
-        waits = [SETTLE_S - age for _, age in self._candidates() if age < SETTLE_S]
+        settle = self._settle_s()
+        waits = [settle - age for _, age in self._candidates() if age < settle]
         return max(0.0, min(waits)) if waits else None
 
     def _candidates(self) -> list[tuple[str, float]]:
@@ -164,7 +164,11 @@ class Spool:
         return [(name, age) for name, age, _ in found]
 
     def _settled(self, ready: Collection[str]) -> list[str]:
-        return [name for name, age in self._candidates() if name in ready or age >= SETTLE_S]
+        settle = self._settle_s()
+        return [name for name, age in self._candidates() if name in ready or age >= settle]
+
+    def _settle_s(self) -> float:
+        return Config.resolve(self.store.read_config()).spool_settle_ms / 1000
 
     def _claim(
         self, name: str, token: str | None = None, source: Path | None = None

@@ -13,38 +13,44 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import procs
+from .errors import QueuectlError
 from .models import format_time, utcnow
 from .paths import logs_dir, pids_path
-from .store import Store
+from .store import Store, redact_url
 
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)  # a child that keeps crashing is restarted ever slower
+EARLY_CRASH_S = 10.0  # a child that dies this soon after starting has a problem restarts won't fix
+EARLY_CRASHES_MAX = 5
+STARTUP_TIMEOUT_S = 15.0  # `worker start` waits this long for each worker to register
 Log = Callable[[str], None]
 
 
-def worker_command(url: str, options: Sequence[str]) -> list[str]:
-    """The command line of one worker process (`worker run --count 1`)."""
-    return [
-        sys.executable,
-        "-m",
-        "queuectl",
-        "--db",
-        url,
-        "worker",
-        "run",
-        "--count",
-        "1",
-        *options,
-    ]
+def worker_command(options: Sequence[str]) -> list[str]:
+    """The command line of one worker process (`worker run --count 1`).
+
+    -P keeps the working directory off sys.path, so a `queuectl/` folder wherever
+    workers are started can never stand in for the installed package.
+    """
+    return [sys.executable, "-P", "-m", "queuectl", "worker", "run", "--count", "1", *options]
+
+
+def worker_environment(url: str) -> dict[str, str]:
+    """The environment of a worker process: the store URL travels here, not in argv,
+    where `ps` would show a password to every user."""
+    return {**os.environ, "QUEUECTL_DATABASE_URL": url}
 
 
 @dataclass
 class _Child:
     slot: int
     proc: subprocess.Popen[bytes]
+    started: float
     crashes: int = 0
+    early_crashes: int = 0
     restart_at: float | None = None
 
 
@@ -57,7 +63,8 @@ class Supervisor:
     """
 
     def __init__(self, url: str, count: int, options: Sequence[str], log: Log) -> None:
-        self.command = worker_command(url, options)
+        self.command = worker_command(options)
+        self.env = worker_environment(url)
         self.count = count
         self.log = log
         self.children: list[_Child] = []
@@ -76,7 +83,9 @@ class Supervisor:
 
     def run(self) -> int:
         """Run until every child has exited; 0 when all exited cleanly."""
-        self.children = [_Child(slot, self._spawn()) for slot in range(self.count)]
+        self.children = [
+            _Child(slot, self._spawn(), time.monotonic()) for slot in range(self.count)
+        ]
         while True:
             running = [
                 c for c in self.children if c.proc.returncode is None and c.restart_at is None
@@ -97,9 +106,10 @@ class Supervisor:
                     self.children.remove(child)
                 elif (child.restart_at or 0) <= time.monotonic():
                     child.proc, child.restart_at = self._spawn(), None
+                    child.started = time.monotonic()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.command, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(self.command, stdin=subprocess.DEVNULL, env=self.env)
 
     def _exited(self, child: _Child) -> None:
         code = child.proc.returncode
@@ -108,9 +118,19 @@ class Supervisor:
                 self.failed = True
             self.children.remove(child)
             return
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        early = time.monotonic() - child.started < EARLY_CRASH_S
+        child.early_crashes = child.early_crashes + 1 if early else 0
+        if child.early_crashes >= EARLY_CRASHES_MAX:
+            self.log(
+                f"worker process {child.proc.pid} died ({how}) {EARLY_CRASHES_MAX} times within "
+                f"{EARLY_CRASH_S:g} s of starting; giving up on it (see the errors above)"
+            )
+            self.failed = True
+            self.children.remove(child)
+            return
         delay = RESTART_BACKOFF_S[min(child.crashes, len(RESTART_BACKOFF_S) - 1)]
         child.crashes += 1
-        how = f"signal {-code}" if code < 0 else f"exit code {code}"
         self.log(f"worker process {child.proc.pid} died ({how}); restarting in {delay} s")
         child.restart_at = time.monotonic() + delay
 
@@ -134,34 +154,58 @@ def _pids_locked() -> Iterator[list[dict[str, Any]]]:
         os.replace(tmp, path)
 
 
-def start_detached(url: str, count: int, options: Sequence[str]) -> list[int]:
-    """Start `count` detached worker processes, recorded in pids.json; return their pids."""
+def start_detached(store: Store, count: int, options: Sequence[str]) -> list[int]:
+    """Start `count` detached worker processes, recorded in pids.json; return their pids
+    once each has registered with the store.
+
+    :raises QueuectlError: a worker exited instead of starting.
+    """
     log_path = logs_dir() / "workers.log"
-    started = []
+    started: list[subprocess.Popen[bytes]] = []
     with _pids_locked() as entries:
         entries[:] = [e for e in entries if procs.queuectl_alive(int(e.get("pid", 0)))]
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             for _ in range(count):
                 proc = subprocess.Popen(
-                    worker_command(url, options),
+                    worker_command(options),
                     stdin=subprocess.DEVNULL,
                     stdout=fd,
                     stderr=fd,
                     start_new_session=True,
+                    env=worker_environment(store.url),
                 )
-                started.append(proc.pid)
+                started.append(proc)
                 entries.append(
                     {
                         "pid": proc.pid,
-                        "db": url,
+                        "db": redact_url(store.url),
                         "started_at": format_time(utcnow()),
                         "log": str(log_path),
                     }
                 )
         finally:
             os.close(fd)
-    return started
+    _wait_registered(store, started, log_path)
+    return [proc.pid for proc in started]
+
+
+def _wait_registered(store: Store, started: list[subprocess.Popen[bytes]], log_path: Path) -> None:
+    host = socket.gethostname()
+    waiting = {proc.pid: proc for proc in started}
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while waiting and time.monotonic() < deadline:
+        for pid, proc in list(waiting.items()):
+            if proc.poll() is not None:
+                raise QueuectlError(
+                    f"worker pid {pid} exited at start (exit code {proc.returncode}): "
+                    f"see {log_path}"
+                )
+        registered = {w.pid for w in store.live_workers(utcnow()) if w.host == host}
+        for pid in registered & set(waiting):
+            del waiting[pid]
+        if waiting:
+            time.sleep(0.05)  # other processes: nothing to block on but the store
 
 
 @dataclass(frozen=True)

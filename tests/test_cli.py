@@ -255,7 +255,7 @@ BAD_INPUT = [
         1,
         "Error: <stdin>:2:1: command: duplicate key: remove one of them",
     ),
-    (["-"], "", 1, "Error: <stdin>:1:1: no job found: expected a job mapping or a list of jobs"),
+    (["-"], "", 1, "Error: <stdin>:1:1: no job found: the input is empty"),
     (
         ["-"],
         "a: [1, 2\n",

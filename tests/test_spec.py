@@ -215,7 +215,7 @@ def test_validate_rejects_undecodable_and_empty_files(run: Run, tmp_path: Path) 
     result = run("validate", str(tmp_path))
     assert result.returncode == 1
     assert result.stdout.splitlines() == [
-        f"{tmp_path}/empty.yaml:1:1: no job found: the file is empty",
+        f"{tmp_path}/empty.yaml:1:1: no job found: the input is empty",
         f"{tmp_path}/latin1.yaml:1:1: not UTF-8 text: save the file as UTF-8",
     ]
 

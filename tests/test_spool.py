@@ -14,7 +14,7 @@ import pytest
 
 from queuectl.errors import QueuectlError
 from queuectl.models import JobState
-from queuectl.spool import SETTLE_S, Spool
+from queuectl.spool import Spool
 from queuectl.store import Store
 
 from .conftest import QUEUECTL, Run, wait_for
@@ -184,7 +184,7 @@ def test_a_file_written_in_place_waits_until_it_settles(spool_dir: Path, store: 
     assert spool.scan_once() == []
     assert spool.next_settle_s() is not None
     assert growing.exists()
-    old = time.time() - 2 * SETTLE_S
+    old = time.time() - 2  # the default spool_settle_ms is one second
     os.utime(growing, (old, old))
     (handled,) = spool.scan_once()
     assert handled.ingested

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import StoreError
 from ..models import Job, JobState, NewJob, WorkerInfo
@@ -190,6 +191,15 @@ class Store(Protocol):
         ...
 
 
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ***, for output and logs."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def sqlite_path(url: str) -> Path:
     """The file of a sqlite:/// URL: relative to the working directory, or absolute with ////."""
     path = url.removeprefix("sqlite:///")
@@ -212,9 +222,14 @@ def open_store(url: str, *, durable: bool = True) -> Store:
 
         return SqliteStore(sqlite_path(url), url=url, durable=durable)
     if url.startswith(("postgresql://", "postgres://")):
+        if not urlsplit(url).path.strip("/"):
+            raise StoreError(
+                f"{redact_url(url)!r} names no database: use postgresql://user@host:5432/dbname"
+            )
         from .postgres import PostgresStore
 
         return PostgresStore(url, durable=durable)
     raise StoreError(
-        f"unsupported database URL {url!r}: use sqlite:///path/to/file.db or postgresql://user@host:port/dbname"
+        f"unsupported database URL {redact_url(url)!r}: use sqlite:///path/to/file.db or "
+        "postgresql://user@host:port/dbname"
     )

@@ -26,7 +26,7 @@ from ..errors import (
     StoreError,
 )
 from ..models import Job, JobState, NewJob, WorkerInfo, utcnow
-from . import Change, Heartbeat, SpoolFile, Transition
+from . import Change, Heartbeat, SpoolFile, Transition, redact_url
 
 try:
     import psycopg
@@ -190,6 +190,7 @@ class PostgresStore:
 
     def __init__(self, url: str, *, durable: bool = True) -> None:
         self.url = url
+        self.display = redact_url(url)  # for messages: never print a password
         self.durable = durable
         self._skew = timedelta(0)
         self._skew_measured = 0.0
@@ -200,7 +201,7 @@ class PostgresStore:
         except psycopg.Error as exc:
             self.conn.close()
             raise MigrationFailed(
-                f"{url}: migrating the schema failed ({exc}); the database is unchanged"
+                f"{self.display}: migrating the schema failed ({exc}); the database is unchanged"
             ) from None
         except BaseException:
             self.conn.close()
@@ -216,7 +217,7 @@ class PostgresStore:
         except psycopg.Error as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StoreError(
-                f"cannot connect to {self.url} ({reason}): check the URL and that the server "
+                f"cannot connect to {self.display} ({reason}): check the URL and that the server "
                 "is running"
             ) from None
         if not self.durable:  # a worker's own transitions: a lost one only means a re-run
@@ -248,13 +249,13 @@ class PostgresStore:
                 return operation(self.conn)
             except psycopg.OperationalError as exc:
                 if not (self.conn.closed or self.conn.broken):
-                    raise StoreError(f"{self.url}: {exc}") from None
+                    raise StoreError(f"{self.display}: {exc}") from None
                 if time.monotonic() > deadline:
                     raise StoreError(
-                        f"{self.url}: connection lost and not regained: {exc}"
+                        f"{self.display}: connection lost and not regained: {exc}"
                     ) from None
             except psycopg.DataError as exc:
-                raise StoreError(f"{self.url}: the server refused a value: {exc}") from None
+                raise StoreError(f"{self.display}: the server refused a value: {exc}") from None
             while True:
                 time.sleep(delay)  # backing off from a server that is down
                 delay = min(delay * 2, 5.0)
@@ -281,8 +282,8 @@ class PostgresStore:
             version = (row or {}).get("v") or 0
             if version > latest:
                 raise SchemaTooNew(
-                    f"{self.url}: the database has schema version {version}, written by a newer "
-                    f"queuectl (this one knows up to {latest}): upgrade queuectl"
+                    f"{self.display}: the database has schema version {version}, written by a "
+                    f"newer queuectl (this one knows up to {latest}): upgrade queuectl"
                 )
             for number, sql in migrations:
                 if number > version:

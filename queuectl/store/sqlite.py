@@ -335,6 +335,9 @@ class SqliteStore:
             self._migrate()
         except sqlite3.DatabaseError as exc:
             self.conn.close()
+            hint = _advice(exc)
+            if hint is not None:  # a sound file we may not write to, or a busy one
+                raise StoreError(f"{url}: {exc}: {hint}") from None
             raise StoreError(
                 f"{url}: not a usable queuectl SQLite database ({exc}): "
                 "point --db at another file or move this one away"
