@@ -34,6 +34,7 @@ else:
     _ParamType = click.ParamType
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 TERMINAL_STATES = (JobState.COMPLETED, JobState.DEAD, JobState.CANCELED)
+INT32 = 2**31
 
 
 class UsageFailure(click.ClickException):
@@ -57,6 +58,9 @@ class QueuectlGroup(click.Group):
         kwargs["standalone_mode"] = False
         try:
             result = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `queuectl`: just the help
+            click.echo(exc.ctx.get_help() if exc.ctx else "")
+            sys.exit(0)
         except click.UsageError as exc:  # click's own: keep it to one line, with a pointer
             where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
             click.echo(f"Error: {exc.format_message()}{where}", err=True)
@@ -70,6 +74,10 @@ class QueuectlGroup(click.Group):
         except BrokenPipeError:  # `queuectl list | head`: the reader left, nothing is wrong
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
+        except OSError as exc:  # stdout on a full disk, say: say so, not a traceback
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            click.echo(f"Error: cannot write the output ({exc.strerror}): check the disk", err=True)
+            sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
 
 
@@ -231,11 +239,17 @@ def cli(ctx: click.Context, db: str | None) -> None:
 @cli.command(name="enqueue")
 @click.argument("job_spec", metavar="SPEC")
 @click.option("--id", "job_id", help="Job id (default: generated, sortable by creation time).")
-@click.option("--priority", type=int, help="Higher runs first (default 0).")
+@click.option(
+    "--priority", type=click.IntRange(-INT32, INT32 - 1), help="Higher runs first (default 0)."
+)
 @click.option("--run-at", type=DateTime(), help="Not before this RFC 3339 instant.")
 @click.option("--delay", type=Duration(), help="Not before this long from now: 30s, 5m, 2h.")
-@click.option("--max-retries", type=click.IntRange(min=0), help="Retries after the first run.")
-@click.option("--timeout-ms", type=click.IntRange(min=0), help="Per-attempt limit; 0 = none.")
+@click.option(
+    "--max-retries", type=click.IntRange(0, INT32 - 1), help="Retries after the first run."
+)
+@click.option(
+    "--timeout-ms", type=click.IntRange(0, INT32 - 1), help="Per-attempt limit; 0 = none."
+)
 @click.option("--queue", "queue_name", help="Named queue (default 'default').")
 @click.option("--env", "env", type=KeyValue(), multiple=True, help="Environment for the job.")
 @click.option("--label", "labels", type=KeyValue(), multiple=True, help="Label the job.")
@@ -455,7 +469,9 @@ def dlq_retry_cmd(app: App, job_ids: tuple[str, ...], retry_all: bool) -> None:
         queuectl dlq retry nightly-backup
         queuectl dlq retry --all
     """
-    if bool(job_ids) == retry_all:
+    if job_ids and retry_all:
+        raise click.UsageError("give job ids or --all, not both")
+    if not job_ids and not retry_all:
         raise click.UsageError("name the dead jobs to retry, or pass --all")
     retried = app.queue().dlq_retry(None if retry_all else list(job_ids))
     click.echo(f"retried {len(retried)} job(s)")
@@ -531,9 +547,28 @@ def worker_group() -> None:
     """Run the workers that execute jobs."""
 
 
+def _check_queue_names(
+    ctx: click.Context, param: click.Parameter, names: tuple[str, ...]
+) -> tuple[str, ...]:
+    pattern = re.compile(spec.schema()["properties"]["queue"]["pattern"])
+    for name in names:
+        if not pattern.search(name):
+            raise click.BadParameter(
+                f"{name!r} is not a queue name: letters, digits, '.', '_', ':' or '-' "
+                "(repeat --queue to serve several)",
+                ctx,
+                param,
+            )
+    return names
+
+
 def worker_options(func: F) -> F:
     func = click.option(
-        "--queue", "queues", multiple=True, help="Serve only this queue (repeatable; default: all)."
+        "--queue",
+        "queues",
+        multiple=True,
+        callback=_check_queue_names,
+        help="Serve only this queue (repeatable; default: all).",
     )(func)
     func = click.option(
         "--poll-interval",

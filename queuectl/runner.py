@@ -112,6 +112,7 @@ class Runner:
         self._wake = procs.WakePipe()
         self._current: tuple[str, str] | None = None  # (job id, claim token)
         self._lost_claim: str | None = None  # the token of a claim another worker took over
+        self._stop_announced = False
         self._lease_renewed = time.monotonic()
         self._last_recover = -math.inf
         self._logs = logs_dir()
@@ -269,6 +270,8 @@ class Runner:
                 return self._note(log_fd, Attempt(127, "command not found (exit 127)"))
             except PermissionError:
                 return self._note(log_fd, Attempt(126, "command not executable (exit 126)"))
+            except OSError as exc:  # E2BIG and friends: the command cannot be started at all
+                return self._note(log_fd, Attempt(None, f"could not start: {exc.strerror}"))
             timeout_ms = (
                 job.timeout_ms if job.timeout_ms is not None else self.config.job_timeout_ms
             )
@@ -308,6 +311,12 @@ class Runner:
             wait_s = min(deadline, self._lease_renewed + lease_s) - now
             if procs.wait_exited([proc], self._wake, max(0.0, wait_s) + 0.001):
                 return Attempt.from_returncode(proc.returncode, shell=shell)
+            if self._stopping and not self._stop_announced:
+                self._stop_announced = True
+                self.log(
+                    f"stopping: job {self._current[0] if self._current else ''} finishes first "
+                    "(Ctrl-C again a second later, or SIGQUIT, interrupts it)"
+                )
 
     # -- leases and recovery -------------------------------------------------------------
 

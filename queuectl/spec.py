@@ -84,6 +84,10 @@ def _validator() -> Any:
 
 Check = Callable[[Any], bool]
 _ANNOTATIONS = {"$schema", "$id", "title", "description", "default", "x-expected", "$comment"}
+_LIMITS: dict[str, Callable[[Any, int], bool]] = {
+    "maxLength": lambda v, n: not isinstance(v, str) or len(v) <= n,
+    "maxItems": lambda v, n: not isinstance(v, list) or len(v) <= n,
+}
 _TYPES: dict[str, Check] = {
     "object": lambda v: isinstance(v, dict),
     "array": lambda v: isinstance(v, list),
@@ -155,6 +159,9 @@ def _compile_keyword(keyword: str, arg: Any, node: dict[str, Any]) -> Check:
     if keyword == "not":
         inner = _compile(arg)
         return lambda v: not inner(v)
+    if keyword in _LIMITS:
+        limit = _LIMITS[keyword]
+        return lambda v: limit(v, arg)
     if keyword == "format" and arg == "date-time":
         return lambda v: not isinstance(v, str) or parse_rfc3339(v) is not None
     raise _Unsupported(keyword)
@@ -432,7 +439,10 @@ def validate_documents(docs: Sequence[Document], *, source: str = "<input>") -> 
                 line, col = (doc.line, 1) if doc._locate else doc.position(prefix)
                 loaded.append(LoadedSpec(_to_spec(data), doc.source, line, col))
                 continue
-            found = sorted(_problems(doc, prefix, data), key=lambda p: (p.line, p.column))
+            found = sorted(  # a missing field is often a typo's consequence: name the typo first
+                _problems(doc, prefix, data),
+                key=lambda p: (p.message.startswith("required"), p.line, p.column),
+            )
             if found:
                 problems.extend(found)
             else:  # the fast checker was stricter than jsonschema: trust jsonschema

@@ -159,14 +159,14 @@ BAD_INPUT = [
         None,
         1,
         "Error: <argument>:1:13: command: '' is not valid: use a non-empty command string, "
-        "or a non-empty array of strings (no NUL bytes)",
+        "or a non-empty array of strings (no NUL bytes; at most 131072 characters each)",
     ),
     (
         [""],
         None,
         1,
         "Error: <argument>: command: '' is not valid: use a non-empty command string, "
-        "or a non-empty array of strings (no NUL bytes)",
+        "or a non-empty array of strings (no NUL bytes; at most 131072 characters each)",
     ),
     (
         ['{"command": "x", "priorty": 1}'],
@@ -225,7 +225,7 @@ BAD_INPUT = [
         ["x", "--max-retries", "-1"],
         None,
         2,
-        "Error: Invalid value for '--max-retries': -1 is not in the range x>=0. "
+        "Error: Invalid value for '--max-retries': -1 is not in the range 0<=x<=2147483647. "
         "(see 'queuectl enqueue --help')",
     ),
     (
