@@ -147,15 +147,23 @@ def run(home: Path, backend: str, db_url: str, monkeypatch: pytest.MonkeyPatch) 
         monkeypatch.setenv("QUEUECTL_DATABASE_URL", db_url)
 
     def run_queuectl(
-        *args: str, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 60
+        *args: str,
+        input: str | bytes | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        raw = subprocess.run(
             [QUEUECTL, *args],
-            input=input,
+            input=input.encode() if isinstance(input, str) else input,
             capture_output=True,
-            text=True,
             timeout=timeout,
             env={**os.environ, **(env or {})},
+        )
+        return subprocess.CompletedProcess(
+            raw.args,
+            raw.returncode,
+            raw.stdout.decode(errors="replace"),
+            raw.stderr.decode(errors="replace"),
         )
 
     return run_queuectl

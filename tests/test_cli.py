@@ -256,6 +256,21 @@ BAD_INPUT = [
         "Error: <stdin>:2:1: command: duplicate key: remove one of them",
     ),
     (["-"], "", 1, "Error: <stdin>:1:1: no job found: the input is empty"),
+    (["-"], b"command: caf\xe9\n", 1, "Error: <stdin>:1:1: not UTF-8 text: save the file as UTF-8"),
+    (
+        ['{"command": "x", "run_at": "0001-01-01T00:00:00+01:00"}'],
+        None,
+        1,
+        "Error: <argument>:1:28: run_at: '0001-01-01T00:00:00+01:00' is not an RFC 3339 date-time "
+        "with offset, e.g. 2026-01-31T02:00:00Z",
+    ),
+    (
+        ["x", "--delay", "99999999999d"],
+        None,
+        2,
+        "Error: Invalid value for '--delay': '99999999999d' is more than 3650 days: use --run-at "
+        "for a far date (see 'queuectl enqueue --help')",
+    ),
     (
         ["-"],
         "a: [1, 2\n",
@@ -267,7 +282,7 @@ BAD_INPUT = [
 
 @pytest.mark.parametrize(("args", "stdin", "code", "message"), BAD_INPUT)
 def test_bad_input_is_one_line_with_no_write(
-    run: Run, run_json: Any, args: list[str], stdin: str | None, code: int, message: str
+    run: Run, run_json: Any, args: list[str], stdin: str | bytes | None, code: int, message: str
 ) -> None:
     result = run("enqueue", *args, input=stdin)
     assert result.returncode == code

@@ -129,3 +129,19 @@ def test_the_test_server_is_used_not_skipped() -> None:
     url = next(urls)
     assert url.startswith(("postgresql://", "postgres://"))
     urls.close()
+
+
+def test_urls_with_passwords_are_redacted_and_urls_need_a_database(
+    db_url: str, run: Run, home: Path
+) -> None:
+    with_password = db_url.replace("postgresql://postgres@", "postgresql://postgres:s3cret@", 1)
+    assert with_password != db_url
+    status = run("--db", with_password, "status")
+    assert status.returncode == 0, status.stderr
+    assert "s3cret" not in status.stdout
+    assert json.loads(status.stdout)["store"].startswith("postgresql://postgres:***@")
+    bare = run("--db", "postgresql://", "status")
+    assert (bare.returncode, bare.stderr.strip()) == (
+        1,
+        "Error: 'postgresql://' names no database: use postgresql://user@host:5432/dbname",
+    )

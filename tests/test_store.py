@@ -190,3 +190,15 @@ def test_the_claim_walks_the_claim_order_index(sqlite_store: Store) -> None:
     details = " | ".join(row["detail"] for row in plan)
     assert "jobs_claim_order" in details
     assert "TEMP B-TREE" not in details, details
+
+
+def test_recovery_does_not_take_a_claim_whose_lease_was_renewed(
+    store: Store, clock: FakeClock
+) -> None:
+    store.insert_jobs([new_job("j", clock)], clock())
+    store.claim_next("w", (), clock(), clock() + timedelta(seconds=30), "t")
+    lost = Transition(JobState.FAILED, 1, clock(), None, "worker lost (lease expired)", None)
+    clock.advance(10_000)  # the lease runs until +30 s: not expired at +10 s
+    assert not store.finish("j", "t", lost, clock(), expired_before=clock())
+    clock.advance(25_000)
+    assert store.finish("j", "t", lost, clock(), expired_before=clock())

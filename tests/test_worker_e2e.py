@@ -617,3 +617,91 @@ def test_worker_serves_only_its_queue(
     assert show(jobs["b"])["state"] == "pending"
     assert show(jobs["default"])["state"] == "pending"
     assert ran.read_text().split() == ["a"]
+
+
+# -- regressions found in review -------------------------------------------------------
+
+
+def test_a_lost_lease_kills_only_that_job_not_the_next_ones(
+    enqueue: Callable[..., str],
+    show: Callable[[str], dict[str, Any]],
+    workers: Workers,
+    home: Path,
+    backend: str,
+    db_url: str,
+) -> None:
+    """Another worker took the claim over (here: the token is changed under it)."""
+    first = enqueue("sleep 30", "--max-retries", "0")
+    workers.start(env={"QUEUECTL_LEASE_MS": "600"})
+    wait_for(lambda: state_is(show, first, "processing"), what="the first job to start")
+    steal = "UPDATE jobs SET lease_token = 'stolen' WHERE id = '%s'" % first  # noqa: UP031
+    if backend == "sqlite":
+        import sqlite3
+
+        with sqlite3.connect(home / "queue.db") as conn:
+            conn.execute(steal)
+    else:
+        import psycopg
+
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(steal)
+    second = enqueue("echo fine", "--max-retries", "0")
+    job = wait_for(lambda: state_is(show, second, "completed", "dead"), what="the second job")
+    assert job["state"] == "completed", workers.output()
+    assert "lease lost to another worker" in workers.output()
+
+
+def test_nul_bytes_in_output_are_kept_in_the_log(
+    enqueue: Callable[..., str],
+    drain: Callable[..., subprocess.CompletedProcess[str]],
+    show: Callable[[str], dict[str, Any]],
+    run: Run,
+) -> None:
+    job_id = enqueue("printf 'a\\000b\\n'", "--max-retries", "0")
+    drain()
+    assert show(job_id)["state"] == "completed"
+    assert "a\0b" in run("logs", job_id).stdout
+
+
+def test_workers_never_import_a_queuectl_from_the_working_directory(
+    enqueue: Callable[..., str],
+    show: Callable[[str], dict[str, Any]],
+    tmp_path: Path,
+    run: Run,
+) -> None:
+    trap = tmp_path / "cwd" / "queuectl"
+    trap.mkdir(parents=True)
+    marker = tmp_path / "hijacked"
+    (trap / "__init__.py").write_text("")
+    (trap / "__main__.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit(3)\n")
+    job_id = enqueue("true")
+    result = subprocess.run(
+        [QUEUECTL, "worker", "run", "--count", "2", "--drain"],
+        cwd=trap.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ,
+    )
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists()
+    assert show(job_id)["state"] == "completed"
+
+
+def test_worker_start_reports_a_worker_that_cannot_start(run: Run, home: Path) -> None:
+    result = run("worker", "start", env={"QUEUECTL_LEASE_MS": "nonsense"})
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: worker pid ")
+    assert f"exited at start (exit code 2): see {home}/logs/workers.log" in result.stderr
+
+
+def test_heartbeats_keep_a_job_longer_than_its_lease_alive(
+    enqueue: Callable[..., str],
+    drain: Callable[..., subprocess.CompletedProcess[str]],
+    show: Callable[[str], dict[str, Any]],
+) -> None:
+    job_id = enqueue("sleep 2", "--max-retries", "0")
+    result = drain(env={"QUEUECTL_LEASE_MS": "600"})
+    job = show(job_id)
+    assert (job["state"], job["attempts"]) == ("completed", 0), result.stderr
+    assert "heartbeat failed" not in result.stderr

@@ -119,7 +119,6 @@ RETURNING stop_requested
 RENEW_JOB_LEASE = """
 UPDATE jobs SET lease_expires_at = %(lease_until)s
  WHERE id = %(job_id)s AND lease_token = %(token)s AND state = 'processing'
-   AND (%(expired_before)s::timestamptz IS NULL OR lease_expires_at < %(expired_before)s)
 """
 DEREGISTER_WORKER = "DELETE FROM workers WHERE id = %(worker_id)s"
 LIVE_WORKERS = """
@@ -154,6 +153,7 @@ UPDATE jobs SET state = %(state)s, attempts = %(attempts)s, available_at = %(ava
                 updated_at = %(now)s, finished_at = %(now)s,
                 lease_token = NULL, lease_expires_at = NULL
  WHERE id = %(job_id)s AND lease_token = %(token)s AND state = 'processing'
+   AND (%(expired_before)s::timestamptz IS NULL OR lease_expires_at < %(expired_before)s)
 """
 PROCESSING_JOBS = "SELECT * FROM jobs WHERE state = 'processing'"
 DRAIN_BLOCKERS = """

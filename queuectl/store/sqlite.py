@@ -105,7 +105,6 @@ RETURNING stop_requested
 RENEW_JOB_LEASE = """
 UPDATE jobs SET lease_expires_at = :lease_until
  WHERE id = :job_id AND lease_token = :token AND state = 'processing'
-   AND (:expired_before IS NULL OR lease_expires_at < :expired_before)
 """
 DEREGISTER_WORKER = "DELETE FROM workers WHERE id = :worker_id"
 LIVE_WORKERS = """
@@ -136,6 +135,7 @@ UPDATE jobs SET state = :state, attempts = :attempts, available_at = :available_
                 updated_at = :now, finished_at = :now,
                 lease_token = NULL, lease_expires_at = NULL
  WHERE id = :job_id AND lease_token = :token AND state = 'processing'
+   AND (:expired_before IS NULL OR lease_expires_at < :expired_before)
 """
 PROCESSING_JOBS = "SELECT * FROM jobs WHERE state = 'processing'"
 DRAIN_BLOCKERS = """
