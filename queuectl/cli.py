@@ -736,16 +736,7 @@ def emit_problems(problems: Sequence[Problem], fmt: str) -> None:
     if fmt == "json":
         click.echo(
             json.dumps(
-                [
-                    {
-                        "file": p.source,
-                        "line": p.line,
-                        "column": p.column,
-                        "field": p.field,
-                        "message": p.message,
-                    }
-                    for p in problems
-                ],
+                [p.to_dict() for p in problems],
                 indent=2,
                 ensure_ascii=False,
             )

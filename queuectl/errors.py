@@ -61,6 +61,16 @@ class Problem:
     field: str
     message: str
 
+    def to_dict(self) -> dict[str, str | int]:
+        """As `validate --format json` prints it (and a spool rejection records it)."""
+        return {
+            "file": self.source,
+            "line": self.line,
+            "column": self.column,
+            "field": self.field,
+            "message": self.message,
+        }
+
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}:{self.column}" if self.line else self.source
         return (

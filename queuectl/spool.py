@@ -295,16 +295,7 @@ class Spool:
             "file": claim.name,
             "rejected_at": format_time(utcnow()),
             "reason": reason,
-            "errors": [
-                {
-                    "file": p.source,
-                    "line": p.line,
-                    "column": p.column,
-                    "field": p.field,
-                    "message": p.message,
-                }
-                for p in problems
-            ],
+            "errors": [p.to_dict() for p in problems],
         }
         tmp = self.rejected / f".{final.name}.error.json.tmp"
         tmp.write_text(json.dumps(report, indent=2) + "\n")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import StoreError
+from ..errors import ConcurrentChange, InvalidState, JobConflict, StoreError
 from ..models import Job, JobState, NewJob, WorkerInfo
 
 
@@ -189,6 +189,33 @@ class Store(Protocol):
     def changed(self) -> bool:
         """Cheap check: has anything been committed by another connection since the last call?"""
         ...
+
+
+# Errors both backends raise, worded once.
+
+
+def conflict(job_id: str, source: str) -> JobConflict:
+    return JobConflict(
+        f"job {job_id!r} already exists with a different spec (from {source}): choose another "
+        "id, or re-submit the identical spec (a no-op)"
+    )
+
+
+def changed_meanwhile(job_id: str) -> ConcurrentChange:
+    return ConcurrentChange(
+        f"job {job_id!r} changed while the apply was planned (a worker claimed it?): "
+        "nothing was written; run the apply again"
+    )
+
+
+def not_cancelable(job_id: str, state: str) -> InvalidState:
+    return InvalidState(f"job {job_id!r} is {state}: only pending or failed jobs can be canceled")
+
+
+def not_dead(job_id: str, state: str) -> InvalidState:
+    return InvalidState(
+        f"job {job_id!r} is {state}, not dead: `dlq retry` takes jobs listed by `queuectl dlq list`"
+    )
 
 
 def redact_url(url: str) -> str:

@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import (
-    ConcurrentChange,
-    InvalidState,
     JobConflict,
     JobNotFound,
     MigrationFailed,
@@ -26,7 +24,17 @@ from ..errors import (
     StoreError,
 )
 from ..models import Job, JobState, NewJob, WorkerInfo, utcnow
-from . import Change, Heartbeat, SpoolFile, Transition, redact_url
+from . import (
+    Change,
+    Heartbeat,
+    SpoolFile,
+    Transition,
+    changed_meanwhile,
+    conflict,
+    not_cancelable,
+    not_dead,
+    redact_url,
+)
 
 try:
     import psycopg
@@ -175,13 +183,6 @@ MIGRATIONS = Path(__file__).parent / "migrations" / "postgres"
 def _migrations() -> list[tuple[int, str]]:
     return sorted(
         (int(p.name[:4]), p.read_text(encoding="utf-8")) for p in MIGRATIONS.glob("*.sql")
-    )
-
-
-def _changed(job_id: str) -> ConcurrentChange:
-    return ConcurrentChange(
-        f"job {job_id!r} changed while the apply was planned (a worker claimed it?): "
-        "nothing was written; run the apply again"
     )
 
 
@@ -375,11 +376,7 @@ class PostgresStore:
                 rows.append(self._job_params(job, now))
                 continue
             if found["spec_hash"] != job.spec.spec_hash:
-                raise JobConflict(
-                    f"job {job.id!r} already exists with a different spec "
-                    f"(from {found['source']}): choose another id, or re-submit "
-                    "the identical spec (a no-op)"
-                )
+                raise conflict(job.id, found["source"])
             created.append(False)
         if rows:
             with conn.cursor() as cur:
@@ -388,10 +385,7 @@ class PostgresStore:
                     raced = {r["id"]: r for r in conn.execute(EXISTING_HASHES, {"ids": ids})}
                     for job in jobs:
                         if raced[job.id]["spec_hash"] != job.spec.spec_hash:
-                            raise JobConflict(
-                                f"job {job.id!r} was just created with a different spec: "
-                                "choose another id"
-                            )
+                            raise conflict(job.id, raced[job.id]["source"])
             conn.execute(NOTIFY)
         return created
 
@@ -464,7 +458,7 @@ class PostgresStore:
                             conn.execute(INSERT_JOB, self._job_params(change.job, now)).rowcount
                             != 1
                         ):
-                            raise _changed(change.job_id)
+                            raise changed_meanwhile(change.job_id)
                         continue
                     if change.action in ("update", "replace") and change.job is not None:
                         params = {
@@ -479,7 +473,7 @@ class PostgresStore:
                     else:
                         raise ValueError(f"unknown change {change.action!r}")
                     if written != 1:
-                        raise _changed(change.job_id)
+                        raise changed_meanwhile(change.job_id)
                 conn.execute(NOTIFY)
 
         self._run(op)
@@ -516,9 +510,7 @@ class PostgresStore:
         job = self.get_job(job_id)
         if job is None:
             raise JobNotFound(job_id)
-        raise InvalidState(
-            f"job {job_id!r} is {job.state.value}: only pending or failed jobs can be canceled"
-        )
+        raise not_cancelable(job_id, job.state.value)
 
     def retry_dead(self, job_ids: Sequence[str] | None, now: datetime) -> list[str]:
         def op(conn: psycopg.Connection[Any]) -> list[str]:
@@ -528,10 +520,7 @@ class PostgresStore:
                     if row is None:
                         raise JobNotFound(job_id)
                     if row["state"] != JobState.DEAD:
-                        raise InvalidState(
-                            f"job {job_id!r} is {row['state']}, not dead: "
-                            "`dlq retry` takes jobs listed by `queuectl dlq list`"
-                        )
+                        raise not_dead(job_id, row["state"])
                 ids = list(job_ids) if job_ids is not None else None
                 rows = conn.execute(RETRY_DEAD, {"ids": ids, "now": self._db(now)}).fetchall()
                 conn.execute(NOTIFY)

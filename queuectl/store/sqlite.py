@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import (
-    ConcurrentChange,
-    InvalidState,
     JobConflict,
     JobNotFound,
     MigrationFailed,
@@ -26,7 +24,16 @@ from ..errors import (
     StoreError,
 )
 from ..models import Job, JobState, NewJob, WorkerInfo, from_ms, to_ms
-from . import Change, Heartbeat, SpoolFile, Transition
+from . import (
+    Change,
+    Heartbeat,
+    SpoolFile,
+    Transition,
+    changed_meanwhile,
+    conflict,
+    not_cancelable,
+    not_dead,
+)
 
 MIN_SQLITE = (3, 35, 0)  # UPDATE ... RETURNING
 BUSY_TIMEOUT_MS = 60_000  # contention waits instead of failing with "database is locked"
@@ -186,11 +193,7 @@ def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob], now_ms: int) 
         found = existing.get(job.id)
         if found is not None:
             if found["spec_hash"] != job.spec.spec_hash:
-                raise JobConflict(
-                    f"job {job.id!r} already exists with a different spec "
-                    f"(from {found['source']}): choose another id, or re-submit "
-                    "the identical spec (a no-op)"
-                )
+                raise conflict(job.id, found["source"])
             created.append(False)
             continue
         created.append(True)
@@ -282,13 +285,6 @@ def _advice(exc: sqlite3.Error) -> str | None:
     if "readonly" in text or "unable to open" in text:
         return "check that the file and its directory are writable"
     return None
-
-
-def _changed(job_id: str) -> ConcurrentChange:
-    return ConcurrentChange(
-        f"job {job_id!r} changed while the apply was planned (a worker claimed it?): "
-        "nothing was written; run the apply again"
-    )
 
 
 class SqliteStore:
@@ -469,7 +465,7 @@ class SqliteStore:
                     try:
                         conn.execute(INSERT_JOB, _job_params(change.job, now_ms))
                     except sqlite3.IntegrityError:
-                        raise _changed(change.job_id) from None
+                        raise changed_meanwhile(change.job_id) from None
                     continue
                 if change.action in ("update", "replace") and change.job is not None:
                     params = {
@@ -484,7 +480,7 @@ class SqliteStore:
                 else:
                     raise ValueError(f"unknown change {change.action!r}")
                 if written != 1:
-                    raise _changed(change.job_id)
+                    raise changed_meanwhile(change.job_id)
 
     def list_jobs(
         self,
@@ -514,10 +510,7 @@ class SqliteStore:
                 job = self.get_job(job_id)
                 if job is None:
                     raise JobNotFound(job_id)
-                raise InvalidState(
-                    f"job {job_id!r} is {job.state.value}: "
-                    "only pending or failed jobs can be canceled"
-                )
+                raise not_cancelable(job_id, job.state.value)
             return self.get_job(job_id)  # type: ignore[return-value]
 
     def retry_dead(self, job_ids: Sequence[str] | None, now: datetime) -> list[str]:
@@ -528,10 +521,7 @@ class SqliteStore:
                     if job is None:
                         raise JobNotFound(job_id)
                     if job.state is not JobState.DEAD:
-                        raise InvalidState(
-                            f"job {job_id!r} is {job.state.value}, not dead: "
-                            "`dlq retry` takes jobs listed by `queuectl dlq list`"
-                        )
+                        raise not_dead(job_id, job.state.value)
             ids = json.dumps(list(job_ids)) if job_ids is not None else None
             return [row["id"] for row in conn.execute(RETRY_DEAD, {"ids": ids, "now": to_ms(now)})]
 
