@@ -457,3 +457,33 @@ def test_python_dash_m_and_version(run: Run) -> None:
     )
     assert result.returncode == 0
     assert result.stdout.startswith("queuectl, version ")
+
+
+def test_logs_follow_prints_output_until_the_job_ends(run: Run, tmp_path: Path) -> None:
+    import subprocess
+
+    from .conftest import QUEUECTL, wait_for
+
+    release = tmp_path / "release"
+    job_id = run(
+        "enqueue", f"echo first; while [ ! -e {release} ]; do sleep 0.05; done; echo second"
+    ).stdout.strip()
+    worker = subprocess.Popen([QUEUECTL, "worker", "run", "--drain"], stderr=subprocess.DEVNULL)
+    follower = subprocess.Popen(
+        [QUEUECTL, "logs", job_id, "--follow"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert follower.stdout is not None
+        wait_for(lambda: "first" in follower.stdout.readline(), what="the first line")
+        release.touch()
+        rest = follower.stdout.read()
+        assert follower.wait(timeout=30) == 0
+        assert "second" in rest
+        assert "exit code 0" in rest
+    finally:
+        release.touch()
+        worker.wait(timeout=30)
+        follower.kill()
+        follower.wait()
+        if follower.stdout is not None:
+            follower.stdout.close()
