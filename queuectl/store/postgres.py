@@ -164,6 +164,7 @@ UPDATE jobs SET state = %(state)s, attempts = %(attempts)s, available_at = %(ava
    AND (%(expired_before)s::timestamptz IS NULL OR lease_expires_at < %(expired_before)s)
 """
 PROCESSING_JOBS = "SELECT * FROM jobs WHERE state = 'processing'"
+CLAIMED_WITH = "SELECT * FROM jobs WHERE state = 'processing' AND lease_token = %(token)s"
 DRAIN_BLOCKERS = """
 SELECT count(*) AS n FROM jobs
  WHERE (state = 'processing' OR state = 'failed'
@@ -240,13 +241,27 @@ class PostgresStore:
     def _local(self, value: datetime | None) -> datetime | None:
         return None if value is None else value - self._skew
 
-    def _run(self, operation: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """Run an operation; if the connection is lost, reconnect with backoff and retry."""
+    def _run(
+        self,
+        operation: Callable[[psycopg.Connection[Any]], T],
+        *,
+        already_done: Callable[[psycopg.Connection[Any]], T | None] | None = None,
+    ) -> T:
+        """Run an operation; if the connection is lost, reconnect with backoff and retry.
+
+        A connection can drop after the server committed: before a retry,
+        `already_done` may find the first try's result, so it is not done twice.
+        """
         delay, deadline = 0.1, time.monotonic() + RECONNECT_FOR_S
-        if time.monotonic() - self._skew_measured > SKEW_EVERY_S:
-            self._measure_skew(self.conn)  # clocks get stepped (NTP after boot): keep up
+        retrying = False
         while True:
             try:
+                if time.monotonic() - self._skew_measured > SKEW_EVERY_S:
+                    self._measure_skew(self.conn)  # clocks get stepped (NTP after boot)
+                if retrying and already_done is not None:
+                    done = already_done(self.conn)
+                    if done is not None:
+                        return done
                 return operation(self.conn)
             except psycopg.OperationalError as exc:
                 if not (self.conn.closed or self.conn.broken):
@@ -257,6 +272,7 @@ class PostgresStore:
                     ) from None
             except psycopg.DataError as exc:
                 raise StoreError(f"{self.display}: the server refused a value: {exc}") from None
+            retrying = True
             while True:
                 time.sleep(delay)  # backing off from a server that is down
                 delay = min(delay * 2, 5.0)
@@ -624,7 +640,10 @@ class PostgresStore:
             "queues": list(queues) or None,
         }
 
-        row = self._run(lambda conn: conn.execute(CLAIM_NEXT, params).fetchone())
+        row = self._run(
+            lambda conn: conn.execute(CLAIM_NEXT, params).fetchone(),
+            already_done=lambda conn: conn.execute(CLAIMED_WITH, params).fetchone(),
+        )
         return self._job(row) if row else None
 
     def finish(
