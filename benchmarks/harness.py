@@ -38,6 +38,10 @@ class BenchError(RuntimeError):
     """A scenario could not run (a command failed, or a deadline passed)."""
 
 
+class BenchSkipped(BenchError):
+    """A scenario does not apply here (say, no PostgreSQL server): a row, not a failure."""
+
+
 # -- time ------------------------------------------------------------------------
 
 

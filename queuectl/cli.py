@@ -599,9 +599,20 @@ def _passthrough(poll_interval: int | None, queues: Sequence[str], drain: bool) 
 @click.option(
     "--drain", is_flag=True, help="Exit 0 once nothing is processing, due, or waiting for a retry."
 )
+@click.option(
+    "--spool",
+    "spool_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Also run a spool watcher on this directory, in the same supervisor.",
+)
 @pass_app
 def worker_run_cmd(
-    app: App, count: int, poll_interval: int | None, queues: tuple[str, ...], drain: bool
+    app: App,
+    count: int,
+    poll_interval: int | None,
+    queues: tuple[str, ...],
+    drain: bool,
+    spool_dir: Path | None,
 ) -> None:
     """Run workers in the foreground (for containers, systemd and CI).
 
@@ -612,8 +623,14 @@ def worker_run_cmd(
     Examples:
         queuectl worker run --count 4
         queuectl worker run --drain        # CI: run everything, then exit
+        queuectl worker run --count 2 --spool /var/spool/queuectl
     """
-    if count > 1:
+    if spool_dir is not None and drain:
+        raise click.UsageError(
+            "--spool watches until stopped, so it cannot --drain: "
+            "run `queuectl spool ingest DIR` first, then `worker run --drain`"
+        )
+    if count > 1 or spool_dir is not None:
         from .workers import Supervisor
 
         queue = app.queue()  # opens and migrates the store once, before the children start
@@ -622,6 +639,7 @@ def worker_run_cmd(
             count,
             _passthrough(poll_interval, queues, drain),
             log=lambda line: click.echo(line, err=True),
+            spool=spool_dir.absolute() if spool_dir else None,
         )
         with _signals(lambda signum: supervisor.forward(signum)):
             code = supervisor.run()

@@ -46,7 +46,7 @@ def worker_environment(url: str) -> dict[str, str]:
 
 @dataclass
 class _Child:
-    slot: int
+    command: list[str]
     proc: subprocess.Popen[bytes]
     started: float
     crashes: int = 0
@@ -55,17 +55,31 @@ class _Child:
 
 
 class Supervisor:
-    """Runs N worker processes in the foreground and restarts any that crash.
+    """Runs N worker processes (and optionally a spool watcher) in the foreground and
+    restarts any that crash.
 
     Signals are forwarded to the children, which treat repeats as one request,
     so a signal sent to the whole process group (Ctrl-C) and a forwarded copy
     count once. A child that exits 0 has stopped or drained and is not restarted.
     """
 
-    def __init__(self, url: str, count: int, options: Sequence[str], log: Log) -> None:
-        self.command = worker_command(options)
+    def __init__(
+        self, url: str, count: int, options: Sequence[str], log: Log, spool: Path | None = None
+    ) -> None:
+        self.commands = [worker_command(options)] * count
+        self.spool_command = None
+        if spool is not None:
+            self.spool_command = [
+                sys.executable,
+                "-P",
+                "-m",
+                "queuectl",
+                "spool",
+                "watch",
+                str(spool),
+            ]
+            self.commands.append(self.spool_command)
         self.env = worker_environment(url)
-        self.count = count
         self.log = log
         self.children: list[_Child] = []
         self.stopping = False
@@ -83,9 +97,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Run until every child has exited; 0 when all exited cleanly."""
-        self.children = [
-            _Child(slot, self._spawn(), time.monotonic()) for slot in range(self.count)
-        ]
+        self.children = [_Child(c, self._spawn(c), time.monotonic()) for c in self.commands]
         while True:
             running = [
                 c for c in self.children if c.proc.returncode is None and c.restart_at is None
@@ -93,6 +105,10 @@ class Supervisor:
             pending = [c for c in self.children if c.restart_at is not None]
             if not running and not pending:
                 return 1 if self.failed else 0
+            if not self.stopping and all(
+                c.command is self.spool_command for c in running + pending
+            ):
+                self.forward(signal.SIGTERM)  # the workers are done: the watcher goes too
             timeout = None
             if pending:
                 timeout = max(0.0, min(c.restart_at or 0 for c in pending) - time.monotonic())
@@ -105,16 +121,18 @@ class Supervisor:
                     child.restart_at = None
                     self.children.remove(child)
                 elif (child.restart_at or 0) <= time.monotonic():
-                    child.proc, child.restart_at = self._spawn(), None
+                    child.proc, child.restart_at = self._spawn(child.command), None
                     child.started = time.monotonic()
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.command, stdin=subprocess.DEVNULL, env=self.env)
+    def _spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, env=self.env)
 
     def _exited(self, child: _Child) -> None:
         code = child.proc.returncode
         if code == 0 or self.stopping:
-            if code != 0:
+            # A repeated SIGTERM can land after a child restored its default handler on
+            # the way out; it asked for what the child was already doing.
+            if code not in (0, -signal.SIGTERM):
                 self.failed = True
             self.children.remove(child)
             return

@@ -326,3 +326,27 @@ def test_ingest_command_exit_codes(spool_dir: Path, run: Run) -> None:
         1,
         "0 file(s) ingested, 1 rejected",
     )
+
+
+@pytest.mark.e2e
+def test_worker_run_with_a_spool_watcher_in_the_same_supervisor(
+    spool_dir: Path, home: Path, run: Run
+) -> None:
+    supervisor = subprocess.Popen(
+        [QUEUECTL, "worker", "run", "--spool", str(spool_dir)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        (spool_dir / ".job.tmp").write_text("id: spooled\ncommand: echo ran\n")
+        os.rename(spool_dir / ".job.tmp", spool_dir / "job.yaml")
+
+        def state() -> str | None:
+            result = run("show", "spooled")
+            return json.loads(result.stdout)["state"] if result.returncode == 0 else None
+
+        wait_for(lambda: state() == "completed", what="the spooled job to run")
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        _, stderr = supervisor.communicate(timeout=30)
+    assert supervisor.returncode == 0, stderr
+    assert "ingested job.yaml" in stderr
+    assert run("worker", "run", "--spool", str(spool_dir), "--drain").returncode == 2
