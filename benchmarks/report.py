@@ -27,6 +27,7 @@ class ScenarioResult:
     run_seconds: list[float] = field(default_factory=list)
     load_averages: list[float] = field(default_factory=list)  # 1-minute, before each run
     error: str | None = None
+    skipped: str | None = None  # why the scenario does not apply here (no error)
 
     def values(self, metric: Metric) -> list[float]:
         return [r.metrics[metric.key] for r in self.runs if metric.key in r.metrics]
@@ -39,8 +40,8 @@ def format_value(value: float, unit: str) -> str:
         return f"{value:.1f} ms"
     if unit == "s":
         return f"{value:.3f} s"
-    if unit == "jobs/s":
-        return f"{value:.0f} jobs/s"
+    if unit in ("jobs/s", "files/s"):
+        return f"{value:.0f} {unit}"
     if unit == "x":
         return f"{value:.2f}x"
     if unit == "%":
@@ -77,6 +78,9 @@ def markdown(results: list[ScenarioResult], meta: dict[str, Any]) -> str:
         if res.error is not None:
             lines.append(f"| {res.scenario.name} | **error**: {res.error} | | | | | |")
             continue
+        if res.skipped is not None:
+            lines.append(f"| {res.scenario.name} | {res.skipped} | | | | | |")
+            continue
         for metric in res.scenario.metrics:
             vals = res.values(metric)
             med = median(vals)
@@ -102,6 +106,10 @@ def markdown(results: list[ScenarioResult], meta: dict[str, Any]) -> str:
         "measured in that run: `python -c pass` (interpreter start-up) for command times; for "
         "throughput the same 2,000 `/bin/sh -c true` spawns from N threads of a plain Python "
         "loop (the floor); for idle CPU the CPU time one `python -c pass` costs. "
+        "Spool figures poll the SQLite file read-only every 5 ms (no `queuectl` start-up in "
+        "the measurement); a latency sample runs from just before the rename into place. "
+        "The postgres rows measure SQLite beside PostgreSQL in the same run, each PostgreSQL "
+        "run in a database created for it and dropped afterwards. "
         "The enqueue figure is the median of its runs' samples; p99 is nearest-rank. "
         "Child Pythons share a private bytecode cache (PYTHONPYCACHEPREFIX), as an installed "
         "package has compiled bytecode.",
@@ -169,6 +177,7 @@ def to_json(results: list[ScenarioResult], meta: dict[str, Any]) -> dict[str, An
                 "name": res.scenario.name,
                 "title": res.scenario.title,
                 "error": res.error,
+                "skipped": res.skipped,
                 "metrics": metrics,
                 "runs": [
                     {"seconds": secs, "load_average": load, "metrics": run.metrics, "raw": run.raw}

@@ -1,19 +1,23 @@
 """The benchmark scenarios: each one run is a fresh QUEUECTL_HOME and a set of figures.
 
 Every machine-dependent figure comes with a baseline measured in the same run:
-the start-up of a bare interpreter (`python -c pass`) for command latencies, and
-the same 2,000 shell spawns from a plain Python loop for worker throughput.
+the start-up of a bare interpreter (`python -c pass`) for command latencies
+(enqueue, apply, validate, spool), the same 2,000 shell spawns from a plain Python
+loop for worker throughput, and for PostgreSQL the same work on SQLite.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
 import shlex
+import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,16 +39,27 @@ from .harness import (
     run,
     wait_until,
 )
+from .stores import PostgresServer, SqlitePeek
 
 THROUGHPUT_WORKERS = (1, 2, 4)
 WORKER_START_TIMEOUT_S = 30.0
 JOB_TIMEOUT_S = 10.0  # one latency-probe job, from enqueue to completed
 SETTLE_S = 0.5  # after a worker reports it started, before idle CPU is sampled
+POSTGRES_WORKERS = (2, 4)
+APPLY_TEAMS = 10  # the declared files sit in one directory per team, as in a GitOps repository
+SPOOL_POLL_S = 0.005  # how often the store is read while waiting for a spooled job
+SPOOL_IDLE_S = 1.0  # after the watcher's warm-up file, before anything is timed
+# Idle time before each latency drop: shorter and longer than the 0.5 s for which
+# watchdog's inotify observer holds a move out of the watched directory (the watcher's
+# own claim of the previous file) while it waits for a matching move in.
+SPOOL_GAPS_S = (0.25, 0.75)
+SPOOL_BURST_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
 class Settings:
-    """How much work each scenario does; --quick trims the sample counts, not the workloads."""
+    """How much work each scenario does; --quick trims the sample counts, and the workload
+    only where the figure is a rate (PostgreSQL throughput)."""
 
     quick: bool = False
     repeat: int = 3
@@ -73,6 +88,38 @@ class Settings:
     def idle_window_s(self) -> float:
         return 5.0 if self.quick else 10.0
 
+    @property
+    def apply_files(self) -> int:
+        return 100
+
+    @property
+    def apply_jobs_per_file(self) -> int:
+        return 100
+
+    @property
+    def reapply_runs(self) -> int:
+        return 1 if self.quick else 3
+
+    @property
+    def validate_files(self) -> int:
+        return 1_000
+
+    @property
+    def validate_runs(self) -> int:
+        return 3 if self.quick else 5
+
+    @property
+    def spool_files(self) -> int:
+        return 10_000
+
+    @property
+    def spool_latency_samples(self) -> int:
+        return 10 if self.quick else 30
+
+    @property
+    def postgres_jobs(self) -> int:
+        return 1_000 if self.quick else 2_000
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "quick": self.quick,
@@ -84,6 +131,16 @@ class Settings:
             "throughput_workers": list(THROUGHPUT_WORKERS),
             "latency_samples": self.latency_samples,
             "idle_window_s": self.idle_window_s,
+            "apply_files": self.apply_files,
+            "apply_jobs_per_file": self.apply_jobs_per_file,
+            "reapply_runs": self.reapply_runs,
+            "validate_files": self.validate_files,
+            "validate_runs": self.validate_runs,
+            "spool_files": self.spool_files,
+            "spool_latency_samples": self.spool_latency_samples,
+            "spool_gaps_s": list(SPOOL_GAPS_S),
+            "postgres_jobs": self.postgres_jobs,
+            "postgres_workers": list(POSTGRES_WORKERS),
         }
 
 
@@ -124,6 +181,14 @@ def _baseline(env: dict[str, str], runs: int) -> list[Exit]:
 
 def _ms(seconds: float) -> float:
     return seconds * 1000
+
+
+def _store_env(home: Path, db_url: str | None) -> dict[str, str]:
+    """bench_env(home), pointed at the store `db_url` if given (else the home's SQLite file)."""
+    env = bench_env(home)
+    if db_url is not None:
+        env["QUEUECTL_DATABASE_URL"] = db_url
+    return env
 
 
 def _init_store(env: dict[str, str]) -> None:
@@ -256,6 +321,23 @@ def shell_floor(jobs: int, parallel: int, timeout: float) -> float:
     return sw.seconds
 
 
+def _drain(jobs: int, workers: int, db_url: str | None = None) -> Exit:
+    """`worker run --count N --drain` over `jobs` pre-enqueued `true` jobs, in a fresh home
+    (and the store at `db_url`, if given)."""
+    with fresh_home() as home:
+        env = _store_env(home, db_url)
+        batch = home.parent / "batch.json"
+        _write_batch(batch, jobs, lambda _i: "true")
+        _enqueue_batch(env, batch, jobs)
+        cmd = queuectl("worker", "run", "--count", str(workers), "--drain")
+        with Proc(cmd, env=env, output_dir=home.parent, name=f"worker-{workers}") as proc:
+            result = proc.wait(timeout=300).check(cmd)
+        counts = _status_counts(env)
+        if counts["completed"] != jobs:
+            raise BenchError(f"after --drain with {workers} worker(s), counts are {counts}")
+    return result
+
+
 def run_throughput(settings: Settings) -> RunResult:
     """`worker run --count N --drain` over 2,000 pre-enqueued `true` jobs, vs the shell floor."""
     jobs = settings.throughput_jobs
@@ -263,17 +345,7 @@ def run_throughput(settings: Settings) -> RunResult:
     raw: dict[str, Any] = {"jobs": jobs}
     for workers in THROUGHPUT_WORKERS:
         floor_s = shell_floor(jobs, workers, timeout=120)
-        with fresh_home() as home:
-            env = bench_env(home)
-            batch = home.parent / "batch.json"
-            _write_batch(batch, jobs, lambda _i: "true")
-            _enqueue_batch(env, batch, jobs)
-            cmd = queuectl("worker", "run", "--count", str(workers), "--drain")
-            with Proc(cmd, env=env, output_dir=home.parent, name=f"worker-{workers}") as proc:
-                result = proc.wait(timeout=300).check(cmd)
-            counts = _status_counts(env)
-            if counts["completed"] != jobs:
-                raise BenchError(f"after --drain with {workers} worker(s), counts are {counts}")
+        result = _drain(jobs, workers)
         metrics[f"jobs_per_s_{workers}"] = jobs / result.wall_s
         metrics[f"floor_per_s_{workers}"] = jobs / floor_s
         metrics[f"ratio_{workers}"] = result.wall_s / floor_s
@@ -309,46 +381,47 @@ def _stamp(path: Path) -> float | None:
     return float(text) if text.endswith("\n") else None
 
 
-def run_latency(settings: Settings) -> RunResult:
-    """One idle worker (default poll interval); jobs enqueued one at a time."""
+def _pickup(home: Path, env: dict[str, str], samples: int) -> dict[str, list[float]]:
+    """Probe jobs enqueued one at a time for one idle `worker run` (default poll interval)."""
     claim_ms: list[float] = []
     exec_ms: list[float] = []
     spawn_to_exec_ms: list[float] = []
+    cmd = queuectl("worker", "run")
+    with Proc(cmd, env=env, output_dir=home.parent, name="worker") as worker:
+        _wait_started(worker, env)
+        for i in range(samples):
+            stamp = home.parent / f"start-{i}.txt"
+            before_spawn = time.time()
+            job_cmd = f"date +%s.%N > {shlex.quote(str(stamp))}"
+            job_id = run(queuectl("enqueue", job_cmd), env=env).stdout.strip()
+            started_cmd = _wait_stamp(stamp, worker, job_id)
+            job = _wait_completed(env, job_id)
+            created = _instant(job["created_at"])
+            claim_ms.append(_ms(_instant(job["started_at"]) - created))
+            exec_ms.append(_ms(started_cmd - created))
+            spawn_to_exec_ms.append(_ms(started_cmd - before_spawn))
+    return {"claim_ms": claim_ms, "exec_ms": exec_ms, "spawn_to_exec_ms": spawn_to_exec_ms}
+
+
+def run_latency(settings: Settings) -> RunResult:
+    """One idle worker (default poll interval); jobs enqueued one at a time."""
     with fresh_home() as home:
         env = bench_env(home)
         _init_store(env)
         base = _baseline(env, settings.baseline_runs)
-        cmd = queuectl("worker", "run")
-        with Proc(cmd, env=env, output_dir=home.parent, name="worker") as worker:
-            _wait_started(worker, env)
-            for i in range(settings.latency_samples):
-                stamp = home.parent / f"start-{i}.txt"
-                before_spawn = time.time()
-                job_cmd = f"date +%s.%N > {shlex.quote(str(stamp))}"
-                job_id = run(queuectl("enqueue", job_cmd), env=env).stdout.strip()
-                started_cmd = _wait_stamp(stamp, worker, job_id)
-                job = _wait_completed(env, job_id)
-                created = _instant(job["created_at"])
-                claim_ms.append(_ms(_instant(job["started_at"]) - created))
-                exec_ms.append(_ms(started_cmd - created))
-                spawn_to_exec_ms.append(_ms(started_cmd - before_spawn))
+        samples = _pickup(home, env, settings.latency_samples)
     base_ms = median([_ms(b.wall_s) for b in base])
-    p50 = percentile(claim_ms, 50)
+    p50 = percentile(samples["claim_ms"], 50)
     return RunResult(
         metrics={
             "claim_p50_ms": p50,
-            "claim_p99_ms": percentile(claim_ms, 99),
-            "exec_p50_ms": percentile(exec_ms, 50),
-            "exec_p99_ms": percentile(exec_ms, 99),
+            "claim_p99_ms": percentile(samples["claim_ms"], 99),
+            "exec_p50_ms": percentile(samples["exec_ms"], 50),
+            "exec_p99_ms": percentile(samples["exec_ms"], 99),
             "baseline_ms": base_ms,
             "ratio": p50 / base_ms,
         },
-        raw={
-            "claim_ms": claim_ms,
-            "exec_ms": exec_ms,
-            "spawn_to_exec_ms": spawn_to_exec_ms,
-            "baseline_wall_ms": [_ms(b.wall_s) for b in base],
-        },
+        raw={**samples, "baseline_wall_ms": [_ms(b.wall_s) for b in base]},
     )
 
 
@@ -431,6 +504,367 @@ def run_idle(settings: Settings) -> RunResult:
     )
 
 
+# -- 6. apply ---------------------------------------------------------------------------------
+
+
+def _write_declared(root: Path, files: int, per_file: int) -> None:
+    """`files` YAML files of `per_file` jobs each, in one directory per team, as a GitOps
+    repository would hold them: explicit ids, priorities, queues, labels, some scheduled."""
+    for f in range(files):
+        team = f"team-{f % APPLY_TEAMS:02d}"
+        folder = root / team
+        folder.mkdir(exist_ok=True)
+        parts = [f"# {per_file} report jobs of {team}\n"]
+        for j in range(per_file):
+            i = f * per_file + j
+            parts.append(
+                f"- id: {team}.report-{i:05d}\n"
+                f"  command: echo report {i} >> /dev/null\n"
+                f"  priority: {i % 10}\n"
+                f"  max_retries: {i % 4}\n"
+                f"  timeout_ms: 600000\n"
+                f"  queue: {team}\n"
+                f"  labels: {{team: {team}, kind: report, batch: b{f:03d}}}\n"
+            )
+            if i % 10 == 0:
+                parts.append(f'  run_at: "2030-01-01T02:00:00Z"\n  env: {{REPORT: "{i}"}}\n')
+        (folder / f"reports-{f:03d}.yaml").write_text("".join(parts))
+
+
+def _git_commit_all(root: Path, env: dict[str, str]) -> bool:
+    """Make `root` a git work tree with everything committed (apply then records the commit);
+    False where git is missing, and the directory stays a plain one."""
+    git = shutil.which("git")
+    if git is None:
+        return False
+    config = ["-c", "user.name=queuectl-bench", "-c", "user.email=bench@localhost"]
+    config += ["-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "declared jobs"]):
+        run([git, "-C", str(root), *config, *args], env=env)
+    return True
+
+
+def _apply(env: dict[str, str], root: Path, jobs: int, action: str) -> Exit:
+    """`queuectl apply DIR`, checked: the plan has `jobs` entries, every one `action`."""
+    result = run(queuectl("apply", str(root)), env=env, timeout=120)
+    plan: list[dict[str, Any]] = json.loads(result.stdout)
+    actions = {entry["action"] for entry in plan}
+    if len(plan) != jobs or actions != {action}:
+        raise BenchError(
+            f"`apply` planned {len(plan)} jobs with actions {actions}, expected {jobs} {action}"
+        )
+    return result
+
+
+def run_apply(settings: Settings) -> RunResult:
+    """`queuectl apply DIR` of 10,000 declared jobs into an existing store, then again unchanged."""
+    jobs = settings.apply_files * settings.apply_jobs_per_file
+    with fresh_home() as home:
+        env = bench_env(home)
+        root = home.parent / "jobs"
+        root.mkdir()
+        _write_declared(root, settings.apply_files, settings.apply_jobs_per_file)
+        in_git = _git_commit_all(root, env)
+        _init_store(env)
+        base = _baseline(env, settings.baseline_runs)
+        first = _apply(env, root, jobs, "create")
+        again = [_apply(env, root, jobs, "unchanged") for _ in range(settings.reapply_runs)]
+        pending = _status_counts(env)["pending"]
+        if pending != jobs:
+            raise BenchError(f"after apply, {pending} jobs are pending, not {jobs}")
+        sample: dict[str, Any] = json.loads(
+            run(queuectl("show", "team-00.report-00000"), env=env).stdout
+        )
+        if in_git and not sample.get("source_commit"):
+            raise BenchError(f"an applied job records no source_commit: {sample}")
+    base_ms = median([_ms(b.wall_s) for b in base])
+    reapply_s = median([r.wall_s for r in again])
+    return RunResult(
+        metrics={
+            "apply_s": first.wall_s,
+            "reapply_s": reapply_s,
+            "baseline_ms": base_ms,
+            "apply_ratio": _ms(first.wall_s) / base_ms,
+            "reapply_ratio": _ms(reapply_s) / base_ms,
+        },
+        raw={
+            "jobs": jobs,
+            "files": settings.apply_files,
+            "git_work_tree": in_git,
+            "apply_cpu_s": first.cpu_s,
+            "reapply_wall_s": [r.wall_s for r in again],
+            "reapply_cpu_s": [r.cpu_s for r in again],
+            "baseline_wall_ms": [_ms(b.wall_s) for b in base],
+        },
+    )
+
+
+# -- 7. validate ------------------------------------------------------------------------------
+
+
+def run_validate(settings: Settings) -> RunResult:
+    """`queuectl validate DIR` over 1,000 one-job YAML files (it opens no store)."""
+    files = settings.validate_files
+    with fresh_home() as home:
+        env = bench_env(home)
+        root = home.parent / "specs"
+        root.mkdir()
+        for i in range(files):
+            (root / f"job-{i:04d}.yaml").write_text(
+                f"id: check-{i:04d}\ncommand: echo check {i}\npriority: {i % 5}\n"
+                f"labels: {{suite: nightly}}\n"
+            )
+        base = _baseline(env, settings.baseline_runs)
+        cmd = queuectl("validate", str(root))
+        run(cmd, env=env)  # untimed: the page cache holds the files for every timed run
+        timed = [run(cmd, env=env) for _ in range(settings.validate_runs)]
+        expected = f"ok: {files} job(s) in {files} file(s)"
+        if timed[-1].stderr.strip() != expected:
+            raise BenchError(f"`validate` said {timed[-1].stderr.strip()!r}, not {expected!r}")
+    base_ms = median([_ms(b.wall_s) for b in base])
+    wall_s = median([t.wall_s for t in timed])
+    return RunResult(
+        metrics={"validate_s": wall_s, "baseline_ms": base_ms, "ratio": _ms(wall_s) / base_ms},
+        raw={
+            "files": files,
+            "validate_wall_s": [t.wall_s for t in timed],
+            "validate_cpu_s": [t.cpu_s for t in timed],
+            "baseline_wall_ms": [_ms(b.wall_s) for b in base],
+        },
+    )
+
+
+# -- 8. spool ---------------------------------------------------------------------------------
+
+
+def _spool_job(job_id: str) -> str:
+    return f"id: {job_id}\ncommand: echo {job_id}\nlabels: {{via: spool}}\n"
+
+
+def _drop(spool: Path, name: str, text: str) -> tuple[float, float]:
+    """Write `name.tmp` in the spool, then rename it to `name`, as writers are told to.
+
+    Returns the instant just before the rename: (time.time(), time.perf_counter()).
+    """
+    tmp = spool / f"{name}.tmp"
+    tmp.write_text(text)
+    instant = time.time(), time.perf_counter()
+    os.rename(tmp, spool / name)
+    return instant
+
+
+def _wait_spooled(peek: SqlitePeek, watcher: Proc, job_id: str, timeout: float) -> int:
+    """Poll the store every 5 ms until the job exists; return its created_at (epoch ms)."""
+    found: list[int] = []
+
+    def exists() -> bool:
+        created = peek.created_at_ms(job_id)
+        if created is not None:
+            found.append(created)
+            return True
+        if not watcher.alive():
+            raise BenchError(f"the spool watcher exited: {watcher.read_stderr().strip()[-300:]}")
+        return False
+
+    wait_until(exists, timeout=timeout, what=f"spooled job {job_id}", interval=SPOOL_POLL_S)
+    return found[0]
+
+
+@contextlib.contextmanager
+def _spool_watcher(home: Path, env: dict[str, str]) -> Iterator[tuple[Path, Proc, SqlitePeek]]:
+    """A running `queuectl spool watch DIR`, known to be up: its warm-up file was ingested.
+
+    Yields (DIR, the watcher, a read-only peek into the store); the watcher is stopped
+    when the block ends.
+    """
+    spool = home.parent / "spool"
+    spool.mkdir(mode=0o700)
+    _init_store(env)
+    cmd = queuectl("spool", "watch", str(spool))
+    with (
+        Proc(cmd, env=env, output_dir=home.parent, name="spool-watch") as watcher,
+        SqlitePeek(home / "queue.db") as peek,
+    ):
+        _drop(spool, "warm-up.yaml", _spool_job("warm-up"))
+        _wait_spooled(peek, watcher, "warm-up", timeout=WORKER_START_TIMEOUT_S)
+        time.sleep(SPOOL_IDLE_S)  # the watcher is idle again before anything is timed
+        yield spool, watcher, peek
+
+
+def _spool_burst(files: int) -> dict[str, float]:
+    """`files` one-job files dropped as fast as one writer can; until every job is pending."""
+    drops = [(f"burst-{i:05d}.yaml", _spool_job(f"burst-{i:05d}")) for i in range(files)]
+    expected = files + 1  # and the warm-up job
+    with fresh_home() as home:
+        env = bench_env(home)
+        with _spool_watcher(home, env) as (spool, watcher, peek):
+
+            def all_pending() -> bool:
+                if peek.count("pending") >= expected:
+                    return True
+                if not watcher.alive():
+                    raise BenchError(f"the spool watcher exited: {watcher.read_stderr()[-300:]}")
+                return False
+
+            start = time.perf_counter()
+            for name, text in drops:
+                _drop(spool, name, text)
+            dropped = time.perf_counter()
+            wait_until(
+                all_pending,
+                timeout=SPOOL_BURST_TIMEOUT_S,
+                what=f"{files} spooled jobs to be pending",
+                interval=0.01,
+            )
+            end = time.perf_counter()
+        counts = _status_counts(env)
+        rejected = sorted(p.name for p in (spool / "rejected").iterdir())
+        done = sum(1 for _ in (spool / "done").iterdir())
+        if counts["pending"] != expected or rejected or done != expected:
+            raise BenchError(
+                f"after the burst: counts {counts}, {done} files done, rejected {rejected[:4]}"
+            )
+    return {"drop_s": dropped - start, "all_pending_s": end - start, "after_last_s": end - dropped}
+
+
+def _spool_latency(samples: int, gap_s: float) -> dict[str, list[float]]:
+    """An idle watcher; one file renamed into place `gap_s` after the previous job appeared."""
+    seen_ms: list[float] = []
+    created_ms: list[float] = []
+    with fresh_home() as home:
+        env = bench_env(home)
+        with _spool_watcher(home, env) as (spool, watcher, peek):
+            for i in range(samples):
+                time.sleep(gap_s)
+                job_id = f"gap{round(gap_s * 1000)}-{i:03d}"
+                wall, counter = _drop(spool, f"{job_id}.yaml", _spool_job(job_id))
+                created = _wait_spooled(peek, watcher, job_id, timeout=JOB_TIMEOUT_S)
+                seen_ms.append(_ms(time.perf_counter() - counter))
+                created_ms.append(created - _ms(wall))
+    return {"seen_ms": seen_ms, "created_ms": created_ms}
+
+
+def run_spool(settings: Settings) -> RunResult:
+    """A burst of 10,000 one-job files into a running watcher, then drop-to-pending latency."""
+    with fresh_home() as home:
+        base = _baseline(bench_env(home), settings.baseline_runs)
+    files = settings.spool_files
+    burst = _spool_burst(files)
+    metrics = {
+        "all_pending_s": burst["all_pending_s"],
+        "drop_s": burst["drop_s"],
+        "files_per_s": files / burst["all_pending_s"],
+        "burst_ratio": burst["all_pending_s"] / burst["drop_s"],
+    }
+    raw: dict[str, Any] = {"files": files, "burst": burst}
+    for gap_s in SPOOL_GAPS_S:
+        key = f"gap{round(gap_s * 1000)}"
+        lat = _spool_latency(settings.spool_latency_samples, gap_s)
+        metrics[f"{key}_p50_ms"] = percentile(lat["seen_ms"], 50)
+        metrics[f"{key}_p99_ms"] = percentile(lat["seen_ms"], 99)
+        raw[key] = lat
+    base_ms = median([_ms(b.wall_s) for b in base])
+    metrics["baseline_ms"] = base_ms
+    metrics["latency_ratio"] = metrics[f"gap{round(SPOOL_GAPS_S[-1] * 1000)}_p50_ms"] / base_ms
+    raw["baseline_wall_ms"] = [_ms(b.wall_s) for b in base]
+    return RunResult(metrics, raw)
+
+
+def _spool_metrics() -> tuple[Metric, ...]:
+    metrics = [
+        Metric("all_pending_s", "10,000 files dropped: first drop to all pending", "s", 30.0),
+        Metric("drop_s", "the writer alone: 10,000 `.tmp` writes and renames", "s"),
+        Metric("files_per_s", "files ingested per second, over the burst", "files/s"),
+        Metric("burst_ratio", "all pending ÷ the writer alone", "x"),
+    ]
+    for gap_s in SPOOL_GAPS_S:
+        key = f"gap{round(gap_s * 1000)}"
+        when = f"{gap_s:g} s after the previous job appeared"
+        metrics += [
+            Metric(f"{key}_p50_ms", f"rename to job in the store, {when}, p50", "ms", 100.0),
+            Metric(f"{key}_p99_ms", f"rename to job in the store, {when}, p99", "ms"),
+        ]
+    metrics += [
+        Metric("baseline_ms", "baseline: `python -c pass`", "ms"),
+        Metric("latency_ratio", f"p50 ({SPOOL_GAPS_S[-1]:g} s gap) ÷ baseline", "x"),
+    ]
+    return tuple(metrics)
+
+
+# -- 9. PostgreSQL ----------------------------------------------------------------------------
+
+
+def _pickup_on(settings: Settings, server: PostgresServer | None) -> dict[str, list[float]]:
+    """Pickup latency samples in a fresh home, on SQLite or in a fresh PostgreSQL database."""
+    with contextlib.ExitStack() as stack:
+        db_url = stack.enter_context(server.database()) if server is not None else None
+        home = stack.enter_context(fresh_home())
+        env = _store_env(home, db_url)
+        _init_store(env)
+        return _pickup(home, env, settings.latency_samples)
+
+
+def run_postgres(settings: Settings) -> RunResult:
+    """Throughput (N = 2, 4) and pickup latency on PostgreSQL, beside SQLite in the same run."""
+    jobs = settings.postgres_jobs
+    metrics: dict[str, float] = {}
+    with PostgresServer.find() as server:
+        raw: dict[str, Any] = {"jobs": jobs, "server": server.display, "version": server.version}
+        for n in POSTGRES_WORKERS:
+            floor_s = shell_floor(jobs, n, timeout=120)
+            lite = _drain(jobs, n)
+            with server.database() as db_url:
+                pg = _drain(jobs, n, db_url)
+            metrics[f"sqlite_jobs_per_s_{n}"] = jobs / lite.wall_s
+            metrics[f"pg_jobs_per_s_{n}"] = jobs / pg.wall_s
+            metrics[f"floor_per_s_{n}"] = jobs / floor_s
+            metrics[f"sqlite_ratio_{n}"] = lite.wall_s / floor_s
+            metrics[f"pg_ratio_{n}"] = pg.wall_s / floor_s
+            metrics[f"pg_vs_sqlite_{n}"] = pg.wall_s / lite.wall_s
+            raw[f"workers_{n}"] = {
+                "floor_wall_s": floor_s,
+                "sqlite_wall_s": lite.wall_s,
+                "sqlite_cpu_s": lite.cpu_s,
+                "pg_wall_s": pg.wall_s,
+                "pg_cpu_s": pg.cpu_s,  # the worker processes and their jobs, not the server
+            }
+        lite_lat = _pickup_on(settings, None)
+        pg_lat = _pickup_on(settings, server)
+        raw["databases"] = list(server.created)
+    for name, lat in (("sqlite", lite_lat), ("pg", pg_lat)):
+        metrics[f"{name}_claim_p50_ms"] = percentile(lat["claim_ms"], 50)
+        metrics[f"{name}_claim_p99_ms"] = percentile(lat["claim_ms"], 99)
+        metrics[f"{name}_exec_p50_ms"] = percentile(lat["exec_ms"], 50)
+        raw[f"{name}_latency"] = lat
+    metrics["pg_vs_sqlite_claim"] = metrics["pg_claim_p50_ms"] / metrics["sqlite_claim_p50_ms"]
+    return RunResult(metrics, raw)
+
+
+def _postgres_metrics() -> tuple[Metric, ...]:
+    metrics: list[Metric] = []
+    for n in POSTGRES_WORKERS:
+        target = 1.5 if n == 2 else None
+        metrics += [
+            Metric(f"sqlite_jobs_per_s_{n}", f"N={n}: SQLite, `worker run --drain`", "jobs/s"),
+            Metric(f"pg_jobs_per_s_{n}", f"N={n}: PostgreSQL, `worker run --drain`", "jobs/s"),
+            Metric(f"floor_per_s_{n}", f"N={n}: floor, {n} thread(s) of `sh -c true`", "jobs/s"),
+            Metric(f"sqlite_ratio_{n}", f"N={n}: SQLite time ÷ floor", "x", target),
+            Metric(f"pg_ratio_{n}", f"N={n}: PostgreSQL time ÷ floor", "x", target),
+            Metric(f"pg_vs_sqlite_{n}", f"N={n}: PostgreSQL time ÷ SQLite time", "x"),
+        ]
+    for what, key, target in (
+        ("created_at to started_at, p50", "claim_p50_ms", 50.0),
+        ("created_at to started_at, p99", "claim_p99_ms", None),
+        ("created_at to command start, p50", "exec_p50_ms", None),
+    ):
+        metrics += [
+            Metric(f"sqlite_{key}", f"pickup: SQLite, {what}", "ms", target),
+            Metric(f"pg_{key}", f"pickup: PostgreSQL, {what}", "ms", target),
+        ]
+    metrics.append(Metric("pg_vs_sqlite_claim", "pickup p50: PostgreSQL ÷ SQLite", "x"))
+    return tuple(metrics)
+
+
 # -- the list -----------------------------------------------------------------------------
 
 
@@ -484,6 +918,40 @@ SCENARIOS: tuple[Scenario, ...] = (
             Metric("ratio", "idle CPU per 10 s ÷ baseline CPU", "x"),
         ),
         run_idle,
+    ),
+    Scenario(
+        "apply",
+        "`queuectl apply DIR` of 10,000 declared jobs in 100 YAML files (a git work tree)",
+        (
+            Metric("apply_s", "`queuectl apply DIR`: 10,000 jobs created", "s", 5.0),
+            Metric("reapply_s", "`queuectl apply DIR` again: 10,000 unchanged", "s", 3.0),
+            Metric("baseline_ms", "baseline: `python -c pass`", "ms"),
+            Metric("apply_ratio", "apply ÷ baseline", "x"),
+            Metric("reapply_ratio", "re-apply ÷ baseline", "x"),
+        ),
+        run_apply,
+    ),
+    Scenario(
+        "validate",
+        "`queuectl validate DIR` of 1,000 one-job YAML files",
+        (
+            Metric("validate_s", "`queuectl validate DIR` (median of runs)", "s", 3.0),
+            Metric("baseline_ms", "baseline: `python -c pass`", "ms"),
+            Metric("ratio", "validate ÷ baseline", "x"),
+        ),
+        run_validate,
+    ),
+    Scenario(
+        "spool",
+        "one-job files renamed into a running `queuectl spool watch DIR`",
+        _spool_metrics(),
+        run_spool,
+    ),
+    Scenario(
+        "postgres",
+        "throughput and pickup latency on PostgreSQL, beside SQLite measured in the same run",
+        _postgres_metrics(),
+        run_postgres,
     ),
 )
 
