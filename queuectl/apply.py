@@ -154,9 +154,13 @@ def plan(
     current = store.get_jobs([item.spec.id for item in declared if item.spec.id])
     entries: list[PlanEntry] = []
     changes: list[Change] = []
+    origins: dict[str, tuple[str, str | None]] = {}  # per file: (source, git commit)
     for item in declared:
         job_id = item.spec.id or ""
-        file = Path(item.source).resolve()
+        if item.source not in origins:
+            file = Path(item.source).resolve()
+            origins[item.source] = (SOURCE_PREFIX + str(file), source_commit(file))
+        source, commit = origins[item.source]
         new = NewJob(
             id=job_id,
             spec=item.spec,
@@ -164,8 +168,8 @@ def plan(
             if item.spec.max_retries is None
             else item.spec.max_retries,
             available_at=item.spec.run_at or now,
-            source=SOURCE_PREFIX + str(file),
-            source_commit=source_commit(file),
+            source=source,
+            source_commit=commit,
         )
         existing = current.get(job_id)
         action, reason = _action(existing, new, replace=replace)

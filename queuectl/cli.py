@@ -912,7 +912,7 @@ def spool_watch_cmd(app: App, directory: Path | None) -> None:
 def spool_ingest_cmd(app: App, directory: Path | None) -> None:
     """Ingest the files in DIRECTORY once (for cron or CI); exit 1 if any was rejected.
 
-    Files still being written (modified in the last quarter second) are waited for.
+    Files written in place are taken once unchanged for spool_settle_ms (default 1 s).
 
     \b
     Example:

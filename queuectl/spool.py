@@ -354,7 +354,9 @@ class Spool:
                 spool._wake.wake()
 
         observer = Observer()
-        observer.schedule(Hints(), str(self.dir), recursive=False)
+        # Recursive, so the claim (a move into .processing/) is seen whole: watchdog holds
+        # a move whose other half it has not seen for half a second, delaying every event.
+        observer.schedule(Hints(), str(self.dir), recursive=True)
         observer.start()
         self.log(f"watching {self.dir}")
         try:

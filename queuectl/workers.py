@@ -137,10 +137,12 @@ class Supervisor:
             self.children.remove(child)
             return
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
-        early = time.monotonic() - child.started < EARLY_CRASH_S
+        # Killed by a signal (OOM, an operator): restart soon, however often. Exiting with
+        # an error soon after starting is a broken install or config: back off, then give up.
+        early = code > 0 and time.monotonic() - child.started < EARLY_CRASH_S
         child.early_crashes = child.early_crashes + 1 if early else 0
         if not early:
-            child.crashes = 0  # it ran fine for a while: this death is news, restart soon
+            child.crashes = 0
         if child.early_crashes >= EARLY_CRASHES_MAX:
             self.log(
                 f"worker process {child.proc.pid} died ({how}) {EARLY_CRASHES_MAX} times within "
