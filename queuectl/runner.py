@@ -117,6 +117,7 @@ class Runner:
         self._last_recover = -math.inf
         self._logs = logs_dir()
         self._environ = dict(os.environ)  # copied once: decoding os.environ per job costs
+        self._devnull = os.open(os.devnull, os.O_RDONLY)  # every job's stdin, opened once
 
     # -- control (safe from signal handlers) ---------------------------------------
 
@@ -259,7 +260,7 @@ class Runner:
             try:
                 proc = subprocess.Popen(
                     args,
-                    stdin=subprocess.DEVNULL,
+                    stdin=self._devnull,
                     stdout=log_fd,
                     stderr=log_fd,
                     cwd=job.cwd,
