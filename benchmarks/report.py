@@ -32,6 +32,14 @@ class ScenarioResult:
     def values(self, metric: Metric) -> list[float]:
         return [r.metrics[metric.key] for r in self.runs if metric.key in r.metrics]
 
+    def skipped_parts(self) -> dict[str, str]:
+        """Metric.group -> why that part did not run (the first run's reason)."""
+        parts: dict[str, str] = {}
+        for run in self.runs:
+            for group, reason in run.skipped.items():
+                parts.setdefault(group, reason)
+        return parts
+
 
 def format_value(value: float, unit: str) -> str:
     if math.isnan(value):
@@ -81,8 +89,11 @@ def markdown(results: list[ScenarioResult], meta: dict[str, Any]) -> str:
         if res.skipped is not None:
             lines.append(f"| {res.scenario.name} | {res.skipped} | | | | | |")
             continue
+        parts = res.skipped_parts()
         for metric in res.scenario.metrics:
             vals = res.values(metric)
+            if not vals and metric.group in parts:
+                continue  # one row below says why
             med = median(vals)
             low = min(vals) if vals else math.nan
             high = max(vals) if vals else math.nan
@@ -100,6 +111,8 @@ def markdown(results: list[ScenarioResult], meta: dict[str, Any]) -> str:
                 _verdict(metric, med),
             ]
             lines.append("| " + " | ".join(cells) + " |")
+        for reason in parts.values():
+            lines.append(f"| {res.scenario.name} | {reason} | | | | | |")
     lines += [
         "",
         "Each run uses a fresh QUEUECTL_HOME. Ratios are computed per run against a baseline "
@@ -110,6 +123,10 @@ def markdown(results: list[ScenarioResult], meta: dict[str, Any]) -> str:
         "the measurement); a latency sample runs from just before the rename into place. "
         "The postgres rows measure SQLite beside PostgreSQL in the same run, each PostgreSQL "
         "run in a database created for it and dropped afterwards. "
+        "The peers rows run the throughput work (`sh -c true` jobs, 2 workers) through huey "
+        "and task-spooler beside queuectl and the floor, all in the same run. The scale rows "
+        "insert their jobs with sqlite3 into a store `queuectl status` created, then time "
+        "`status` (as a process and in-process) and `claim_next` in-process. "
         "The enqueue figure is the median of its runs' samples; p99 is nearest-rank. "
         "Child Pythons share a private bytecode cache (PYTHONPYCACHEPREFIX), as an installed "
         "package has compiled bytecode.",
@@ -178,6 +195,7 @@ def to_json(results: list[ScenarioResult], meta: dict[str, Any]) -> dict[str, An
                 "title": res.scenario.title,
                 "error": res.error,
                 "skipped": res.skipped,
+                "skipped_parts": res.skipped_parts(),
                 "metrics": metrics,
                 "runs": [
                     {"seconds": secs, "load_average": load, "metrics": run.metrics, "raw": run.raw}

@@ -9,22 +9,28 @@ loop for worker throughput, and for PostgreSQL the same work on SQLite.
 from __future__ import annotations
 
 import contextlib
+import errno
+import importlib.util
 import itertools
 import json
 import os
+import re
 import shlex
 import shutil
+import signal
+import sqlite3
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from .harness import (
     BASELINE_CMD,
+    PYTHON,
     BenchError,
     Exit,
     Proc,
@@ -54,6 +60,11 @@ SPOOL_IDLE_S = 1.0  # after the watcher's warm-up file, before anything is timed
 # own claim of the previous file) while it waits for a matching move in.
 SPOOL_GAPS_S = (0.25, 0.75)
 SPOOL_BURST_TIMEOUT_S = 300.0
+PEERS_WORKERS = 2  # as the throughput target: N = 2
+PEER_TIMEOUT_S = 300.0
+PEER_INSTALL_TIMEOUT_S = 300.0
+PEERS_REQUIREMENTS = Path(__file__).resolve().parent / "requirements-peers.txt"
+INSTALL_FLAG_ENV = "QUEUECTL_BENCH_INSTALL"  # =1: the benchmarks may apt-get install peers
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,26 @@ class Settings:
     def postgres_jobs(self) -> int:
         return 1_000 if self.quick else 2_000
 
+    @property
+    def peers_jobs(self) -> int:
+        return 500 if self.quick else 2_000
+
+    @property
+    def scale_jobs(self) -> int:
+        return 100_000 if self.quick else 1_000_000
+
+    @property
+    def scale_pending(self) -> int:
+        return 1_000
+
+    @property
+    def scale_claims(self) -> int:
+        return 50 if self.quick else 200
+
+    @property
+    def scale_status_runs(self) -> int:
+        return 3 if self.quick else 5
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "quick": self.quick,
@@ -141,6 +172,12 @@ class Settings:
             "spool_gaps_s": list(SPOOL_GAPS_S),
             "postgres_jobs": self.postgres_jobs,
             "postgres_workers": list(POSTGRES_WORKERS),
+            "peers_jobs": self.peers_jobs,
+            "peers_workers": PEERS_WORKERS,
+            "scale_jobs": self.scale_jobs,
+            "scale_pending": self.scale_pending,
+            "scale_claims": self.scale_claims,
+            "scale_status_runs": self.scale_status_runs,
         }
 
 
@@ -152,6 +189,7 @@ class Metric:
     label: str
     unit: str  # ms, s, jobs/s, x, %, /s
     target_max: float | None = None
+    group: str | None = None  # a part of the scenario that may be skipped (a peer queue)
 
 
 @dataclass
@@ -160,6 +198,7 @@ class RunResult:
 
     metrics: dict[str, float]
     raw: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # Metric.group -> why it did not run
 
 
 @dataclass(frozen=True)
@@ -865,6 +904,521 @@ def _postgres_metrics() -> tuple[Metric, ...]:
     return tuple(metrics)
 
 
+# -- 10. peers ----------------------------------------------------------------------------------
+
+
+HUEY_MODULE = "queuectl_bench_huey"
+HUEY_SOURCE = '''"""The peer workload for huey: one task that spawns `/bin/sh -c true`."""
+
+import os
+import subprocess
+
+from huey import SqliteHuey
+
+huey = SqliteHuey("bench", filename=os.environ["QUEUECTL_BENCH_HUEY_DB"])
+
+
+@huey.task()
+def spawn():
+    subprocess.run(["/bin/sh", "-c", "true"], check=True)
+    return 1  # huey stores no None result: a non-None one is the completion counter
+
+
+def enqueue(jobs):
+    for _ in range(jobs):
+        spawn()
+'''
+_huey_install: list[str | None] = []  # once per session: None when huey imports, else why not
+
+
+def _ensure_huey() -> str | None:
+    """Install huey into this venv if it is missing; the reason it is unusable, or None."""
+    if _huey_install:
+        return _huey_install[0]
+    reason: str | None = None
+    if importlib.util.find_spec("huey") is None:
+        cmd = [PYTHON, "-m", "pip", "install", "--quiet", "huey"]
+        try:
+            done = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=PEER_INSTALL_TIMEOUT_S, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            reason = f"`{' '.join(cmd)}` failed: {exc}"
+        else:
+            if done.returncode != 0:
+                tail = (done.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+                reason = f"`{' '.join(cmd)}` exited {done.returncode}: {tail}"
+        importlib.invalidate_caches()
+        if reason is None and importlib.util.find_spec("huey") is None:
+            reason = f"huey is still not importable after `{' '.join(cmd)}`"
+    _huey_install.append(reason)
+    return reason
+
+
+def _huey_version(env: dict[str, str]) -> str:
+    cmd = [PYTHON, "-c", "import huey; print(huey.__version__)"]
+    return run(cmd, env=env).stdout.strip()
+
+
+def _run_huey(jobs: int) -> dict[str, Any]:
+    """Pre-enqueue `jobs` tasks into a SqliteHuey file, then time a `-k process -w 2`
+    consumer from its spawn until every result is in the result store."""
+    with fresh_home(prefix="queuectl-bench-huey-") as home:
+        work = home.parent
+        (work / f"{HUEY_MODULE}.py").write_text(HUEY_SOURCE)
+        db = work / "huey.db"
+        env = bench_env(home)
+        env["PYTHONPATH"] = str(work)
+        env["QUEUECTL_BENCH_HUEY_DB"] = str(db)
+        version = _huey_version(env)
+        enqueue = [PYTHON, "-c", f"import {HUEY_MODULE} as m; m.enqueue({jobs})"]
+        enqueued = run(enqueue, env=env, timeout=PEER_TIMEOUT_S)
+        cmd = [
+            PYTHON,
+            "-m",
+            "huey.bin.huey_consumer",
+            f"{HUEY_MODULE}.huey",
+            "-k",
+            "process",
+            "-w",
+            str(PEERS_WORKERS),
+        ]
+        conn = sqlite3.connect(db, timeout=10, isolation_level=None)
+        try:
+            with Proc(cmd, env=env, output_dir=work, name="huey-consumer") as consumer:
+
+                def all_results() -> bool:
+                    row = conn.execute("SELECT count(*) FROM kv").fetchone()
+                    if int(row[0]) >= jobs:
+                        return True
+                    if not consumer.alive():
+                        raise BenchError(
+                            f"the huey consumer exited: {consumer.read_stderr().strip()[-300:]}"
+                        )
+                    return False
+
+                wait_until(
+                    all_results,
+                    timeout=PEER_TIMEOUT_S,
+                    what=f"{jobs} huey results",
+                    interval=SPOOL_POLL_S,
+                )
+                wall_s = time.perf_counter() - consumer.started
+                cpu_s = proc_cpu_s(consumer.pid)  # the consumer process alone
+                log = consumer.read_stderr()
+            left = int(conn.execute("SELECT count(*) FROM task").fetchone()[0])
+        finally:
+            conn.close()
+        failures = [line for line in log.splitlines() if "Unhandled exception" in line]
+        if failures or left:
+            raise BenchError(f"huey: {left} task(s) left, {len(failures)} failed: {failures[:1]}")
+    return {
+        "wall_s": wall_s,
+        "consumer_cpu_s": cpu_s,
+        "enqueue_s": enqueued.wall_s,
+        "version": version,
+        "settings": "SqliteHuey defaults (WAL, fsync=None), huey_consumer -k process -w 2",
+    }
+
+
+def _find_tsp() -> str | None:
+    """The task-spooler client: `tsp` (Debian) or `ts`, if that is not moreutils' ts."""
+    for name in ("tsp", "ts"):
+        path = shutil.which(name)
+        if path is None:
+            continue
+        try:
+            out = subprocess.run(
+                [path, "-V"], capture_output=True, text=True, timeout=5, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if "spooler" in (out.stdout + out.stderr).lower():
+            return path
+    return None
+
+
+def _ensure_tsp() -> tuple[str | None, str | None]:
+    """(the tsp binary, None), or (None, why it is missing); apt-get installs it only as
+    root under CI or QUEUECTL_BENCH_INSTALL=1."""
+    found = _find_tsp()
+    if found is not None:
+        return found, None
+    allowed = os.environ.get("CI") or os.environ.get(INSTALL_FLAG_ENV) == "1"
+    how = (
+        "task-spooler is not installed: `apt-get install task-spooler` (or run the benchmarks "
+        f"as root with {INSTALL_FLAG_ENV}=1 to let them install it)"
+    )
+    if not allowed or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return None, how
+    cmd = ["apt-get", "install", "-y", "-q", "task-spooler"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=PEER_INSTALL_TIMEOUT_S, env=env
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"`{' '.join(cmd)}` failed: {exc}"
+    found = _find_tsp()
+    if found is None:
+        tail = (done.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+        return None, f"`{' '.join(cmd)}` exited {done.returncode}: {tail}"
+    return found, None
+
+
+def _tsp_release(fifo: Path, timeout: float) -> int:
+    """Open the FIFO the blocker job reads, once it reads it; closing the fd releases it."""
+    fds: list[int] = []
+
+    def reader_waiting() -> bool:
+        try:
+            fds.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no reader yet
+                return False
+            raise
+        return True
+
+    wait_until(reader_waiting, timeout=timeout, what="the tsp blocker job to start")
+    return fds[0]
+
+
+def _kill_tsp_leftovers(socket: str) -> None:
+    """SIGKILL every process of ours still carrying this run's unique TS_SOCKET (the server
+    and job runners, which live in sessions of their own)."""
+    marker = f"TS_SOCKET={socket}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry), signal.SIGKILL)
+
+
+def _run_tsp(tsp: str, jobs: int) -> dict[str, Any]:
+    """`tsp -S 2` with its own socket: a blocker job holding both slots, `jobs` queued
+    `sh -c true` jobs and a final two-slot sentinel; timed from the blocker's release
+    until `tsp -w SENTINEL` returns (every job before it has finished)."""
+    with fresh_home(prefix="queuectl-bench-tsp-") as home:
+        work = home.parent
+        env = {k: v for k, v in bench_env(home).items() if not k.startswith("TS_")}
+        env.update(
+            TS_SOCKET=str(work / "tsp.socket"),
+            TMPDIR=str(work),
+            TS_MAXFINISHED=str(jobs + 10),
+            TS_MAXCONN=str(jobs + 10),
+        )
+        fifo = work / "release"
+        os.mkfifo(fifo, 0o600)
+        fd: int | None = None
+        try:
+            # A tsp client forks the server, and the runner of its job, into its own process
+            # group, which run() kills when it reaps the client: `setsid -w` gives each a
+            # session of its own. _kill_tsp_leftovers() ends them all however this ends.
+            client = ["setsid", "-w", tsp]
+            run([*client, "-S", str(PEERS_WORKERS)], env=env)
+            blocker = ["sh", "-c", f"cat {shlex.quote(str(fifo))} > /dev/null"]
+            run([*client, "-n", "-N", str(PEERS_WORKERS), *blocker], env=env)
+            fd = _tsp_release(fifo, timeout=WORKER_START_TIMEOUT_S)
+            with Stopwatch() as queued:
+                for _ in range(jobs):
+                    run([*client, "-n", "sh", "-c", "true"], env=env)
+            sentinel = run([*client, "-n", "-N", str(PEERS_WORKERS), "true"], env=env)
+            sentinel_id = sentinel.stdout.strip()
+            with Proc([tsp, "-w", sentinel_id], env=env, name="tsp-wait") as waiter:
+                start = time.perf_counter()
+                os.close(fd)
+                fd = None
+                waited = waiter.wait(PEER_TIMEOUT_S).check(waiter.cmd)
+                end = waited.wall_s - (start - waiter.started)
+            listing = run([tsp, "-l"], env=env).stdout.splitlines()
+            version = run([tsp, "-V"], env=env, check=False)
+        finally:
+            if fd is not None:
+                os.close(fd)
+            else:  # a blocker still waiting on the FIFO ends at EOF: release it
+                with contextlib.suppress(OSError):
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            run([tsp, "-K"], env=env, check=False, timeout=10)
+            _kill_tsp_leftovers(env["TS_SOCKET"])
+        done_ok = sum(
+            1 for line in listing[1:] if line.split()[1:2] == ["finished"] and " 0 " in line
+        )
+        if done_ok < jobs + 2:
+            raise BenchError(
+                f"tsp: {done_ok} of {jobs + 2} jobs finished with exit 0: {listing[-3:]}"
+            )
+    return {
+        "wall_s": end,
+        "enqueue_s": queued.seconds,
+        "version": (version.stdout + version.stderr).strip().splitlines()[0],
+        "settings": "tsp -S 2, own TS_SOCKET, -n (no output files); one blocker job and one "
+        "sentinel job (both -N 2) around the timed jobs",
+    }
+
+
+def run_peers(settings: Settings) -> RunResult:
+    """2,000 `sh -c true` jobs on 2 workers: queuectl, huey (SQLite) and task-spooler,
+    each against the shell floor measured in the same run."""
+    jobs = settings.peers_jobs
+    n = PEERS_WORKERS
+    floor_s = shell_floor(jobs, n, timeout=120)
+    ours = _drain(jobs, n)
+    metrics: dict[str, float] = {
+        "floor_per_s": jobs / floor_s,
+        "queuectl_jobs_per_s": jobs / ours.wall_s,
+        "queuectl_ratio": ours.wall_s / floor_s,
+    }
+    raw: dict[str, Any] = {
+        "jobs": jobs,
+        "workers": n,
+        "floor_wall_s": floor_s,
+        "queuectl": {"wall_s": ours.wall_s, "cpu_s": ours.cpu_s},
+    }
+    skipped: dict[str, str] = {}
+    why = _ensure_huey()
+    if why is None:
+        huey = _run_huey(jobs)
+        metrics["huey_jobs_per_s"] = jobs / huey["wall_s"]
+        metrics["huey_ratio"] = huey["wall_s"] / floor_s
+        metrics["huey_vs_queuectl"] = huey["wall_s"] / ours.wall_s
+        raw["huey"] = huey
+    else:
+        skipped["huey"] = f"huey skipped: {why}"
+    tsp, why = _ensure_tsp()
+    if tsp is not None:
+        try:
+            spooler = _run_tsp(tsp, jobs)
+        except BenchError as exc:
+            skipped["tsp"] = f"task-spooler skipped: it misbehaved ({exc})"
+        else:
+            metrics["tsp_jobs_per_s"] = jobs / spooler["wall_s"]
+            metrics["tsp_ratio"] = spooler["wall_s"] / floor_s
+            metrics["tsp_vs_queuectl"] = spooler["wall_s"] / ours.wall_s
+            raw["tsp"] = {"binary": tsp, **spooler}
+    else:
+        skipped["tsp"] = f"task-spooler skipped: {why}"
+    raw["skipped"] = skipped
+    return RunResult(metrics, raw, skipped)
+
+
+def _peers_metrics() -> tuple[Metric, ...]:
+    n = PEERS_WORKERS
+    return (
+        Metric("floor_per_s", f"floor: {n} threads of `sh -c true`", "jobs/s"),
+        Metric("queuectl_jobs_per_s", f"queuectl `worker run --count {n} --drain`", "jobs/s"),
+        Metric("queuectl_ratio", "queuectl: time ÷ floor", "x", 1.5),
+        Metric(
+            "huey_jobs_per_s", f"huey (SqliteHuey, `-k process -w {n}`)", "jobs/s", None, "huey"
+        ),
+        Metric("huey_ratio", "huey: time ÷ floor", "x", None, "huey"),
+        Metric("huey_vs_queuectl", "huey time ÷ queuectl time", "x", None, "huey"),
+        Metric("tsp_jobs_per_s", f"task-spooler (`tsp -S {n}`)", "jobs/s", None, "tsp"),
+        Metric("tsp_ratio", "task-spooler: time ÷ floor", "x", None, "tsp"),
+        Metric("tsp_vs_queuectl", "task-spooler time ÷ queuectl time", "x", None, "tsp"),
+    )
+
+
+# -- 11. scale ----------------------------------------------------------------------------------
+
+
+SCALE_BUILD_CHUNK = 50_000
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+SCALE_INSERT = """
+INSERT INTO jobs (id, command, priority, run_at, max_retries, timeout_ms, env, cwd, queue,
+                  labels, state, attempts, created_at, updated_at, available_at, started_at,
+                  finished_at, exit_code, worker_id, source, source_commit, spec_hash)
+VALUES (?, '"true"', 0, NULL, ?, NULL, '{}', NULL, 'default', '{}', ?, ?, ?, ?, ?, ?, ?, ?, ?,
+        'inline', NULL, ?)
+"""
+
+
+def _ulid(ms: int, serial: int) -> str:
+    """A ULID as queuectl makes them (48-bit ms, 80-bit random part), the serial as random."""
+    value = (ms << 80) | serial
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def _scale_rows(jobs: int, pending: int, start_ms: int) -> Iterator[tuple[object, ...]]:
+    """`jobs` rows of `true` as `enqueue` writes them, one ms apart; all but the newest
+    `pending` completed by a worker a moment later, as `worker run` leaves them."""
+    from queuectl.config import Config
+    from queuectl.models import JobSpec
+
+    spec_hash = JobSpec(command="true").spec_hash
+    max_retries = Config.resolve({}).max_retries
+    done = jobs - pending
+    for i in range(jobs):
+        created = start_ms + i
+        if i < done:
+            yield (
+                _ulid(created, i), max_retries, "completed", 1, created, created + 20,
+                created, created + 5, created + 20, 0, "bench-host:1:0000", spec_hash,
+            )  # fmt: skip
+        else:
+            yield (
+                _ulid(created, i), max_retries, "pending", 0, created, created,
+                created, None, None, None, None, spec_hash,
+            )  # fmt: skip
+
+
+def _build_scale_store(db: Path, jobs: int, pending: int) -> None:
+    """Insert the rows straight into a store `queuectl status` created and migrated."""
+    start_ms = int(time.time() * 1000) - jobs - 60_000  # all created in the past
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous = OFF")  # the build is not what is measured
+        conn.execute("BEGIN")
+        rows = _scale_rows(jobs, pending, start_ms)
+        while chunk := list(itertools.islice(rows, SCALE_BUILD_CHUNK)):
+            conn.executemany(SCALE_INSERT, chunk)
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+def _plan(conn: sqlite3.Connection, sql: str, params: dict[str, object]) -> dict[str, Any]:
+    """EXPLAIN QUERY PLAN of `sql`, and how it reaches the jobs table.
+
+    `access`: "index search" (SEARCH only: a bounded seek), "partial-index scan" (a walk of
+    an index holding only some rows, such as jobs_claim_order's claimable jobs),
+    "index scan" (a walk of every entry of a full index: O(rows)) or "table scan".
+    """
+    lines = [str(r[3]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+    on_jobs = [line for line in lines if line.split()[1:2] == ["jobs"]]
+    used = {m.group(1) for line in on_jobs if (m := re.search(r"INDEX (\w+)", line))}
+    partial = {
+        str(name)
+        for name, ddl in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'")
+        if name in used and ddl is not None and " WHERE " in ddl.upper()
+    }
+    scans = [line for line in on_jobs if line.startswith("SCAN")]
+    if any("INDEX" not in line for line in scans):
+        access = "table scan"
+    elif scans and all(re.search(r"INDEX (\w+)", line).group(1) in partial for line in scans):  # type: ignore[union-attr]
+        access = "partial-index scan"
+    elif scans:
+        access = "index scan"
+    elif on_jobs:
+        access = "index search"
+    else:
+        access = "unknown"
+    return {
+        "plan": lines,
+        "access": access,
+        "covering_index": any("COVERING INDEX" in line for line in on_jobs),
+        "indexes": sorted(used),
+        "partial_indexes": sorted(partial),
+    }
+
+
+def run_scale(settings: Settings) -> RunResult:
+    """A SQLite store of 1,000,000 jobs (1,000 pending): `status` and the claim."""
+    from queuectl.core import Queue
+    from queuectl.store import open_store
+    from queuectl.store.sqlite import CLAIM_NEXT, COUNT_BY_STATE, SqliteStore
+
+    jobs, pending = settings.scale_jobs, settings.scale_pending
+    with fresh_home() as home:
+        env = bench_env(home)
+        _init_store(env)
+        db = home / "queue.db"
+        url = f"sqlite:///{db.absolute()}"
+        with Stopwatch() as built:
+            _build_scale_store(db, jobs, pending)
+        db_bytes = db.stat().st_size
+        counts = _status_counts(env)  # untimed: the page cache holds the file from here on
+        if counts["pending"] != pending or sum(counts.values()) != jobs:
+            raise BenchError(f"the built store counts {counts}, not {jobs} jobs")
+        base = _baseline(env, settings.baseline_runs)
+        cli: list[Exit] = []
+        for _ in range(settings.scale_status_runs):
+            base.append(run(BASELINE_CMD, env=env))
+            cli.append(run(queuectl("status"), env=env))
+        store = open_store(url)
+        try:
+            if not isinstance(store, SqliteStore):
+                raise BenchError(f"{url} did not open a SqliteStore")
+            queue = Queue(store)
+            status_ms: list[float] = []
+            count_ms: list[float] = []
+            for _ in range(settings.scale_status_runs):
+                with Stopwatch() as sw:
+                    queue.status()
+                status_ms.append(_ms(sw.seconds))
+                with Stopwatch() as sw:
+                    store.count_by_state()
+                count_ms.append(_ms(sw.seconds))
+            with Stopwatch() as opened:
+                open_store(url).close()
+            now = datetime.now(UTC)
+            params: dict[str, object] = {
+                "worker_id": "bench",
+                "token": "0",
+                "now": int(now.timestamp() * 1000),
+                "lease_until": int(now.timestamp() * 1000) + 60_000,
+                "queues": None,
+            }
+            claim_plan = _plan(store.conn, CLAIM_NEXT, params)
+            count_plan = _plan(store.conn, COUNT_BY_STATE, {})
+            claim_ms: list[float] = []
+            for i in range(settings.scale_claims):
+                now = datetime.now(UTC)
+                with Stopwatch() as sw:
+                    job = store.claim_next("bench", [], now, now + timedelta(minutes=5), f"t{i}")
+                if job is None:
+                    raise BenchError(f"claim {i + 1} found no pending job")
+                claim_ms.append(_ms(sw.seconds))
+        finally:
+            store.close()
+    base_ms = median([_ms(b.wall_s) for b in base])
+    cli_ms = median([_ms(c.wall_s) for c in cli])
+    metrics = {
+        "build_s": built.seconds,
+        "status_cli_ms": cli_ms,
+        "baseline_ms": base_ms,
+        "status_cli_ratio": cli_ms / base_ms,
+        "status_lib_ms": median(status_ms),
+        "count_ms": median(count_ms),
+        "claim_p50_ms": percentile(claim_ms, 50),
+        "claim_p99_ms": percentile(claim_ms, 99),
+    }
+    return RunResult(
+        metrics,
+        {
+            "jobs": jobs,
+            "pending": pending,
+            "db_bytes": db_bytes,
+            "counts": counts,
+            "open_store_ms": _ms(opened.seconds),
+            "status_cli_wall_ms": [_ms(c.wall_s) for c in cli],
+            "baseline_wall_ms": [_ms(b.wall_s) for b in base],
+            "status_lib_ms": status_ms,
+            "count_by_state_ms": count_ms,
+            "claim_ms": claim_ms,
+            "query_plans": {"CLAIM_NEXT": claim_plan, "COUNT_BY_STATE": count_plan},
+        },
+    )
+
+
+def _scale_metrics() -> tuple[Metric, ...]:
+    return (
+        Metric("build_s", "build: rows inserted with sqlite3 (not queuectl)", "s", 60.0),
+        Metric("status_cli_ms", "`queuectl status` process", "ms", 100.0),
+        Metric("baseline_ms", "baseline: `python -c pass`", "ms"),
+        Metric("status_cli_ratio", "`queuectl status` ÷ baseline", "x"),
+        Metric("status_lib_ms", "`Queue(open_store(url)).status()` in-process", "ms", 100.0),
+        Metric("count_ms", "`SqliteStore.count_by_state()` (COUNT_BY_STATE) alone", "ms"),
+        Metric("claim_p50_ms", "`SqliteStore.claim_next()` in-process, p50", "ms", 5.0),
+        Metric("claim_p99_ms", "`SqliteStore.claim_next()` in-process, p99", "ms", 5.0),
+    )
+
+
 # -- the list -----------------------------------------------------------------------------
 
 
@@ -952,6 +1506,18 @@ SCENARIOS: tuple[Scenario, ...] = (
         "throughput and pickup latency on PostgreSQL, beside SQLite measured in the same run",
         _postgres_metrics(),
         run_postgres,
+    ),
+    Scenario(
+        "peers",
+        "2,000 `sh -c true` jobs on 2 workers: queuectl beside huey and task-spooler",
+        _peers_metrics(),
+        run_peers,
+    ),
+    Scenario(
+        "scale",
+        "a SQLite store of 1,000,000 jobs (1,000 pending): `status` and the claim",
+        _scale_metrics(),
+        run_scale,
     ),
 )
 

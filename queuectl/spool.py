@@ -346,11 +346,13 @@ class Spool:
 
         class Hints(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
-                dest = getattr(event, "dest_path", "")
-                if event.event_type == "moved" and dest:
-                    name = os.path.basename(os.fsdecode(dest))
-                    if os.path.dirname(os.fsdecode(dest)) == str(spool.dir):
-                        ready.add(name)  # renamed into place: complete
+                top = str(spool.dir)
+                src = os.fsdecode(event.src_path)
+                dest = os.fsdecode(getattr(event, "dest_path", "") or "")
+                if os.path.dirname(dest) == top and event.event_type == "moved":
+                    ready.add(os.path.basename(dest))  # renamed into place: complete
+                elif os.path.dirname(src) != top:
+                    return  # inside .processing/, done/ or rejected/: our own doing
                 spool._wake.wake()
 
         observer = Observer()
