@@ -6,7 +6,6 @@ No SQL and no queue rules live here. Every error reaches the user as one
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -667,9 +666,7 @@ def worker_run_cmd(
         runner.run(drain=drain)
 
 
-@functools.cache
-def _stop_signals() -> tuple[signal.Signals, ...]:
-    return (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
 class _signals:
@@ -680,7 +677,7 @@ class _signals:
         self.previous: dict[signal.Signals, Any] = {}
 
     def __enter__(self) -> None:
-        for sig in _stop_signals():
+        for sig in STOP_SIGNALS:
             self.previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:

@@ -33,7 +33,6 @@ from .models import NewJob, format_time, new_job_id, utcnow
 from .paths import home_dir
 from .store import SpoolFile, Store
 
-SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 IGNORED_SUFFIXES = (".tmp", ".part", ".swp", "~")
 RESCAN_S = 2.0  # rescan even without events: missed events and settling files
 BATCH_FILES = 200  # files ingested per transaction (one fsync for the batch)
@@ -53,7 +52,7 @@ def is_candidate(name: str) -> bool:
     return (
         not name.startswith(".")
         and not name.endswith(IGNORED_SUFFIXES)
-        and name.lower().endswith(SPEC_SUFFIXES)
+        and name.lower().endswith(spec.SPEC_SUFFIXES)
     )
 
 
