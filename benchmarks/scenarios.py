@@ -9,6 +9,7 @@ loop for worker throughput, and for PostgreSQL the same work on SQLite.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import importlib.util
 import itertools
@@ -61,6 +62,7 @@ SPOOL_IDLE_S = 1.0  # after the watcher's warm-up file, before anything is timed
 SPOOL_GAPS_S = (0.25, 0.75)
 SPOOL_BURST_TIMEOUT_S = 300.0
 PEERS_WORKERS = 2  # as the throughput target: N = 2
+TSP_ROUND_JOBS = 800  # queued tsp jobs at once: each holds one of ~1,000 server connections
 PEER_TIMEOUT_S = 300.0
 PEER_INSTALL_TIMEOUT_S = 300.0
 PEERS_REQUIREMENTS = Path(__file__).resolve().parent / "requirements-peers.txt"
@@ -1083,6 +1085,41 @@ def _tsp_release(fifo: Path, timeout: float) -> int:
     return fds[0]
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@contextlib.contextmanager
+def _subreaper() -> Iterator[None]:
+    """Adopt the orphans started inside the block (a tsp job runner outlives the client that
+    forked it) and reap them at its end: where init does not reap, they would stay zombies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    adopted = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    try:
+        yield
+    finally:
+        if adopted:
+            libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+            for pid in _adopted_children("tsp"):
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+
+
+def _adopted_children(comm: str) -> list[int]:
+    """Children of this process named `comm` (Popen starts none of that name)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if fields.get("Name") == comm and fields.get("PPid", "").strip() == str(os.getpid()):
+            found.append(int(entry))
+    return found
+
+
 def _kill_tsp_leftovers(socket: str) -> None:
     """SIGKILL every process of ours still carrying this run's unique TS_SOCKET (the server
     and job runners, which live in sessions of their own)."""
@@ -1099,65 +1136,80 @@ def _kill_tsp_leftovers(socket: str) -> None:
                 os.kill(int(entry), signal.SIGKILL)
 
 
+def _tsp_round(
+    tsp: str, client: list[str], env: dict[str, str], fifo: Path, jobs: int
+) -> tuple[float, float]:
+    """One round: a blocker job holding both slots, `jobs` queued `sh -c true` jobs and a
+    final two-slot sentinel; timed from the blocker's release until `tsp -w` returns (the
+    sentinel, the last job added, ran after every job before it). (timed s, enqueue s)."""
+    os.mkfifo(fifo, 0o600)
+    fd: int | None = None
+    try:
+        blocker = ["sh", "-c", f"cat {shlex.quote(str(fifo))} > /dev/null"]
+        run([*client, "-n", "-N", str(PEERS_WORKERS), *blocker], env=env)
+        fd = _tsp_release(fifo, timeout=WORKER_START_TIMEOUT_S)
+        with Stopwatch() as queued:
+            for _ in range(jobs):
+                run([*client, "-n", "sh", "-c", "true"], env=env)
+        # A bare `tsp -w` waits for the last job added: the id a client prints may come from
+        # its forked runner, after run() has read its stdout.
+        run([*client, "-n", "-N", str(PEERS_WORKERS), "true"], env=env)
+        with Proc([tsp, "-w"], env=env, name="tsp-wait") as waiter:
+            start = time.perf_counter()
+            os.close(fd)
+            fd = None
+            waited = waiter.wait(PEER_TIMEOUT_S).check(waiter.cmd)
+        return waited.wall_s - (start - waiter.started), queued.seconds
+    finally:
+        if fd is not None:
+            os.close(fd)
+        else:  # a blocker still waiting on the FIFO ends at EOF: release it
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
 def _run_tsp(tsp: str, jobs: int) -> dict[str, Any]:
-    """`tsp -S 2` with its own socket: a blocker job holding both slots, `jobs` queued
-    `sh -c true` jobs and a final two-slot sentinel; timed from the blocker's release
-    until `tsp -w SENTINEL` returns (every job before it has finished)."""
-    with fresh_home(prefix="queuectl-bench-tsp-") as home:
+    """`tsp -S 2` with its own socket, `jobs` `sh -c true` jobs in rounds of at most
+    TSP_ROUND_JOBS (each queued job holds a server connection, and tsp allows about 1,000:
+    more block the enqueuing client); the rounds' timed parts are summed."""
+    rounds = [min(TSP_ROUND_JOBS, jobs - done) for done in range(0, jobs, TSP_ROUND_JOBS)]
+    expected = jobs + 2 * len(rounds)  # and each round's blocker and sentinel
+    with fresh_home(prefix="queuectl-bench-tsp-") as home, _subreaper():
         work = home.parent
         env = {k: v for k, v in bench_env(home).items() if not k.startswith("TS_")}
         env.update(
-            TS_SOCKET=str(work / "tsp.socket"),
-            TMPDIR=str(work),
-            TS_MAXFINISHED=str(jobs + 10),
-            TS_MAXCONN=str(jobs + 10),
+            TS_SOCKET=str(work / "tsp.socket"), TMPDIR=str(work), TS_MAXFINISHED=str(expected)
         )
-        fifo = work / "release"
-        os.mkfifo(fifo, 0o600)
-        fd: int | None = None
+        timed: list[float] = []
+        queued: list[float] = []
         try:
             # A tsp client forks the server, and the runner of its job, into its own process
             # group, which run() kills when it reaps the client: `setsid -w` gives each a
             # session of its own. _kill_tsp_leftovers() ends them all however this ends.
             client = ["setsid", "-w", tsp]
             run([*client, "-S", str(PEERS_WORKERS)], env=env)
-            blocker = ["sh", "-c", f"cat {shlex.quote(str(fifo))} > /dev/null"]
-            run([*client, "-n", "-N", str(PEERS_WORKERS), *blocker], env=env)
-            fd = _tsp_release(fifo, timeout=WORKER_START_TIMEOUT_S)
-            with Stopwatch() as queued:
-                for _ in range(jobs):
-                    run([*client, "-n", "sh", "-c", "true"], env=env)
-            sentinel = run([*client, "-n", "-N", str(PEERS_WORKERS), "true"], env=env)
-            sentinel_id = sentinel.stdout.strip()
-            with Proc([tsp, "-w", sentinel_id], env=env, name="tsp-wait") as waiter:
-                start = time.perf_counter()
-                os.close(fd)
-                fd = None
-                waited = waiter.wait(PEER_TIMEOUT_S).check(waiter.cmd)
-                end = waited.wall_s - (start - waiter.started)
+            for number, size in enumerate(rounds):
+                took, enqueue_s = _tsp_round(tsp, client, env, work / f"release-{number}", size)
+                timed.append(took)
+                queued.append(enqueue_s)
             listing = run([tsp, "-l"], env=env).stdout.splitlines()
             version = run([tsp, "-V"], env=env, check=False)
         finally:
-            if fd is not None:
-                os.close(fd)
-            else:  # a blocker still waiting on the FIFO ends at EOF: release it
-                with contextlib.suppress(OSError):
-                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
             run([tsp, "-K"], env=env, check=False, timeout=10)
             _kill_tsp_leftovers(env["TS_SOCKET"])
         done_ok = sum(
             1 for line in listing[1:] if line.split()[1:2] == ["finished"] and " 0 " in line
         )
-        if done_ok < jobs + 2:
-            raise BenchError(
-                f"tsp: {done_ok} of {jobs + 2} jobs finished with exit 0: {listing[-3:]}"
-            )
+        if done_ok != expected:
+            raise BenchError(f"tsp: {done_ok} of {expected} jobs finished with exit 0")
     return {
-        "wall_s": end,
-        "enqueue_s": queued.seconds,
+        "wall_s": sum(timed),
+        "round_jobs": rounds,
+        "round_wall_s": timed,
+        "enqueue_s": sum(queued),
         "version": (version.stdout + version.stderr).strip().splitlines()[0],
-        "settings": "tsp -S 2, own TS_SOCKET, -n (no output files); one blocker job and one "
-        "sentinel job (both -N 2) around the timed jobs",
+        "settings": f"tsp -S 2, own TS_SOCKET, -n; rounds of <= {TSP_ROUND_JOBS} jobs, each "
+        "between a blocker and a sentinel job (both -N 2, both in the timed part)",
     }
 
 
@@ -1188,7 +1240,10 @@ def run_peers(settings: Settings) -> RunResult:
         metrics["huey_vs_queuectl"] = huey["wall_s"] / ours.wall_s
         raw["huey"] = huey
     else:
-        skipped["huey"] = f"huey skipped: {why}"
+        skipped["huey"] = (
+            f"huey skipped: {why}; install it by hand with `{PYTHON} -m pip install -r "
+            f"{PEERS_REQUIREMENTS.relative_to(PEERS_REQUIREMENTS.parents[1])}`"
+        )
     tsp, why = _ensure_tsp()
     if tsp is not None:
         try:
@@ -1291,16 +1346,17 @@ def _plan(conn: sqlite3.Connection, sql: str, params: dict[str, object]) -> dict
     """
     lines = [str(r[3]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
     on_jobs = [line for line in lines if line.split()[1:2] == ["jobs"]]
-    used = {m.group(1) for line in on_jobs if (m := re.search(r"INDEX (\w+)", line))}
+    index_of = {line: m.group(1) for line in on_jobs if (m := re.search(r"INDEX (\w+)", line))}
+    used = set(index_of.values())
     partial = {
         str(name)
         for name, ddl in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'")
         if name in used and ddl is not None and " WHERE " in ddl.upper()
     }
     scans = [line for line in on_jobs if line.startswith("SCAN")]
-    if any("INDEX" not in line for line in scans):
+    if any(line not in index_of for line in scans):
         access = "table scan"
-    elif scans and all(re.search(r"INDEX (\w+)", line).group(1) in partial for line in scans):  # type: ignore[union-attr]
+    elif scans and all(index_of[line] in partial for line in scans):
         access = "partial-index scan"
     elif scans:
         access = "index scan"
