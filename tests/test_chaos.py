@@ -95,6 +95,8 @@ def test_random_kills_lose_nothing_and_leave_nothing_stuck(
 
     listed: list[dict[str, Any]] = json.loads(run("list", "--limit", "5000").stdout)
     states = Counter(job["state"] for job in listed)
+    counts = json.loads(run("status").stdout)["counts"]
+    assert {s: n for s, n in counts.items() if n} == dict(states), "status counts drifted"
     assert set(states) <= {"completed", "dead"}, states
     assert sum(states.values()) == CHAOS_JOBS
     for job in listed:

@@ -402,7 +402,7 @@ def test_database_from_a_newer_queuectl_is_refused(run: Run, tmp_path: Path) -> 
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"Error: sqlite:///{path}: the database has schema version 999, written by a newer "
-        "queuectl (this one knows up to 3): upgrade queuectl"
+        "queuectl (this one knows up to 4): upgrade queuectl"
     )
 
 

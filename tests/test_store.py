@@ -202,3 +202,47 @@ def test_recovery_does_not_take_a_claim_whose_lease_was_renewed(
     assert not store.finish("j", "t", lost, clock(), expired_before=clock())
     clock.advance(25_000)
     assert store.finish("j", "t", lost, clock(), expired_before=clock())
+
+
+def group_by_state(db_path: Path) -> dict[str, int]:
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
+    counts = dict.fromkeys([s.value for s in JobState], 0)
+    counts.update(dict(rows))
+    return counts
+
+
+def test_state_counts_kept_by_triggers_match_a_full_count(
+    sqlite_store: Store, db_path: Path, clock: FakeClock
+) -> None:
+    queue = Queue(sqlite_store, clock=clock)
+    queue.enqueue([JobSpec(command="true", id=f"j{i}") for i in range(6)])
+    lease = clock() + timedelta(seconds=30)
+    for token in ("a", "b", "c"):
+        job = sqlite_store.claim_next("w", (), clock(), lease, token)
+        assert job is not None
+        state = {"a": JobState.COMPLETED, "b": JobState.DEAD, "c": JobState.FAILED}[token]
+        sqlite_store.finish(job.id, token, Transition(state, 1, clock(), 1, "x", None), clock())
+    queue.cancel("j5")
+    queue.dlq_retry(None)
+    queue.enqueue([JobSpec(command="false", id="gone")])
+    job = sqlite_store.claim_next("w", (), clock(), lease, "d")
+    assert job is not None
+    sqlite_store.finish(job.id, "d", Transition(JobState.DEAD, 1, clock(), 1, "x", None), clock())
+    queue.dlq_purge()
+    stored = {state.value: n for state, n in sqlite_store.count_by_state().items()}
+    assert stored == group_by_state(db_path)
+
+
+def test_the_counts_migration_counts_existing_jobs(db_path: Path, clock: FakeClock) -> None:
+    store = open_store(f"sqlite:///{db_path}")
+    Queue(store, clock=clock).enqueue([JobSpec(command="true") for _ in range(5)])
+    store.close()
+    with sqlite3.connect(db_path) as conn:  # back to version 3, before the counts existed
+        for name in ("job_counts_insert", "job_counts_update", "job_counts_delete"):
+            conn.execute(f"DROP TRIGGER {name}")
+        conn.execute("DROP TABLE job_counts")
+        conn.execute("PRAGMA user_version = 3")
+    store = open_store(f"sqlite:///{db_path}")
+    assert store.count_by_state()[JobState.PENDING] == 5
+    store.close()

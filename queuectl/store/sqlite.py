@@ -83,7 +83,7 @@ SELECT * FROM jobs
  ORDER BY created_at, id
  LIMIT :limit
 """
-COUNT_BY_STATE = "SELECT state, count(*) AS n FROM jobs GROUP BY state"
+COUNT_BY_STATE = "SELECT state, n FROM job_counts"  # kept by triggers (migration 0004)
 CANCEL_JOB = """
 UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now
  WHERE id = :id AND state IN ('pending', 'failed')

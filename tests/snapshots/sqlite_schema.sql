@@ -1,4 +1,4 @@
--- user_version 3
+-- user_version 4
 CREATE INDEX jobs_claim_order ON jobs (priority DESC, created_at, id)
     WHERE state IN ('pending', 'failed');
 CREATE INDEX jobs_created ON jobs (created_at, id);
@@ -8,6 +8,10 @@ CREATE TABLE config (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE job_counts (
+    state TEXT PRIMARY KEY,
+    n     INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE jobs (
     id               TEXT PRIMARY KEY,
     command          TEXT NOT NULL,            -- JSON: a string (shell) or an array (exec)
@@ -53,3 +57,17 @@ CREATE TABLE workers (
     lease_expires_at INTEGER NOT NULL,
     stop_requested   INTEGER NOT NULL DEFAULT 0
 );
+CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs
+BEGIN
+    UPDATE job_counts SET n = n - 1 WHERE state = OLD.state;
+END;
+CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs
+BEGIN
+    UPDATE job_counts SET n = n + 1 WHERE state = NEW.state;
+END;
+CREATE TRIGGER job_counts_update AFTER UPDATE OF state ON jobs
+WHEN OLD.state <> NEW.state
+BEGIN
+    UPDATE job_counts SET n = n - 1 WHERE state = OLD.state;
+    UPDATE job_counts SET n = n + 1 WHERE state = NEW.state;
+END;
