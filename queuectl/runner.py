@@ -254,11 +254,14 @@ class Runner:
             header = (
                 f"=== {format_time(self.clock())} attempt {attempt_no} worker {self.worker_id}\n"
             )
-            os.write(log_fd, header.encode())
+            try:
+                os.write(log_fd, header.encode())
+            except OSError as exc:  # nowhere to put the job's output: don't run it blind
+                return Attempt(None, f"cannot write the job's log ({exc.strerror})")
             if job.cwd is not None and not os.path.isdir(job.cwd):
                 return self._note(log_fd, Attempt(None, f"working directory not found: {job.cwd}"))
             try:
-                proc = subprocess.Popen(
+                proc = subprocess.Popen(  # noqa: S603 - running the job's command is the point
                     args,
                     stdin=self._devnull,
                     stdout=log_fd,
@@ -283,7 +286,8 @@ class Runner:
 
     def _note(self, log_fd: int, attempt: Attempt) -> Attempt:
         ending = attempt.error or "exit code 0"
-        os.write(log_fd, f"=== {format_time(self.clock())} {ending}\n".encode())
+        with contextlib.suppress(OSError):  # a full disk must not hide how the job ended
+            os.write(log_fd, f"=== {format_time(self.clock())} {ending}\n".encode())
         return attempt
 
     def _wait(

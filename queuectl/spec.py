@@ -219,8 +219,9 @@ def _construct(
         raise _TooBig
     if len(path) > MAX_DEPTH:
         raise _TooDeep
-    assert doc._positions is not None  # built by _load_yaml before construction
-    doc._positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    positions = doc._positions if doc._positions is not None else {}
+    doc._positions = positions
+    positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:

@@ -125,7 +125,8 @@ class Supervisor:
                     child.started = time.monotonic()
 
     def _spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, env=self.env)
+        # Our own interpreter and fixed arguments.
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, env=self.env)  # noqa: S603
 
     def _exited(self, child: _Child) -> None:
         code = child.proc.returncode
@@ -189,7 +190,7 @@ def start_detached(store: Store, count: int, options: Sequence[str]) -> list[int
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             for _ in range(count):
-                proc = subprocess.Popen(
+                proc = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
                     worker_command(options),
                     stdin=subprocess.DEVNULL,
                     stdout=fd,

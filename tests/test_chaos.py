@@ -188,3 +188,44 @@ def test_enqueuers_workers_and_status_contend_without_locking_errors(
         workers.wait(timeout=60)
     assert workers.returncode == 0
     assert "locked" not in log.read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_supervisor_restarts_a_killed_worker_and_stops_cleanly_after_running_jobs(
+    run: Run, tmp_path: Path
+) -> None:
+    from .conftest import wait_for
+
+    log = tmp_path / "supervisor.log"
+    with log.open("w") as log_file:
+        supervisor = subprocess.Popen(
+            [QUEUECTL, "worker", "run", "--count", "2"],
+            env={**os.environ, "QUEUECTL_POLL_INTERVAL_MS": "50"},
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+    try:
+        first = wait_for(
+            lambda: len(children_of(supervisor.pid)) == 2 and children_of(supervisor.pid),
+            what="two worker processes",
+        )
+        os.kill(first[0], signal.SIGKILL)
+        wait_for(
+            lambda: "died (signal 9); restarting in 1 s" in log.read_text(),
+            what="the supervisor to notice the death",
+        )
+        wait_for(
+            lambda: len(set(children_of(supervisor.pid)) - set(first)) == 1,
+            what="a replacement worker",
+        )
+        started, finished = tmp_path / "started", tmp_path / "finished"
+        run("enqueue", f"touch {started}; sleep 1; touch {finished}")
+        wait_for(started.exists, what="the job to start")
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=30) == 0, log.read_text()
+        assert finished.exists(), "the running job was cut short"
+        assert children_of(supervisor.pid) == []
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
