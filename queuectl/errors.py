@@ -73,9 +73,17 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}:{self.column}" if self.line else self.source
-        return (
+        text = (
             f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
         )
+        return one_line(text)
+
+
+def one_line(text: str) -> str:
+    """Escape line breaks and other control characters: an error is one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 class SpecInvalid(QueuectlError):

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 PathTuple = tuple[str | int, ...]
 MAX_DEPTH = 64
+MAX_NUMBER_CHARS = 40  # far beyond any field's range; Python refuses 4300+ digit ints
 # YAML aliases may expand a document to at most this many nodes per byte of text
 # (plus a floor), so honest large files pass and alias bombs fail fast.
 ALIAS_NODES_PER_BYTE = 2
@@ -258,6 +259,8 @@ def _scalar(node: yaml.Node) -> Any:
     if tag in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:timestamp"):
         return node.value  # timestamps stay text: run_at is checked as RFC 3339 text
     if tag == "tag:yaml.org,2002:int":
+        if len(node.value) > MAX_NUMBER_CHARS:
+            raise _Bad(node, f"number longer than {MAX_NUMBER_CHARS} characters: not a job field")
         return constructor.construct_yaml_int(node)
     if tag == "tag:yaml.org,2002:float":
         return constructor.construct_yaml_float(node)
@@ -319,8 +322,13 @@ def load_yaml(text: str, source: str) -> list[Document]:
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         reason = exc.problem or exc.context or "invalid YAML"
         raise SpecInvalid([Problem(source, line, col, "", f"invalid YAML: {reason}")]) from None
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        reason = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
+        raise SpecInvalid([Problem(source, line, 1, "", f"invalid YAML: {reason}")]) from None
     except yaml.YAMLError as exc:
-        raise SpecInvalid([Problem(source, 1, 1, "", f"invalid YAML: {exc}")]) from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SpecInvalid([Problem(source, 1, 1, "", f"invalid YAML: {first}")]) from None
     except _Bad as exc:
         raise SpecInvalid([Problem(source, exc.line, exc.column, "", str(exc))]) from None
     except _TooBig:
@@ -348,6 +356,12 @@ def load_yaml(text: str, source: str) -> list[Document]:
     return docs
 
 
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(f"a number longer than {MAX_NUMBER_CHARS} characters: not a job field")
+    return int(text)
+
+
 def load_json(text: str, source: str) -> Document:
     """Parse JSON as JSON (fast for big batches); positions are found only if needed."""
     duplicates: list[str] = []
@@ -360,11 +374,13 @@ def load_json(text: str, source: str) -> Document:
         return result
 
     try:
-        data = json.loads(text, object_pairs_hook=no_duplicates)
+        data = json.loads(text, object_pairs_hook=no_duplicates, parse_int=_bounded_int)
     except json.JSONDecodeError as exc:
         raise SpecInvalid(
             [Problem(source, exc.lineno, exc.colno, "", f"invalid JSON: {exc.msg}")]
         ) from None
+    except ValueError as exc:  # from _bounded_int
+        raise SpecInvalid([Problem(source, 1, 1, "", f"invalid JSON: {exc}")]) from None
     except RecursionError:
         raise SpecInvalid(
             [
@@ -440,10 +456,22 @@ def validate_documents(docs: Sequence[Document], *, source: str = "<input>") -> 
                 line, col = (doc.line, 1) if doc._locate else doc.position(prefix)
                 loaded.append(LoadedSpec(_to_spec(data), doc.source, line, col))
                 continue
-            found = sorted(  # a missing field is often a typo's consequence: name the typo first
-                _problems(doc, prefix, data),
-                key=lambda p: (p.message.startswith("required"), p.line, p.column),
-            )
+            try:
+                found = sorted(  # a missing field is often a typo's consequence: name it first
+                    _problems(doc, prefix, data),
+                    key=lambda p: (p.message.startswith("required"), p.line, p.column),
+                )
+            except RecursionError:  # describing a value nested ~1000 deep
+                line, col = doc.position(prefix)
+                found = [
+                    Problem(
+                        doc.source,
+                        line,
+                        col,
+                        "",
+                        f"nested deeper than {MAX_DEPTH} levels: a job spec is flat",
+                    )
+                ]
             if found:
                 problems.extend(found)
             else:  # the fast checker was stricter than jsonschema: trust jsonschema
