@@ -7,11 +7,11 @@ the resulting transition in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConcurrentChange, InvalidState, JobConflict, StoreError
@@ -189,6 +189,58 @@ class Store(Protocol):
     def changed(self) -> bool:
         """Cheap check: has anything been committed by another connection since the last call?"""
         ...
+
+
+class Row(Protocol):
+    """A row read by column name (sqlite3.Row, or a dict from psycopg)."""
+
+    def __getitem__(self, column: str) -> Any: ...
+
+
+def job_from_row(
+    row: Row,
+    *,
+    decode: Callable[[Any], Any],
+    instant: Callable[[Any], datetime | None],
+) -> Job:
+    """A Job from a row of the jobs table; `decode` reads a JSON column, `instant` a time
+    column (each backend stores them its own way)."""
+    command = decode(row["command"])
+
+    def required(column: str) -> datetime:
+        value = instant(row[column])
+        if value is None:
+            raise StoreError(f"job {row['id']!r} has no {column}: the jobs table is damaged")
+        return value
+
+    return Job(
+        id=row["id"],
+        command=tuple(command) if isinstance(command, list) else command,
+        priority=row["priority"],
+        run_at=instant(row["run_at"]),
+        max_retries=row["max_retries"],
+        timeout_ms=row["timeout_ms"],
+        env=decode(row["env"]),
+        cwd=row["cwd"],
+        queue=row["queue"],
+        labels=decode(row["labels"]),
+        state=JobState(row["state"]),
+        attempts=row["attempts"],
+        created_at=required("created_at"),
+        updated_at=required("updated_at"),
+        available_at=required("available_at"),
+        started_at=instant(row["started_at"]),
+        finished_at=instant(row["finished_at"]),
+        exit_code=row["exit_code"],
+        last_error=row["last_error"],
+        worker_id=row["worker_id"],
+        source=row["source"],
+        source_commit=row["source_commit"],
+        spec_hash=row["spec_hash"],
+        lease_token=row["lease_token"],
+        lease_expires_at=instant(row["lease_expires_at"]),
+        output_tail=row["output_tail"],
+    )
 
 
 # Errors both backends raise, worded once.

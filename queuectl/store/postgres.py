@@ -31,6 +31,7 @@ from . import (
     Transition,
     changed_meanwhile,
     conflict,
+    job_from_row,
     not_cancelable,
     not_dead,
     redact_url,
@@ -327,35 +328,7 @@ class PostgresStore:
             return True
 
     def _job(self, row: Mapping[str, Any]) -> Job:
-        command = row["command"]
-        return Job(
-            id=row["id"],
-            command=tuple(command) if isinstance(command, list) else command,
-            priority=row["priority"],
-            run_at=self._local(row["run_at"]),
-            max_retries=row["max_retries"],
-            timeout_ms=row["timeout_ms"],
-            env=row["env"],
-            cwd=row["cwd"],
-            queue=row["queue"],
-            labels=row["labels"],
-            state=JobState(row["state"]),
-            attempts=row["attempts"],
-            created_at=row["created_at"] - self._skew,
-            updated_at=row["updated_at"] - self._skew,
-            available_at=row["available_at"] - self._skew,
-            started_at=self._local(row["started_at"]),
-            finished_at=self._local(row["finished_at"]),
-            exit_code=row["exit_code"],
-            last_error=row["last_error"],
-            worker_id=row["worker_id"],
-            source=row["source"],
-            source_commit=row["source_commit"],
-            spec_hash=row["spec_hash"],
-            lease_token=row["lease_token"],
-            lease_expires_at=self._local(row["lease_expires_at"]),
-            output_tail=row["output_tail"],
-        )
+        return job_from_row(row, decode=lambda value: value, instant=self._local)
 
     def _job_params(self, job: NewJob, now: datetime) -> dict[str, Any]:
         spec = job.spec

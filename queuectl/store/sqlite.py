@@ -31,6 +31,7 @@ from . import (
     Transition,
     changed_meanwhile,
     conflict,
+    job_from_row,
     not_cancelable,
     not_dead,
 )
@@ -207,35 +208,7 @@ def _queues_param(queues: Sequence[str]) -> str | None:
 
 
 def _job_from_row(row: sqlite3.Row) -> Job:
-    command = json.loads(row["command"])
-    return Job(
-        id=row["id"],
-        command=tuple(command) if isinstance(command, list) else command,
-        priority=row["priority"],
-        run_at=from_ms(row["run_at"]),
-        max_retries=row["max_retries"],
-        timeout_ms=row["timeout_ms"],
-        env=json.loads(row["env"]),
-        cwd=row["cwd"],
-        queue=row["queue"],
-        labels=json.loads(row["labels"]),
-        state=JobState(row["state"]),
-        attempts=row["attempts"],
-        created_at=from_ms(row["created_at"]),  # type: ignore[arg-type]
-        updated_at=from_ms(row["updated_at"]),  # type: ignore[arg-type]
-        available_at=from_ms(row["available_at"]),  # type: ignore[arg-type]
-        started_at=from_ms(row["started_at"]),
-        finished_at=from_ms(row["finished_at"]),
-        exit_code=row["exit_code"],
-        last_error=row["last_error"],
-        worker_id=row["worker_id"],
-        source=row["source"],
-        source_commit=row["source_commit"],
-        spec_hash=row["spec_hash"],
-        lease_token=row["lease_token"],
-        lease_expires_at=from_ms(row["lease_expires_at"]),
-        output_tail=row["output_tail"],
-    )
+    return job_from_row(row, decode=json.loads, instant=from_ms)
 
 
 def _worker_from_row(row: sqlite3.Row) -> WorkerInfo:
