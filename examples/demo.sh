@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 demo_dir="$(mktemp -d)"
 export QUEUECTL_HOME="$demo_dir/queuectl-demo"
-export QUEUECTL_BACKOFF_MAX_MS=1000   # keep the retry waits short for the demo
+export QUEUECTL_BACKOFF_BASE=1.5   # retry waits of 1.5 s, then 2.25 s (base ** attempts)
 trap 'queuectl worker stop --timeout 10 >/dev/null 2>&1 || true; rm -rf "$demo_dir"' EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -43,7 +43,7 @@ step "The jobs afterwards: 'flaky' ran 3 times and is now in the dead letter que
 show 'queuectl list --format table'
 show 'queuectl dlq list --format table'
 
-step "Its log: one header line per attempt"
+step "Its log: one header line per attempt, the retries 1.5 s and 2.25 s apart (backoff)"
 show 'queuectl logs flaky'
 
 step "Retry it from the DLQ (attempts reset to 0, spec kept) with a detached worker"
