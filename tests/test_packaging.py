@@ -111,6 +111,48 @@ def test_compose_file_is_accepted_by_compose(tmp_path: Path) -> None:
         assert set(result.stdout.split()) == expected
 
 
+# Dockerfile (built for real by `make image-check`) ---------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+        for line in lines
+        if line and not line.startswith("#")
+    ]
+
+
+def test_dockerfile_runs_queuectl_as_a_non_root_user_with_data_volume_and_healthcheck() -> None:
+    steps = dockerfile_instructions()
+    kinds = [kind for kind, _ in steps]
+    assert steps[0] == ("ARG", "BASE_IMAGE=python:3.11-slim-bookworm")  # overridable base
+    assert [args for kind, args in steps if kind == "FROM"] == [
+        "${BASE_IMAGE} AS build",
+        "${BASE_IMAGE}",
+    ]
+    final = steps[len(kinds) - 1 - kinds[::-1].index("FROM") :]
+    settings = {kind: args for kind, args in final}
+    assert settings["USER"] == "${QUEUECTL_UID}:${QUEUECTL_UID}"
+    assert ("ARG", "QUEUECTL_UID=10001") in final
+    assert settings["VOLUME"] == '["/data"]'
+    assert "QUEUECTL_HOME=/data" in settings["ENV"]
+    assert settings["ENTRYPOINT"] == '["queuectl"]'
+    assert settings["STOPSIGNAL"] == "SIGTERM"
+    assert settings["HEALTHCHECK"].endswith('CMD ["queuectl", "status"]')
+    install = " ".join(args for kind, args in steps if kind == "RUN")
+    assert '".[postgres]"' in install and "--group" not in install  # production deps only
+
+
+def test_build_context_leaves_out_the_checkout_s_clutter() -> None:
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in ignore  # an allowlist: everything not named below is out
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert allowed == {"pyproject.toml", "README.md", "queuectl", "schemas", "wheels"}
+
+
 # contrib/systemd --------------------------------------------------------------------------
 
 UNITS = sorted((ROOT / "contrib" / "systemd").glob("*.service"))
