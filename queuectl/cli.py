@@ -21,8 +21,8 @@ import click
 
 from . import __version__, spec
 from .core import Queue
-from .errors import Problem, QueuectlError, SpecInvalid, UsageProblem
-from .models import Job, JobState
+from .errors import Problem, QueuectlError, SpecInvalid, UsageProblem, first_few
+from .models import END_STATES, Job, JobState
 from .paths import default_db_url, job_log_path
 from .store import open_store
 
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 else:
     _ParamType = click.ParamType
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-TERMINAL_STATES = (JobState.COMPLETED, JobState.DEAD, JobState.CANCELED)
 INT32 = 2**31
 
 
@@ -383,6 +382,41 @@ def cancel_cmd(app: App, job_id: str) -> None:
     click.echo(f"canceled {job.id}")
 
 
+@cli.command(name="wait")
+@click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
+@click.option(
+    "--timeout", type=Duration(), help="Give up after this long: 30s, 5m, 2h (default: never)."
+)
+@format_option
+@pass_app
+def wait_cmd(app: App, job_ids: tuple[str, ...], timeout: int | None, fmt: str) -> None:
+    """Wait until every job has ended; exit 0 only if all of them completed.
+
+    A job ends completed, dead (out of retries) or canceled; a failed job waiting
+    for its retry has not ended yet. Prints the jobs at the end. Exit 1 when any
+    ended otherwise, or when --timeout passed first. ID - reads ids from stdin, one
+    per line, as `enqueue` prints them.
+
+    \b
+    Example:
+        queuectl wait "$(queuectl enqueue 'make test')" --timeout 30m
+        queuectl enqueue - < examples/jobs/ci-steps.yaml | queuectl wait -
+    """
+    if "-" in job_ids:
+        job_ids = tuple(i for i in job_ids if i != "-") + tuple(sys.stdin.read().split())
+        if not job_ids:
+            raise UsageProblem("wait -: no job ids on stdin: pipe in the output of `enqueue`")
+    timeout_s = None if timeout is None else timeout / 1000
+    jobs = app.queue().wait(job_ids, timeout_s=timeout_s)
+    emit_jobs(jobs, fmt)
+    unfinished = [f"{job.id} ({job.state})" for job in jobs if job.state != JobState.COMPLETED]
+    if unfinished:
+        raise QueuectlError(
+            f"{len(unfinished)} of {len(jobs)} job(s) did not complete: {first_few(unfinished)}; "
+            "see `queuectl logs ID`"
+        )
+
+
 @cli.command(name="logs")
 @click.argument("job_id", metavar="ID")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing output until the job ends.")
@@ -417,7 +451,7 @@ def _follow(queue: Queue, job_id: str) -> Iterator[str]:
     path = job_log_path(job_id)
     offset = 0
     while True:
-        done = queue.get(job_id).state in TERMINAL_STATES  # read before the file: no lost tail
+        done = queue.get(job_id).state in END_STATES  # read before the file: no lost tail
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
                 f.seek(offset)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -10,8 +11,8 @@ from typing import Any
 
 from . import config as config_mod
 from .config import Config
-from .errors import JobNotFound, UsageProblem
-from .models import Job, JobSpec, JobState, NewJob, WorkerInfo, new_job_id, utcnow
+from .errors import JobNotFound, UsageProblem, WaitTimedOut, first_few
+from .models import END_STATES, Job, JobSpec, JobState, NewJob, WorkerInfo, new_job_id, utcnow
 from .paths import job_log_path
 from .store import Store, redact_url
 
@@ -93,6 +94,35 @@ class Queue:
         limit: int | None = None,
     ) -> list[Job]:
         return self.store.list_jobs(state=state, queue=queue, labels=labels, limit=limit)
+
+    def wait(self, job_ids: Sequence[str], *, timeout_s: float | None = None) -> list[Job]:
+        """Block until every job is completed, dead or canceled; return them in the given order.
+
+        Polls, starting at 50 ms and backing off to 1 s, so that a long wait costs the store
+        next to nothing. Raises WaitTimedOut, naming the jobs still going, after timeout_s.
+        """
+        wanted = list(dict.fromkeys(job_ids))
+        ended: dict[str, Job] = {}
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        interval = 0.05
+        while True:
+            for job_id in wanted:
+                if job_id not in ended:
+                    job = self.get(job_id)
+                    if job.state in END_STATES:
+                        ended[job_id] = job
+            going = [job_id for job_id in wanted if job_id not in ended]
+            if not going:
+                return [ended[job_id] for job_id in wanted]
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimedOut(
+                    f"timed out after {timeout_s:g} s with {len(going)} job(s) not ended: "
+                    f"{first_few(going)}; raise --timeout, or check the workers with "
+                    "`queuectl status`"
+                )
+            pause = interval if deadline is None else min(interval, deadline - time.monotonic())
+            time.sleep(max(pause, 0))
+            interval = min(interval * 1.5, 1.0)
 
     def cancel(self, job_id: str) -> Job:
         return self.store.cancel_job(job_id, self.clock())

@@ -10,6 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 
+def first_few(items: Sequence[str], limit: int = 10) -> str:
+    """Items for a one-line message: the first `limit`, then how many more."""
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
 class QueuectlError(Exception):
     """An operation failed; the message says why and what to do."""
 
@@ -25,6 +31,10 @@ class ConfigInvalid(UsageProblem):
 class JobNotFound(QueuectlError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"job {job_id!r} not found: check the id with `queuectl list`")
+
+
+class WaitTimedOut(QueuectlError):
+    """`wait` gave up before every job had ended."""
 
 
 class InvalidState(QueuectlError):

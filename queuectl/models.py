@@ -29,6 +29,10 @@ class JobState(enum.StrEnum):
     CANCELED = "canceled"
 
 
+# States a job never leaves by itself (only `dlq retry` or apply --replace revive one).
+END_STATES = frozenset({JobState.COMPLETED, JobState.DEAD, JobState.CANCELED})
+
+
 def utcnow() -> datetime:
     """Return the current time, timezone-aware UTC (the default clock)."""
     return datetime.now(UTC)

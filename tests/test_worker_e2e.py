@@ -705,3 +705,48 @@ def test_heartbeats_keep_a_job_longer_than_its_lease_alive(
     job = show(job_id)
     assert (job["state"], job["attempts"]) == ("completed", 0), result.stderr
     assert "heartbeat failed" not in result.stderr
+
+
+# -- wait -----------------------------------------------------------------------------
+
+
+def test_wait_blocks_until_the_jobs_end_and_fails_when_one_did_not_complete(
+    tmp_path: Path, enqueue: Callable[..., str], show: Any, workers: Workers
+) -> None:
+    gate = tmp_path / "gate"
+    good = enqueue(f"while [ ! -e {q(gate)} ]; do sleep 0.01; done")
+    bad = enqueue("exit 4", "--max-retries", "0")
+    waiter = subprocess.Popen(
+        [QUEUECTL, "wait", good, bad, "--format", "json"], stdout=subprocess.PIPE, text=True
+    )
+    workers.start()
+    wait_for(lambda: show(good)["state"] == "processing", what="the gated job to start")
+    assert waiter.poll() is None  # `good` is still running: wait has not returned
+    gate.touch()
+    out, _ = waiter.communicate(timeout=60)
+    assert waiter.returncode == 1  # bad ended dead
+    assert [(j["id"], j["state"]) for j in json.loads(out)] == [
+        (good, "completed"),
+        (bad, "dead"),
+    ]
+
+
+def test_wait_exits_0_when_every_job_completed_and_reads_ids_from_stdin(
+    run: Run, workers: Workers
+) -> None:
+    ids = run("enqueue", "-", input="- {command: 'true'}\n- {command: 'echo two'}\n").stdout
+    workers.start()
+    result = run("wait", "-", input=ids)
+    assert result.returncode == 0, result.stderr
+    assert {j["state"] for j in json.loads(result.stdout)} == {"completed"}
+    assert [j["id"] for j in json.loads(result.stdout)] == ids.split()
+
+
+def test_wait_times_out_naming_the_jobs_still_going(run: Run, enqueue: Callable[..., str]) -> None:
+    job_id = enqueue("true")  # no worker runs: it stays pending
+    result = run("wait", job_id, "--timeout", "200ms")
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"Error: timed out after 0.2 s with 1 job(s) not ended: {job_id};"
+    )
+    assert result.stdout == ""
