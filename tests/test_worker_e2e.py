@@ -750,3 +750,53 @@ def test_wait_times_out_naming_the_jobs_still_going(run: Run, enqueue: Callable[
         f"Error: timed out after 0.2 s with 1 job(s) not ended: {job_id};"
     )
     assert result.stdout == ""
+
+
+# -- cancel a running job -----------------------------------------------------------------
+
+
+def test_cancel_refuses_a_running_job_without_kill(
+    tmp_path: Path, run: Run, enqueue: Callable[..., str], show: Any, workers: Workers
+) -> None:
+    job_id = enqueue(f"while [ ! -e {q(tmp_path / 'gate')} ]; do sleep 0.01; done")
+    workers.start()
+    wait_for(lambda: show(job_id)["state"] == "processing", what="the job to start")
+    result = run("cancel", job_id)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"Error: job '{job_id}' is processing: use `queuectl cancel --kill {job_id}` to stop it\n"
+    )
+    (tmp_path / "gate").touch()
+    wait_for(lambda: show(job_id)["state"] == "completed", what="the job to complete")
+
+
+@pytest.mark.parametrize("ignores_sigterm", [False, True], ids=["stops-at-once", "heartbeat"])
+def test_cancel_kill_stops_a_running_job_and_the_worker_goes_on(
+    tmp_path: Path,
+    run: Run,
+    enqueue: Callable[..., str],
+    show: Any,
+    workers: Workers,
+    ignores_sigterm: bool,
+) -> None:
+    """A job on this host gets SIGTERM from `cancel` itself; one that ignores it is killed by
+    its worker, which sees at its next heartbeat that the claim was revoked."""
+    pid_file = tmp_path / "pid"
+    trap = "trap '' TERM; " if ignores_sigterm else ""
+    job_id = enqueue(f"{trap}echo $$ > {q(pid_file)}; while true; do sleep 0.01; done")
+    workers.start(env={"QUEUECTL_LEASE_MS": "600"})  # heartbeats every 200 ms
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the job's pid")
+    pid = int(pid_file.read_text())
+
+    result = run("cancel", "--kill", job_id)
+
+    assert (result.returncode, result.stdout) == (0, f"canceled {job_id}\n"), result.stderr
+    assert show(job_id)["state"] == "canceled"
+    wait_for(lambda: pid_gone(pid), what="the canceled job's process to go")
+    worker_log = tmp_path / "worker-0.log"
+    wait_for(lambda: "result dropped" in worker_log.read_text(), what="the worker to move on")
+    if ignores_sigterm:
+        assert f"job {job_id}: canceled; stopping it" in worker_log.read_text()
+    assert show(job_id)["state"] == "canceled"  # the worker recorded nothing over it
+    next_job = enqueue("echo next")
+    wait_for(lambda: show(next_job)["state"] == "completed", what="the next job")
