@@ -401,8 +401,9 @@ def wait_cmd(app: App, job_ids: tuple[str, ...], timeout: int | None, fmt: str) 
     """Wait until every job has ended; exit 0 only if all of them completed.
 
     A job ends completed, dead (out of retries) or canceled; a failed job waiting
-    for its retry has not ended yet. Prints the jobs at the end. Exit 1 when any
-    ended otherwise, or when --timeout passed first. ID - reads ids from stdin, one
+    for its retry has not ended yet. Prints the jobs once all have ended. Exit 1
+    when any ended otherwise, or when --timeout passed first (naming the jobs still
+    going). ID - reads ids from stdin, one
     per line, as `enqueue` prints them.
 
     \b
@@ -543,8 +544,10 @@ def config_group() -> None:
 @click.argument("value")
 @pass_app
 def config_set_cmd(app: App, key: str, value: str) -> None:
-    """Set a config key (max_retries, backoff_base, backoff_max_ms, poll_interval_ms,
-    job_timeout_ms, lease_ms); `-` and `_` are both accepted.
+    """Set a config key (see `queuectl config list`); `-` and `_` are both accepted.
+
+    Running workers read the config when they start: restart them after changing
+    lease_ms, job_timeout_ms or poll_interval_ms.
 
     \b
     Example:
@@ -736,7 +739,7 @@ class _signals:
 def worker_start_cmd(
     app: App, count: int, poll_interval: int | None, queues: tuple[str, ...]
 ) -> None:
-    """Start detached worker processes (recorded in pids.json) and return at once.
+    """Start detached worker processes (recorded in pids.json); return once each has registered.
 
     \b
     Example:

@@ -13,6 +13,7 @@ import pytest
 
 from queuectl.errors import QueuectlError
 from queuectl.paths import job_log_path
+from queuectl.store import redact_url
 
 from .conftest import QUEUECTL, Run
 
@@ -96,3 +97,23 @@ def test_a_job_whose_log_hits_the_file_size_limit_fails_and_the_worker_goes_on(
         "killed by signal 25",
     )
     assert run_json("show", "small")["state"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:pw@h/db", "postgresql://u:***@h/db"),
+        (
+            "postgresql://u@h/db?password=pw&sslmode=require",
+            "postgresql://u@h/db?password=***&sslmode=require",
+        ),
+        (
+            "postgresql://u@h/db?sslmode=require&PASSWORD=pw",
+            "postgresql://u@h/db?sslmode=require&PASSWORD=***",
+        ),
+        ("postgresql://u@h/db?passwordless=1", "postgresql://u@h/db?passwordless=1"),
+        ("sqlite:////var/q.db", "sqlite:////var/q.db"),
+    ],
+)
+def test_passwords_in_store_urls_are_redacted(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

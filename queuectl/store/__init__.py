@@ -7,6 +7,7 @@ the resulting transition in.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -280,12 +281,15 @@ def not_dead(job_id: str, state: str) -> InvalidState:
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ***, for output and logs."""
+    """The URL with its password (user:password@ or ?password=) replaced by ***."""
     parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc, query = parts.netloc, parts.query
+    if parts.password:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", query)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # unsplitting can rewrite a URL (sqlite:////abs.db) it need not touch
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def sqlite_path(url: str) -> Path:
