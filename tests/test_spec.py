@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
 
 from queuectl import spec
 from queuectl.errors import SpecInvalid
@@ -228,3 +230,27 @@ def test_the_schema_is_shipped_and_is_valid_2020_12() -> None:
     assert schema["$id"]
     assert schema["additionalProperties"] is False
     assert all("description" in prop for prop in schema["properties"].values())
+
+
+def test_the_file_schema_accepts_every_example_and_still_checks_each_job() -> None:
+    """schemas/job-file.schema.json (for editors and generic tools): one job or a list."""
+    schemas = EXAMPLES.parent / "schemas"
+    job_schema = json.loads((schemas / "job.schema.json").read_text())
+    file_schema = json.loads((schemas / "job-file.schema.json").read_text())
+    # Resolve its relative $ref the way an editor does: against the file's own location.
+    registry = Registry().with_resource(
+        (schemas / "job.schema.json").as_uri(), Resource.from_contents(job_schema)
+    )
+    validator = Draft202012Validator(
+        {**file_schema, "$id": (schemas / "job-file.schema.json").as_uri()}, registry=registry
+    )
+    documents = [
+        doc.data
+        for path in sorted((EXAMPLES / "jobs").iterdir())
+        for doc in spec.load_yaml(path.read_text(), str(path))
+    ]
+    assert any(isinstance(data, list) for data in documents)
+    for data in documents:
+        assert not list(validator.iter_errors(data)), data
+    assert list(validator.iter_errors([{"command": "true"}, {"command": "true", "priorty": 1}]))
+    assert list(validator.iter_errors({"id": "no-command"}))
