@@ -370,23 +370,15 @@ def status_cmd(app: App, fmt: str) -> None:
 
 @cli.command(name="cancel")
 @click.argument("job_id", metavar="ID")
-@click.option(
-    "--kill", is_flag=True, help="Also cancel a running job: its worker stops it and moves on."
-)
 @pass_app
-def cancel_cmd(app: App, job_id: str, kill: bool) -> None:
-    """Cancel a pending or failed job; with --kill, a running one too.
-
-    A running job canceled with --kill gets SIGTERM at once when its worker is on this
-    host, else within lease_ms / 3 from its worker (SIGKILL 3 s later if it is still
-    there); no result is recorded for that attempt.
+def cancel_cmd(app: App, job_id: str) -> None:
+    """Cancel a pending or failed job.
 
     \b
     Example:
         queuectl cancel nightly-backup
-        queuectl cancel --kill runaway-job
     """
-    job = app.queue().cancel(job_id, kill=kill)
+    job = app.queue().cancel(job_id)
     click.echo(f"canceled {job.id}")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,17 +12,7 @@ from typing import Any
 from . import config as config_mod
 from .config import Config
 from .errors import JobNotFound, UsageProblem, WaitTimedOut, first_few
-from .models import (
-    END_STATES,
-    Job,
-    JobSpec,
-    JobState,
-    NewJob,
-    WorkerInfo,
-    new_job_id,
-    utcnow,
-    worker_host_pid,
-)
+from .models import END_STATES, Job, JobSpec, JobState, NewJob, WorkerInfo, new_job_id, utcnow
 from .paths import job_log_path
 from .store import Store, redact_url
 
@@ -135,26 +124,8 @@ class Queue:
             time.sleep(max(pause, 0))
             interval = min(interval * 1.5, 1.0)
 
-    def cancel(self, job_id: str, *, kill: bool = False) -> Job:
-        """Cancel a pending or failed job; with kill, a processing one too.
-
-        A canceled processing job loses its claim: its worker kills it at the next
-        heartbeat (within lease_ms / 3) and records nothing. When that worker runs on
-        this host, the job's process group gets SIGTERM now, so it stops at once.
-        """
-        before = self.store.cancel_job(job_id, self.clock(), running=kill)
-        if before.state is JobState.PROCESSING and before.worker_id is not None:
-            import signal
-            import socket
-
-            from . import procs
-
-            host, _ = worker_host_pid(before.worker_id)
-            if host == socket.gethostname():
-                for pgid in procs.job_processes(job_id, before.worker_id):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(pgid, signal.SIGTERM)
-        return self.get(job_id)
+    def cancel(self, job_id: str) -> Job:
+        return self.store.cancel_job(job_id, self.clock())
 
     def status(self) -> dict[str, Any]:
         counts = self.store.count_by_state()

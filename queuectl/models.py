@@ -212,13 +212,6 @@ class WorkerInfo:
         }
 
 
-def worker_host_pid(worker_id: str) -> tuple[str, int | None]:
-    """The host and pid a worker id names (see new_worker_id)."""
-    host, _, rest = worker_id.partition(":")
-    pid, _, _ = rest.partition(":")
-    return host, int(pid) if pid.isdigit() else None
-
-
 def new_worker_id() -> str:
     """A worker id that names its host and pid, plus a random suffix against pid reuse."""
     import socket  # only workers need it; enqueue stays lean

@@ -32,7 +32,6 @@ from .models import (
     format_time,
     new_worker_id,
     utcnow,
-    worker_host_pid,
 )
 from .paths import job_log_path, logs_dir
 from .store import Store, Transition, open_store
@@ -112,8 +111,7 @@ class Runner:
         self._interrupt_reason: str | None = None
         self._wake = procs.WakePipe()
         self._current: tuple[str, str] | None = None  # (job id, claim token)
-        self._lost_claim: str | None = None  # the token of a claim revoked or taken over
-        self._lost_reason = ""
+        self._lost_claim: str | None = None  # the token of a claim another worker took over
         self._stop_announced = False
         self._lease_renewed = time.monotonic()
         self._last_recover = -math.inf
@@ -210,8 +208,7 @@ class Runner:
                 job, now, self.config, exit_code=attempt.exit_code, error=attempt.error, tail=tail
             )
         if not self.store.finish(job.id, token, outcome, now):
-            why = self._lost_reason if self._lost_claim == token else "claim lost"
-            self.log(f"job {job.id}: {why} before the result was recorded; result dropped")
+            self.log(f"job {job.id}: claim lost before the result was recorded; result dropped")
             return
         detail = f" ({attempt.error})" if attempt.error else ""
         retry = (
@@ -308,7 +305,7 @@ class Runner:
             now = time.monotonic()
             reason = self._interrupt_reason
             if self._lost_claim == token:
-                reason = self._lost_reason
+                reason = "worker lost its lease (another worker took the job over)"
             elif now > self._lease_renewed + lease_s:
                 reason = f"worker could not renew its lease for {self.config.lease_ms} ms"
             elif now >= deadline:
@@ -350,15 +347,7 @@ class Runner:
                     if beat.claim_held:
                         self._lease_renewed = began
                     else:
-                        job = store.get_job(current[0])
-                        if job is not None and job.state is JobState.CANCELED:
-                            self._lost_reason = "canceled while running"
-                            self.log(f"job {current[0]}: canceled; stopping it")
-                        else:
-                            self._lost_reason = (
-                                "worker lost its lease (another worker took the job over)"
-                            )
-                            self.log(f"job {current[0]}: lease lost to another worker; killing it")
+                        self.log(f"job {current[0]}: lease lost to another worker; killing it")
                         self._lost_claim = current[1]
                         self._wake.wake()
                 if beat.stop_requested and not self._stopping:
@@ -382,7 +371,7 @@ class Runner:
         for job in self.store.processing_jobs():
             if job.worker_id is None or job.lease_token is None:
                 continue
-            host, pid = worker_host_pid(job.worker_id)
+            host, pid = _worker_host_pid(job.worker_id)
             local_dead = host == self.host and pid is not None and not procs.pid_alive(pid)
             expired = job.lease_expires_at is not None and job.lease_expires_at < now
             if not (local_dead or expired):
@@ -404,6 +393,12 @@ class Runner:
                 recovered += 1
                 self.log(f"job {job.id} {outcome.state.value} ({reason}, worker {job.worker_id})")
         return recovered
+
+
+def _worker_host_pid(worker_id: str) -> tuple[str, int | None]:
+    host, _, rest = worker_id.partition(":")
+    pid, _, _ = rest.partition(":")
+    return host, int(pid) if pid.isdigit() else None
 
 
 def _read_tail(log_path: Path) -> str | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from queuectl.core import Queue
-from queuectl.errors import InvalidState, JobConflict, MigrationFailed
+from queuectl.errors import JobConflict, MigrationFailed
 from queuectl.models import JobSpec, JobState, NewJob
 from queuectl.store import Store, Transition, open_store
 
@@ -210,28 +210,6 @@ def group_by_state(db_path: Path) -> dict[str, int]:
     counts = dict.fromkeys([s.value for s in JobState], 0)
     counts.update(dict(rows))
     return counts
-
-
-def test_canceling_a_processing_job_revokes_its_claim(store: Store, clock: FakeClock) -> None:
-    store.insert_jobs([new_job("j", clock)], clock())
-    lease = clock() + timedelta(seconds=30)
-    assert store.claim_next("w1", (), clock(), lease, "token-1") is not None
-    with pytest.raises(InvalidState, match="cancel --kill"):
-        store.cancel_job("j", clock())
-    before = store.cancel_job("j", clock(), running=True)
-    assert (before.state, before.worker_id) == (JobState.PROCESSING, "w1")
-    after = store.get_job("j")
-    assert after is not None
-    assert (after.state, after.lease_token, after.lease_expires_at) == (
-        JobState.CANCELED,
-        None,
-        None,
-    )
-    beat = store.heartbeat("w1", clock(), lease, "j", "token-1")
-    assert not beat.claim_held
-    done = Transition(JobState.COMPLETED, 0, clock(), 0, None, "out")
-    assert not store.finish("j", "token-1", done, clock()), "the worker records nothing"
-    assert store.get_job("j").state is JobState.CANCELED  # type: ignore[union-attr]
 
 
 def test_state_counts_kept_by_triggers_match_a_full_count(

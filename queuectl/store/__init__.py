@@ -116,10 +116,8 @@ class Store(Protocol):
 
     def count_by_state(self) -> dict[JobState, int]: ...
 
-    def cancel_job(self, job_id: str, now: datetime, *, running: bool = False) -> Job:
-        """pending/failed (and processing, when running) -> canceled; returns the job as it
-        was before. Canceling a processing job revokes its claim: its worker stops it at its
-        next heartbeat and cannot record a result. Raises JobNotFound or InvalidState."""
+    def cancel_job(self, job_id: str, now: datetime) -> Job:
+        """pending/failed -> canceled; raises JobNotFound or InvalidState."""
         ...
 
     def retry_dead(self, job_ids: Sequence[str] | None, now: datetime) -> list[str]:
@@ -264,14 +262,7 @@ def changed_meanwhile(job_id: str) -> ConcurrentChange:
 
 
 def not_cancelable(job_id: str, state: str) -> InvalidState:
-    if state == "processing":
-        return InvalidState(
-            f"job {job_id!r} is processing: use `queuectl cancel --kill {job_id}` to stop it"
-        )
-    return InvalidState(
-        f"job {job_id!r} is {state}: only pending, failed or (with --kill) processing jobs "
-        "can be canceled"
-    )
+    return InvalidState(f"job {job_id!r} is {state}: only pending or failed jobs can be canceled")
 
 
 def not_dead(job_id: str, state: str) -> InvalidState:

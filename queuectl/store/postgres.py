@@ -98,9 +98,9 @@ SELECT * FROM jobs
 """
 COUNT_BY_STATE = "SELECT state, count(*) AS n FROM jobs GROUP BY state"
 CANCEL_JOB = """
-UPDATE jobs SET state = 'canceled', updated_at = %(now)s, finished_at = %(now)s,
-                lease_token = NULL, lease_expires_at = NULL
- WHERE id = %(id)s AND (state IN ('pending', 'failed') OR (%(running)s AND state = 'processing'))
+UPDATE jobs SET state = 'canceled', updated_at = %(now)s, finished_at = %(now)s
+ WHERE id = %(id)s AND state IN ('pending', 'failed')
+RETURNING *
 """
 RETRY_DEAD = """
 UPDATE jobs SET state = 'pending', attempts = 0, available_at = %(now)s, updated_at = %(now)s,
@@ -490,18 +490,16 @@ class PostgresStore:
             counts[JobState(row["state"])] = row["n"]
         return counts
 
-    def cancel_job(self, job_id: str, now: datetime, *, running: bool = False) -> Job:
-        def op(conn: psycopg.Connection[Any]) -> Job:
-            with self._tx(conn):
-                before = conn.execute(GET_JOB + " FOR UPDATE", {"id": job_id}).fetchone()
-                if before is None:
-                    raise JobNotFound(job_id)
-                params = {"id": job_id, "now": self._db(now), "running": running}
-                if conn.execute(CANCEL_JOB, params).rowcount == 0:
-                    raise not_cancelable(job_id, before["state"])
-                return self._job(before)
-
-        return self._run(op)
+    def cancel_job(self, job_id: str, now: datetime) -> Job:
+        row = self._run(
+            lambda conn: conn.execute(CANCEL_JOB, {"id": job_id, "now": self._db(now)}).fetchone()
+        )
+        if row is not None:
+            return self._job(row)
+        job = self.get_job(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        raise not_cancelable(job_id, job.state.value)
 
     def retry_dead(self, job_ids: Sequence[str] | None, now: datetime) -> list[str]:
         def op(conn: psycopg.Connection[Any]) -> list[str]:

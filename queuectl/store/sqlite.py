@@ -86,9 +86,8 @@ SELECT * FROM jobs
 """
 COUNT_BY_STATE = "SELECT state, n FROM job_counts"  # kept by triggers (migration 0004)
 CANCEL_JOB = """
-UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now,
-                lease_token = NULL, lease_expires_at = NULL
- WHERE id = :id AND (state IN ('pending', 'failed') OR (:running AND state = 'processing'))
+UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now
+ WHERE id = :id AND state IN ('pending', 'failed')
 """
 RETRY_DEAD = """
 UPDATE jobs SET state = 'pending', attempts = 0, available_at = :now, updated_at = :now,
@@ -478,15 +477,14 @@ class SqliteStore:
             counts[JobState(row["state"])] = row["n"]
         return counts
 
-    def cancel_job(self, job_id: str, now: datetime, *, running: bool = False) -> Job:
+    def cancel_job(self, job_id: str, now: datetime) -> Job:
         with self._write() as conn:
-            before = self.get_job(job_id)
-            if before is None:
-                raise JobNotFound(job_id)
-            params = {"id": job_id, "now": to_ms(now), "running": running}
-            if conn.execute(CANCEL_JOB, params).rowcount == 0:
-                raise not_cancelable(job_id, before.state.value)
-            return before
+            if conn.execute(CANCEL_JOB, {"id": job_id, "now": to_ms(now)}).rowcount == 0:
+                job = self.get_job(job_id)
+                if job is None:
+                    raise JobNotFound(job_id)
+                raise not_cancelable(job_id, job.state.value)
+            return self.get_job(job_id)  # type: ignore[return-value]
 
     def retry_dead(self, job_ids: Sequence[str] | None, now: datetime) -> list[str]:
         with self._write() as conn:
