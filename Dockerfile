@@ -70,9 +70,10 @@ LABEL org.opencontainers.image.title="queuectl" \
 # which is what queuectl itself creates (it does not chmod a directory that
 # already exists). A new named volume copies this owner and mode.
 # --no-log-init: a high uid would otherwise grow sparse lastlog/faillog files.
+# --non-unique: a uid or gid the base already has (e.g. 100 "users") is fine.
 ARG QUEUECTL_UID=10001
-RUN groupadd --gid "${QUEUECTL_UID}" queuectl \
-    && useradd --no-log-init --uid "${QUEUECTL_UID}" --gid queuectl --home-dir /data \
+RUN groupadd --non-unique --gid "${QUEUECTL_UID}" queuectl \
+    && useradd --non-unique --no-log-init --uid "${QUEUECTL_UID}" --gid queuectl --home-dir /data \
         --no-create-home --shell /usr/sbin/nologin queuectl \
     && install -d -m 0700 -o queuectl -g queuectl /data
 

@@ -151,9 +151,19 @@ PAGES = {
 
 
 def main() -> None:
+    """Write the pages; with --check, write nothing and exit 1 naming any stale page."""
+    check = sys.argv[1:] == ["--check"]
+    stale = []
     for path, build in PAGES.items():
-        path.write_text(build())
+        text = build()
+        if check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(str(path.relative_to(ROOT)))
+            continue
+        path.write_text(text)
         print(f"wrote {path.relative_to(ROOT)}", file=sys.stderr)
+    if stale:
+        sys.exit(f"stale: {', '.join(stale)}: run `make docs` and commit the result")
 
 
 if __name__ == "__main__":

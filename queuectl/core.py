@@ -105,20 +105,26 @@ class Queue:
         ended: dict[str, Job] = {}
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         interval = 0.05
+        first_look = True
         while True:
-            for job_id in wanted:
-                if job_id not in ended:
-                    job = self.get(job_id)
-                    if job.state in END_STATES:
-                        ended[job_id] = job
+            going = [job_id for job_id in wanted if job_id not in ended]
+            found = self.store.get_jobs(going)
+            for job_id in going:
+                if job_id not in found:
+                    if first_look:
+                        raise JobNotFound(job_id)
+                    raise JobNotFound.while_waiting(job_id)
+                if found[job_id].state in END_STATES:
+                    ended[job_id] = found[job_id]
+            first_look = False
             going = [job_id for job_id in wanted if job_id not in ended]
             if not going:
                 return [ended[job_id] for job_id in wanted]
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimedOut(
-                    f"timed out after {timeout_s:g} s with {len(going)} job(s) not ended: "
-                    f"{first_few(going)}; raise --timeout, or check the workers with "
-                    "`queuectl status`"
+                    f"timed out after {timeout_s:.3f}".rstrip("0").rstrip(".")
+                    + f" s with {len(going)} job(s) not ended: {first_few(going)}; "
+                    "raise --timeout, or check the workers with `queuectl status`"
                 )
             pause = interval if deadline is None else min(interval, deadline - time.monotonic())
             time.sleep(max(pause, 0))

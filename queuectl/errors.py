@@ -29,8 +29,16 @@ class ConfigInvalid(UsageProblem):
 
 
 class JobNotFound(QueuectlError):
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"job {job_id!r} not found: check the id with `queuectl list`")
+    def __init__(self, job_id: str, message: str | None = None) -> None:
+        super().__init__(message or f"job {job_id!r} not found: check the id with `queuectl list`")
+
+    @classmethod
+    def while_waiting(cls, job_id: str) -> JobNotFound:
+        return cls(
+            job_id,
+            f"job {job_id!r} was deleted while waiting for it (by `dlq purge`?): "
+            "its outcome is unknown",
+        )
 
 
 class WaitTimedOut(QueuectlError):

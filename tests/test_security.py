@@ -112,6 +112,8 @@ def test_a_job_whose_log_hits_the_file_size_limit_fails_and_the_worker_goes_on(
             "postgresql://u@h/db?sslmode=require&PASSWORD=***",
         ),
         ("postgresql://u@h/db?passwordless=1", "postgresql://u@h/db?passwordless=1"),
+        ("postgresql://u@h/db?sslpassword=pw", "postgresql://u@h/db?sslpassword=***"),
+        ("postgresql://u@h/db?a=1;password=pw", "postgresql://u@h/db?a=1;password=***"),
         ("sqlite:////var/q.db", "sqlite:////var/q.db"),
     ],
 )

@@ -277,7 +277,7 @@ def redact_url(url: str) -> str:
     netloc, query = parts.netloc, parts.query
     if parts.password:
         netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", query)
+    query = re.sub(r"(?i)(^|[&;])(\w*password=)[^&;]*", r"\1\2***", query)
     if (netloc, query) == (parts.netloc, parts.query):
         return url  # unsplitting can rewrite a URL (sqlite:////abs.db) it need not touch
     return urlunsplit(parts._replace(netloc=netloc, query=query))
