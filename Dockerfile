@@ -9,7 +9,7 @@
 # pyproject.toml) into wheels/ first, then build as usual; the install step
 # below switches to them when wheels/*.whl exist. .ci/image-check does this.
 #
-#   pip wheel --wheel-dir wheels ".[postgres]" "hatchling>=1.24"
+#   pip wheel --wheel-dir wheels ".[postgres]" "hatchling>=1.27"
 #
 # The wheels must match the base image's Python (cp311 for the default base).
 #
@@ -73,9 +73,9 @@ LABEL org.opencontainers.image.title="queuectl" \
 # --non-unique: a uid or gid the base already has (e.g. 100 "users") is fine.
 ARG QUEUECTL_UID=10001
 RUN groupadd --non-unique --gid "${QUEUECTL_UID}" queuectl \
-    && useradd --non-unique --no-log-init --uid "${QUEUECTL_UID}" --gid queuectl --home-dir /data \
+    && useradd --non-unique --no-log-init --uid "${QUEUECTL_UID}" --gid queuectl --home-dir /jobs \
         --no-create-home --shell /usr/sbin/nologin queuectl \
-    && install -d -m 0700 -o queuectl -g queuectl /data
+    && install -d -m 0700 -o queuectl -g queuectl /data /jobs
 
 COPY --from=build /opt/queuectl /opt/queuectl
 
@@ -84,7 +84,8 @@ ENV PATH="/opt/queuectl/bin:${PATH}" \
     PYTHONUNBUFFERED=1
 
 VOLUME ["/data"]
-WORKDIR /data
+# Jobs start in /jobs (also the user's HOME), not in the queue's own state directory.
+WORKDIR /jobs
 USER ${QUEUECTL_UID}:${QUEUECTL_UID}
 
 # SIGTERM is graceful for queuectl workers: each finishes its running job,

@@ -140,7 +140,7 @@ class Duration(_ParamType):
             self.fail(f"{value!r} is not a duration: use e.g. 30s, 5m, 2h, 1d or 250ms", param, ctx)
         ms = int(float(match[1]) * self.UNITS[match[2]])
         if ms > self.MAX_MS:
-            self.fail(f"{value!r} is more than 3650 days: use --run-at for a far date", param, ctx)
+            self.fail(f"{value!r} is more than 3650 days", param, ctx)
         return ms
 
 

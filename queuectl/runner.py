@@ -203,9 +203,12 @@ class Runner:
         if attempt.error is None:
             outcome = Transition(JobState.COMPLETED, job.attempts, job.available_at, 0, None, tail)
         else:
-            self.config = Config.resolve(self.store.read_config())  # backoff settings may change
+            # Backoff settings are read afresh for each failure. The rest of self.config
+            # (lease_ms, timeouts, polling) stays as the worker started: its heartbeat runs
+            # at the interval that lease_ms set then.
+            latest = Config.resolve(self.store.read_config())
             outcome = failure_transition(
-                job, now, self.config, exit_code=attempt.exit_code, error=attempt.error, tail=tail
+                job, now, latest, exit_code=attempt.exit_code, error=attempt.error, tail=tail
             )
         if not self.store.finish(job.id, token, outcome, now):
             self.log(f"job {job.id}: claim lost before the result was recorded; result dropped")

@@ -157,7 +157,7 @@ def test_build_context_leaves_out_the_checkout_s_clutter() -> None:
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert "*" in ignore  # an allowlist: everything not named below is out
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "queuectl", "schemas", "wheels"}
+    assert allowed == {"pyproject.toml", "README.md", "LICENSE", "queuectl", "schemas", "wheels"}
 
 
 # contrib/systemd --------------------------------------------------------------------------

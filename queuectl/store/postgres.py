@@ -42,7 +42,10 @@ try:
     from psycopg.rows import dict_row
     from psycopg.types.json import Jsonb
 except ImportError as exc:  # pragma: no cover - depends on the install
-    raise StoreError("PostgreSQL support needs psycopg: pip install 'queuectl[postgres]'") from exc
+    raise StoreError(
+        "PostgreSQL support needs psycopg 3: install queuectl with its postgres extra "
+        "(pip install '.[postgres]' in a clone) or pip install 'psycopg[binary]'"
+    ) from exc
 
 T = TypeVar("T")
 CHANNEL = "queuectl"
