@@ -57,9 +57,10 @@ def _action(current: Job | None, new: NewJob, *, replace: bool) -> tuple[str, st
     reason = f"the job is {current.state.value}" + (
         "" if current.started_at is None else " and has run"
     )
-    if replace and current.state is not JobState.PROCESSING:
+    running = current.state is JobState.PROCESSING or current.lease_token is not None
+    if replace and not running:
         return "replace", reason
-    if current.state is JobState.PROCESSING:
+    if running:
         reason += ": a running job is never replaced; apply again once it ends"
     else:
         reason += ": use --replace to enqueue it afresh"

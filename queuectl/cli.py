@@ -22,7 +22,7 @@ import click
 from . import __version__, spec
 from .core import Queue
 from .errors import Problem, QueuectlError, SpecInvalid, UsageProblem, first_few
-from .models import END_STATES, Job, JobState
+from .models import Job, JobState
 from .paths import default_db_url, job_log_path
 from .store import open_store
 
@@ -140,7 +140,8 @@ class Duration(_ParamType):
             self.fail(f"{value!r} is not a duration: use e.g. 30s, 5m, 2h, 1d or 250ms", param, ctx)
         ms = int(float(match[1]) * self.UNITS[match[2]])
         if ms > self.MAX_MS:
-            self.fail(f"{value!r} is more than 3650 days", param, ctx)
+            hint = ": use --run-at for a far date" if param and param.name == "delay" else ""
+            self.fail(f"{value!r} is more than 3650 days{hint}", param, ctx)
         return ms
 
 
@@ -370,15 +371,24 @@ def status_cmd(app: App, fmt: str) -> None:
 
 @cli.command(name="cancel")
 @click.argument("job_id", metavar="ID")
+@click.option(
+    "--kill", is_flag=True, help="Also cancel a running job: its worker stops it and moves on."
+)
 @pass_app
-def cancel_cmd(app: App, job_id: str) -> None:
-    """Cancel a pending or failed job.
+def cancel_cmd(app: App, job_id: str, kill: bool) -> None:
+    """Cancel a pending or failed job; with --kill, a running one too.
+
+    A running job canceled with --kill is canceled at once and gets SIGTERM: from here
+    when its worker is on this host, else from its worker within lease_ms / 3. Its
+    worker SIGKILLs whatever is left of it 3 s later, records nothing for that attempt
+    and moves on; until then `wait` and `apply --replace` treat it as still running.
 
     \b
     Example:
         queuectl cancel nightly-backup
+        queuectl cancel --kill runaway-job
     """
-    job = app.queue().cancel(job_id)
+    job = app.queue().cancel(job_id, kill=kill)
     click.echo(f"canceled {job.id}")
 
 
@@ -452,7 +462,7 @@ def _follow(queue: Queue, job_id: str) -> Iterator[str]:
     path = job_log_path(job_id)
     offset = 0
     while True:
-        done = queue.get(job_id).state in END_STATES  # read before the file: no lost tail
+        done = queue.get(job_id).ended  # read before the file: no lost tail
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
                 f.seek(offset)

@@ -12,7 +12,16 @@ from typing import Any
 from . import config as config_mod
 from .config import Config
 from .errors import JobNotFound, UsageProblem, WaitTimedOut, first_few
-from .models import END_STATES, Job, JobSpec, JobState, NewJob, WorkerInfo, new_job_id, utcnow
+from .models import (
+    Job,
+    JobSpec,
+    JobState,
+    NewJob,
+    WorkerInfo,
+    new_job_id,
+    utcnow,
+    worker_host_pid,
+)
 from .paths import job_log_path
 from .store import Store, redact_url
 
@@ -114,7 +123,7 @@ class Queue:
                     if first_look:
                         raise JobNotFound(job_id)
                     raise JobNotFound.while_waiting(job_id)
-                if found[job_id].state in END_STATES:
+                if found[job_id].ended:
                     ended[job_id] = found[job_id]
             first_look = False
             going = [job_id for job_id in wanted if job_id not in ended]
@@ -130,8 +139,27 @@ class Queue:
             time.sleep(max(pause, 0))
             interval = min(interval * 1.5, 1.0)
 
-    def cancel(self, job_id: str) -> Job:
-        return self.store.cancel_job(job_id, self.clock())
+    def cancel(self, job_id: str, *, kill: bool = False) -> Job:
+        """Cancel a pending or failed job; with kill, a processing one too.
+
+        A processing job becomes canceled at once, but keeps its claim until it has
+        stopped: its worker sees the revoked claim at its next heartbeat (within
+        lease_ms / 3), SIGTERMs the job's process group, SIGKILLs what is left 3 s
+        later, records nothing and drops the claim. When that worker runs on this host,
+        the SIGTERM is sent from here, now.
+        """
+        before = self.store.cancel_job(job_id, self.clock(), running=kill)
+        if before.state is JobState.PROCESSING and before.worker_id is not None:
+            # Imported here: enqueue, the hot path, needs neither.
+            import signal
+            import socket
+
+            from . import procs
+
+            host, _ = worker_host_pid(before.worker_id)
+            if host == socket.gethostname():
+                procs.signal_job(job_id, before.worker_id, signal.SIGTERM)
+        return self.get(job_id)
 
     def status(self) -> dict[str, Any]:
         counts = self.store.count_by_state()

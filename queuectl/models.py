@@ -157,6 +157,12 @@ class Job:
     output_tail: str = ""
     source_commit: str | None = None
 
+    @property
+    def ended(self) -> bool:
+        """In an end state, with no process left: a job canceled while running keeps its
+        claim until its worker (or recovery) has stopped it."""
+        return self.state in END_STATES and self.lease_token is None
+
     def to_dict(self) -> dict[str, Any]:
         """The job as shown by `show` and `list` (JSON-ready)."""
         return {
@@ -210,6 +216,13 @@ class WorkerInfo:
             "current_job": self.current_job,
             "queues": list(self.queues) or None,
         }
+
+
+def worker_host_pid(worker_id: str) -> tuple[str, int | None]:
+    """The host and pid a worker id names (see new_worker_id)."""
+    host, _, rest = worker_id.partition(":")
+    pid, _, _ = rest.partition(":")
+    return host, int(pid) if pid.isdigit() else None
 
 
 def new_worker_id() -> str:

@@ -13,7 +13,7 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 FALLBACK_POLL_S = 0.05  # where pidfd_open is missing (macOS)
 KILL_GRACE_S = 3.0  # between SIGTERM and SIGKILL of a job's process group
@@ -113,19 +113,28 @@ def group_alive(pgid: int) -> bool:
 
 def kill_group(proc: subprocess.Popen[bytes], grace_s: float = KILL_GRACE_S) -> None:
     """SIGTERM the process group led by `proc`, then SIGKILL it after `grace_s`; reap `proc`."""
-    pgid = proc.pid
+    terminate_group(proc.pid, grace_s, reap=proc.poll)
+    proc.wait()
+
+
+def terminate_group(
+    pgid: int, grace_s: float = KILL_GRACE_S, reap: Callable[[], object] | None = None
+) -> None:
+    """SIGTERM process group `pgid`, then SIGKILL what is left of it after `grace_s`.
+
+    `reap` collects a leader that is our child, so that it stops counting as a member.
+    """
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        proc.poll()  # reap the leader so it stops counting as a member
+        if reap is not None:
+            reap()
         if not group_alive(pgid):
-            break
+            return
         time.sleep(0.02)  # only on the kill path, bounded by the grace period
-    else:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-    proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def pid_alive(pid: int) -> bool:
@@ -152,6 +161,14 @@ def queuectl_alive(pid: int) -> bool:
             return b"queuectl" in f.read()
     except OSError:
         return True
+
+
+def signal_job(job_id: str, worker_id: str, sig: int) -> None:
+    """Send `sig` to the process groups on this host running `job_id` for `worker_id`,
+    except the caller's own (a job may cancel itself)."""
+    for pgid in job_processes(job_id, worker_id) - {os.getpgrp()}:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
 
 
 def job_processes(job_id: str, worker_id: str) -> set[int]:

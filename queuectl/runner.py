@@ -32,6 +32,7 @@ from .models import (
     format_time,
     new_worker_id,
     utcnow,
+    worker_host_pid,
 )
 from .paths import job_log_path, logs_dir
 from .store import Store, Transition, open_store
@@ -111,7 +112,9 @@ class Runner:
         self._interrupt_reason: str | None = None
         self._wake = procs.WakePipe()
         self._current: tuple[str, str] | None = None  # (job id, claim token)
-        self._lost_claim: str | None = None  # the token of a claim another worker took over
+        # (claim token, why): the heartbeat found that claim revoked or taken over
+        self._lost_claim: tuple[str, str] | None = None
+        self._job_group: int | None = None  # the process group of the job running now
         self._stop_announced = False
         self._lease_renewed = time.monotonic()
         self._last_recover = -math.inf
@@ -183,6 +186,7 @@ class Runner:
         if job is None:
             return False
         self._current = (job.id, token)
+        self._job_group = None
         self._lease_renewed = started = time.monotonic()
         log_path: Path | None = None
         try:
@@ -211,7 +215,7 @@ class Runner:
                 job, now, latest, exit_code=attempt.exit_code, error=attempt.error, tail=tail
             )
         if not self.store.finish(job.id, token, outcome, now):
-            self.log(f"job {job.id}: claim lost before the result was recorded; result dropped")
+            self._claim_lost(job.id, token)
             return
         detail = f" ({attempt.error})" if attempt.error else ""
         retry = (
@@ -220,6 +224,18 @@ class Runner:
             else ""
         )
         self.log(f"job {job.id} {outcome.state.value}{detail} in {took * 1000:.0f} ms{retry}")
+
+    def _claim_lost(self, job_id: str, token: str) -> None:
+        """The attempt's result could not be recorded: say why, and if the job was canceled
+        while running, kill what is left of its process group, then drop the claim it kept."""
+        current = self.store.get_job(job_id)
+        if current is None or current.state is not JobState.CANCELED:
+            self.log(f"job {job_id}: claim lost before the result was recorded; result dropped")
+            return
+        if self._job_group is not None:
+            procs.terminate_group(self._job_group)  # background children the job left
+        self.store.release_claim(job_id, token)
+        self.log(f"job {job_id}: canceled while running; stopped, no result recorded")
 
     def _idle_wait(self) -> None:
         """Wait for the poll interval, the next due job, a new commit, or a stop request."""
@@ -273,6 +289,7 @@ class Runner:
                     env=env,
                     start_new_session=True,  # its own group: timeouts kill it all
                 )
+                self._job_group = proc.pid
             except FileNotFoundError:
                 return self._note(log_fd, Attempt(127, "command not found (exit 127)"))
             except PermissionError:
@@ -307,8 +324,8 @@ class Runner:
         while True:
             now = time.monotonic()
             reason = self._interrupt_reason
-            if self._lost_claim == token:
-                reason = "worker lost its lease (another worker took the job over)"
+            if self._lost_claim is not None and self._lost_claim[0] == token:
+                reason = self._lost_claim[1]
             elif now > self._lease_renewed + lease_s:
                 reason = f"worker could not renew its lease for {self.config.lease_ms} ms"
             elif now >= deadline:
@@ -343,15 +360,23 @@ class Runner:
                     beat = store.heartbeat(
                         self.worker_id, now, lease_until, *(current or (None, None))
                     )
+                    job = None
+                    if current is not None and not beat.claim_held:
+                        job = store.get_job(current[0])  # why: canceled, or taken over?
                 except Exception as exc:  # a busy or unreachable store: try again next beat
                     self.log(f"heartbeat failed: {exc}")
                     continue
                 if current is not None and self._current == current:
                     if beat.claim_held:
                         self._lease_renewed = began
+                    elif job is not None and job.state is JobState.CANCELED:
+                        self.log(f"job {current[0]}: canceled; stopping it")
+                        self._lost_claim = (current[1], "canceled while running")
+                        self._wake.wake()
                     else:
                         self.log(f"job {current[0]}: lease lost to another worker; killing it")
-                        self._lost_claim = current[1]
+                        reason = "worker lost its lease (another worker took the job over)"
+                        self._lost_claim = (current[1], reason)
                         self._wake.wake()
                 if beat.stop_requested and not self._stopping:
                     self.log("stop requested through the store")
@@ -364,7 +389,9 @@ class Runner:
         """Fail the attempts of processing jobs whose worker is gone; returns how many.
 
         A worker is gone when its lease has expired, or (sooner) when it ran on
-        this host and its process no longer exists.
+        this host and its process no longer exists. A job canceled while running
+        whose worker is gone stays canceled: its processes here are killed and the
+        claim it kept is dropped.
         """
         if time.monotonic() - self._last_recover < RECOVER_EVERY_S:
             return 0
@@ -374,15 +401,17 @@ class Runner:
         for job in self.store.processing_jobs():
             if job.worker_id is None or job.lease_token is None:
                 continue
-            host, pid = _worker_host_pid(job.worker_id)
+            host, pid = worker_host_pid(job.worker_id)
             local_dead = host == self.host and pid is not None and not procs.pid_alive(pid)
             expired = job.lease_expires_at is not None and job.lease_expires_at < now
             if not (local_dead or expired):
                 continue
             if host == self.host:
-                for pgid in procs.job_processes(job.id, job.worker_id):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(pgid, signal.SIGKILL)
+                procs.signal_job(job.id, job.worker_id, signal.SIGKILL)
+            if job.state is JobState.CANCELED:
+                if self.store.release_claim(job.id, job.lease_token):
+                    self.log(f"job {job.id}: canceled while running; stopped (its worker is gone)")
+                continue
             reason = "worker lost (process died)" if local_dead else "worker lost (lease expired)"
             outcome = failure_transition(
                 job, now, self.config, exit_code=None, error=reason, tail=None
@@ -396,12 +425,6 @@ class Runner:
                 recovered += 1
                 self.log(f"job {job.id} {outcome.state.value} ({reason}, worker {job.worker_id})")
         return recovered
-
-
-def _worker_host_pid(worker_id: str) -> tuple[str, int | None]:
-    host, _, rest = worker_id.partition(":")
-    pid, _, _ = rest.partition(":")
-    return host, int(pid) if pid.isdigit() else None
 
 
 def _read_tail(log_path: Path) -> str | None:

@@ -343,14 +343,16 @@ def test_show_and_cancel_unknown_job_exit_1(run: Run) -> None:
         )
 
 
-def test_cancel_only_pending_or_failed(run: Run) -> None:
+def test_cancel_only_pending_failed_or_with_kill_processing(run: Run) -> None:
     enqueue_ok(run, "true", "--id", "j")
     assert run("cancel", "j").returncode == 0
-    result = run("cancel", "j")
-    assert result.returncode == 1
-    assert result.stderr.strip() == (
-        "Error: job 'j' is canceled: only pending or failed jobs can be canceled"
-    )
+    for again in (["cancel", "j"], ["cancel", "--kill", "j"]):
+        result = run(*again)
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            "Error: job 'j' is canceled: only pending, failed or (with --kill) processing jobs "
+            "can be canceled"
+        )
 
 
 def test_logs_before_any_run(run: Run) -> None:
@@ -402,7 +404,7 @@ def test_database_from_a_newer_queuectl_is_refused(run: Run, tmp_path: Path) -> 
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"Error: sqlite:///{path}: the database has schema version 999, written by a newer "
-        "queuectl (this one knows up to 4): upgrade queuectl"
+        "queuectl (this one knows up to 5): upgrade queuectl"
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from queuectl.core import Queue
-from queuectl.errors import JobConflict, MigrationFailed
+from queuectl.errors import InvalidState, JobConflict, MigrationFailed
 from queuectl.models import JobSpec, JobState, NewJob
 from queuectl.store import Store, Transition, open_store
 
@@ -212,6 +212,40 @@ def group_by_state(db_path: Path) -> dict[str, int]:
     return counts
 
 
+def test_canceling_a_processing_job_revokes_its_claim(store: Store, clock: FakeClock) -> None:
+    store.insert_jobs([new_job("j", clock)], clock())
+    lease = clock() + timedelta(seconds=30)
+    assert store.claim_next("w1", (), clock(), lease, "token-1") is not None
+    with pytest.raises(InvalidState, match="cancel --kill"):
+        store.cancel_job("j", clock())
+    before = store.cancel_job("j", clock(), running=True)
+    assert (before.state, before.worker_id) == (JobState.PROCESSING, "w1")
+    after = store.get_job("j")
+    assert after is not None
+    # canceled at once, but its claim stays until its process is known to be gone
+    assert (after.state, after.lease_token, after.last_error) == (
+        JobState.CANCELED,
+        "token-1",
+        "canceled while running",
+    )
+    assert not after.ended
+    assert [job.id for job in store.processing_jobs()] == ["j"]  # recovery still sees it
+    beat = store.heartbeat("w1", clock(), lease, "j", "token-1")
+    assert not beat.claim_held
+    done = Transition(JobState.COMPLETED, 0, clock(), 0, None, "out")
+    assert not store.finish("j", "token-1", done, clock()), "the worker records nothing"
+    assert not store.release_claim("j", "another-token")
+    assert store.release_claim("j", "token-1")
+    released = store.get_job("j")
+    assert released is not None
+    assert (released.state, released.lease_token, released.ended) == (
+        JobState.CANCELED,
+        None,
+        True,
+    )
+    assert store.processing_jobs() == []
+
+
 def test_state_counts_kept_by_triggers_match_a_full_count(
     sqlite_store: Store, db_path: Path, clock: FakeClock
 ) -> None:
@@ -242,6 +276,7 @@ def test_the_counts_migration_counts_existing_jobs(db_path: Path, clock: FakeClo
         for name in ("job_counts_insert", "job_counts_update", "job_counts_delete"):
             conn.execute(f"DROP TRIGGER {name}")
         conn.execute("DROP TABLE job_counts")
+        conn.execute("DROP INDEX jobs_stopping")  # added by migration 5
         conn.execute("PRAGMA user_version = 3")
     store = open_store(f"sqlite:///{db_path}")
     assert store.count_by_state()[JobState.PENDING] == 5

@@ -750,3 +750,100 @@ def test_wait_times_out_naming_the_jobs_still_going(run: Run, enqueue: Callable[
         f"Error: timed out after 0.2 s with 1 job(s) not ended: {job_id};"
     )
     assert result.stdout == ""
+
+
+# -- cancel a running job -----------------------------------------------------------------
+
+
+def test_cancel_refuses_a_running_job_without_kill(
+    tmp_path: Path, run: Run, enqueue: Callable[..., str], show: Any, workers: Workers
+) -> None:
+    job_id = enqueue(f"while [ ! -e {q(tmp_path / 'gate')} ]; do sleep 0.01; done")
+    workers.start()
+    wait_for(lambda: show(job_id)["state"] == "processing", what="the job to start")
+    result = run("cancel", job_id)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"Error: job '{job_id}' is processing: use `queuectl cancel --kill {job_id}` to stop it\n"
+    )
+    (tmp_path / "gate").touch()
+    wait_for(lambda: show(job_id)["state"] == "completed", what="the job to complete")
+
+
+def test_cancel_kill_stops_a_local_job_at_once_and_the_worker_goes_on(
+    tmp_path: Path, run: Run, enqueue: Callable[..., str], show: Any, workers: Workers
+) -> None:
+    """`cancel` itself SIGTERMs a job whose worker is on this host: no heartbeat needed
+    (the default lease_ms of 30 s puts the next one 10 s away)."""
+    pid_file = tmp_path / "pid"
+    job_id = enqueue(f"echo $$ > {q(pid_file)}; while true; do sleep 0.01; done")
+    workers.start()
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the job's pid")
+    pid = int(pid_file.read_text())
+
+    result = run("cancel", "--kill", job_id)
+
+    assert (result.returncode, result.stdout) == (0, f"canceled {job_id}\n"), result.stderr
+    job = show(job_id)
+    assert (job["state"], job["last_error"]) == ("canceled", "canceled while running")
+    worker_log = tmp_path / "worker-0.log"
+    stopped = f"job {job_id}: canceled while running; stopped, no result recorded"
+    wait_for(lambda: stopped in worker_log.read_text(), what="the worker to stop the job")
+    assert pid_gone(pid)
+    assert "canceled; stopping it" not in worker_log.read_text()  # not the heartbeat's doing
+    assert show(job_id)["state"] == "canceled"  # the worker recorded nothing over it
+    next_job = enqueue("echo next")
+    wait_for(lambda: show(next_job)["state"] == "completed", what="the next job")
+
+
+def test_cancel_kill_of_a_job_ignoring_sigterm_holds_until_its_processes_are_gone(
+    tmp_path: Path, run: Run, show: Any, workers: Workers
+) -> None:
+    """The job and a background child both ignore SIGTERM: its worker sees the revoked claim
+    at its next heartbeat and SIGKILLs the group. Until then `apply --replace` refuses the
+    job, and `wait` returns only once nothing of it runs."""
+    pids = tmp_path / "pids"
+    script = (
+        f"trap '' TERM; (sleep 300 & echo $! >> {q(pids)}; wait) & "
+        f"echo $$ >> {q(pids)}; while true; do sleep 0.01; done"
+    )
+    spec = tmp_path / "jobs" / "stubborn.yaml"
+    spec.parent.mkdir()
+    spec.write_text(json.dumps({"id": "stubborn", "command": script}))
+    assert run("apply", str(spec.parent)).returncode == 0
+    workers.start(env={"QUEUECTL_LEASE_MS": "3000"})  # heartbeats every second
+    wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, what="the pids")
+
+    assert run("cancel", "--kill", "stubborn").returncode == 0
+    spec.write_text(json.dumps({"id": "stubborn", "command": "echo replaced"}))
+    refused = run("apply", "--replace", str(spec.parent))
+    waited = run("wait", "stubborn")
+
+    assert refused.returncode == 1
+    assert "a running job is never replaced" in refused.stdout
+    assert waited.returncode == 1  # canceled is not completed
+    assert all(pid_gone(int(pid)) for pid in pids.read_text().split())  # all gone by then
+    worker_log = (tmp_path / "worker-0.log").read_text()
+    assert "job stubborn: canceled; stopping it" in worker_log
+    replaced = run("apply", "--replace", str(spec.parent))
+    assert replaced.returncode == 0, replaced.stdout + replaced.stderr
+    wait_for(lambda: show("stubborn")["state"] == "completed", what="the replacement to run")
+
+
+def test_recovery_stops_a_canceled_job_whose_worker_died(
+    tmp_path: Path, run: Run, enqueue: Callable[..., str], show: Any, workers: Workers
+) -> None:
+    pid_file = tmp_path / "pid"
+    job_id = enqueue(f"trap '' TERM; echo $$ > {q(pid_file)}; while true; do sleep 0.01; done")
+    worker = workers.start()
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the job's pid")
+    pid = int(pid_file.read_text())
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=30)
+    assert run("cancel", "--kill", job_id).returncode == 0  # the job ignores this SIGTERM
+
+    workers.start()  # its recovery finds the orphan of a dead worker on this host
+
+    wait_for(lambda: pid_gone(pid), what="recovery to kill the orphan")
+    assert run("wait", job_id, "--timeout", "30s").returncode == 1  # ended: canceled
+    assert show(job_id)["state"] == "canceled"

@@ -116,8 +116,11 @@ class Store(Protocol):
 
     def count_by_state(self) -> dict[JobState, int]: ...
 
-    def cancel_job(self, job_id: str, now: datetime) -> Job:
-        """pending/failed -> canceled; raises JobNotFound or InvalidState."""
+    def cancel_job(self, job_id: str, now: datetime, *, running: bool = False) -> Job:
+        """pending/failed (and processing, when running) -> canceled; returns the job as it
+        was before. A processing job keeps its claim token, which no longer lets its worker
+        renew or finish: the worker stops it, then release_claim drops the token. Raises
+        JobNotFound or InvalidState."""
         ...
 
     def retry_dead(self, job_ids: Sequence[str] | None, now: datetime) -> list[str]:
@@ -175,8 +178,13 @@ class Store(Protocol):
         expired_before, only if the claim's lease expired before then); else change nothing."""
         ...
 
+    def release_claim(self, job_id: str, token: str) -> bool:
+        """Drop the claim a job canceled while running kept (its process is gone now)."""
+        ...
+
     def processing_jobs(self) -> list[Job]:
-        """Every claimed job, so the runner can recover those whose worker is gone."""
+        """Every claimed job (running, or canceled and still stopping), so the runner can
+        recover those whose worker is gone."""
         ...
 
     def drain_blockers(self, queues: Sequence[str], now: datetime) -> int:
@@ -262,7 +270,14 @@ def changed_meanwhile(job_id: str) -> ConcurrentChange:
 
 
 def not_cancelable(job_id: str, state: str) -> InvalidState:
-    return InvalidState(f"job {job_id!r} is {state}: only pending or failed jobs can be canceled")
+    if state == "processing":
+        return InvalidState(
+            f"job {job_id!r} is processing: use `queuectl cancel --kill {job_id}` to stop it"
+        )
+    return InvalidState(
+        f"job {job_id!r} is {state}: only pending, failed or (with --kill) processing jobs "
+        "can be canceled"
+    )
 
 
 def not_dead(job_id: str, state: str) -> InvalidState:

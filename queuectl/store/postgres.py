@@ -76,7 +76,7 @@ UPDATE jobs SET command = %(command)s, priority = %(priority)s, run_at = %(run_a
                 spec_hash = %(spec_hash)s,
                 created_at = CASE WHEN %(fresh)s THEN %(now)s ELSE created_at END
  WHERE id = %(id)s AND state = %(expected_state)s AND updated_at = %(expected_updated_at)s
-   AND state <> 'processing'
+   AND state <> 'processing' AND lease_token IS NULL
 """
 PRUNE_JOB = """
 UPDATE jobs SET state = 'canceled', updated_at = %(now)s, finished_at = %(now)s
@@ -100,10 +100,17 @@ SELECT * FROM jobs
  LIMIT %(limit)s
 """
 COUNT_BY_STATE = "SELECT state, count(*) AS n FROM jobs GROUP BY state"
+# A running job keeps its claim (lease_token) while it is being stopped: see RELEASE_CLAIM.
 CANCEL_JOB = """
-UPDATE jobs SET state = 'canceled', updated_at = %(now)s, finished_at = %(now)s
- WHERE id = %(id)s AND state IN ('pending', 'failed')
-RETURNING *
+UPDATE jobs SET state = 'canceled', updated_at = %(now)s, finished_at = %(now)s,
+                last_error = CASE WHEN state = 'processing' THEN 'canceled while running'
+                                  ELSE last_error END
+ WHERE id = %(id)s AND (state IN ('pending', 'failed') OR (%(running)s AND state = 'processing'))
+"""
+# A canceled job's process is gone: the claim it kept can go too.
+RELEASE_CLAIM = """
+UPDATE jobs SET lease_token = NULL, lease_expires_at = NULL
+ WHERE id = %(job_id)s AND lease_token = %(token)s AND state = 'canceled'
 """
 RETRY_DEAD = """
 UPDATE jobs SET state = 'pending', attempts = 0, available_at = %(now)s, updated_at = %(now)s,
@@ -167,7 +174,12 @@ UPDATE jobs SET state = %(state)s, attempts = %(attempts)s, available_at = %(ava
  WHERE id = %(job_id)s AND lease_token = %(token)s AND state = 'processing'
    AND (%(expired_before)s::timestamptz IS NULL OR lease_expires_at < %(expired_before)s)
 """
-PROCESSING_JOBS = "SELECT * FROM jobs WHERE state = 'processing'"
+# Claimed jobs: running ones, and canceled ones whose process may still be stopping.
+PROCESSING_JOBS = """
+SELECT * FROM jobs WHERE state = 'processing'
+UNION ALL
+SELECT * FROM jobs WHERE state = 'canceled' AND lease_token IS NOT NULL
+"""
 CLAIMED_WITH = "SELECT * FROM jobs WHERE state = 'processing' AND lease_token = %(token)s"
 DRAIN_BLOCKERS = """
 SELECT count(*) AS n FROM jobs
@@ -493,16 +505,18 @@ class PostgresStore:
             counts[JobState(row["state"])] = row["n"]
         return counts
 
-    def cancel_job(self, job_id: str, now: datetime) -> Job:
-        row = self._run(
-            lambda conn: conn.execute(CANCEL_JOB, {"id": job_id, "now": self._db(now)}).fetchone()
-        )
-        if row is not None:
-            return self._job(row)
-        job = self.get_job(job_id)
-        if job is None:
-            raise JobNotFound(job_id)
-        raise not_cancelable(job_id, job.state.value)
+    def cancel_job(self, job_id: str, now: datetime, *, running: bool = False) -> Job:
+        def op(conn: psycopg.Connection[Any]) -> Job:
+            with self._tx(conn):
+                before = conn.execute(GET_JOB + " FOR UPDATE", {"id": job_id}).fetchone()
+                if before is None:
+                    raise JobNotFound(job_id)
+                params = {"id": job_id, "now": self._db(now), "running": running}
+                if conn.execute(CANCEL_JOB, params).rowcount == 0:
+                    raise not_cancelable(job_id, before["state"])
+                return self._job(before)
+
+        return self._run(op)
 
     def retry_dead(self, job_ids: Sequence[str] | None, now: datetime) -> list[str]:
         def op(conn: psycopg.Connection[Any]) -> list[str]:
@@ -645,6 +659,10 @@ class PostgresStore:
         }
 
         return self._run(lambda conn: conn.execute(FINISH_JOB, params).rowcount == 1)
+
+    def release_claim(self, job_id: str, token: str) -> bool:
+        params = {"job_id": job_id, "token": token}
+        return self._run(lambda conn: conn.execute(RELEASE_CLAIM, params).rowcount == 1)
 
     def processing_jobs(self) -> list[Job]:
         return [self._job(r) for r in self._run(lambda c: c.execute(PROCESSING_JOBS).fetchall())]

@@ -56,7 +56,7 @@ UPDATE jobs SET command = :command, priority = :priority, run_at = :run_at,
                 source_commit = :source_commit, spec_hash = :spec_hash,
                 created_at = CASE WHEN :fresh THEN :now ELSE created_at END
  WHERE id = :id AND state = :expected_state AND updated_at = :expected_updated_at
-   AND state <> 'processing'
+   AND state <> 'processing' AND lease_token IS NULL
 """
 PRUNE_JOB = """
 UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now
@@ -85,9 +85,17 @@ SELECT * FROM jobs
  LIMIT :limit
 """
 COUNT_BY_STATE = "SELECT state, n FROM job_counts"  # kept by triggers (migration 0004)
+# A running job keeps its claim (lease_token) while it is being stopped: see RELEASE_CLAIM.
 CANCEL_JOB = """
-UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now
- WHERE id = :id AND state IN ('pending', 'failed')
+UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now,
+                last_error = CASE WHEN state = 'processing' THEN 'canceled while running'
+                                  ELSE last_error END
+ WHERE id = :id AND (state IN ('pending', 'failed') OR (:running AND state = 'processing'))
+"""
+# A canceled job's process is gone: the claim it kept can go too.
+RELEASE_CLAIM = """
+UPDATE jobs SET lease_token = NULL, lease_expires_at = NULL
+ WHERE id = :job_id AND lease_token = :token AND state = 'canceled'
 """
 RETRY_DEAD = """
 UPDATE jobs SET state = 'pending', attempts = 0, available_at = :now, updated_at = :now,
@@ -145,7 +153,12 @@ UPDATE jobs SET state = :state, attempts = :attempts, available_at = :available_
  WHERE id = :job_id AND lease_token = :token AND state = 'processing'
    AND (:expired_before IS NULL OR lease_expires_at < :expired_before)
 """
-PROCESSING_JOBS = "SELECT * FROM jobs WHERE state = 'processing'"
+# Claimed jobs: running ones, and canceled ones whose process may still be stopping.
+PROCESSING_JOBS = """
+SELECT * FROM jobs WHERE state = 'processing'
+UNION ALL
+SELECT * FROM jobs WHERE state = 'canceled' AND lease_token IS NOT NULL
+"""
 DRAIN_BLOCKERS = """
 SELECT count(*) FROM jobs
  WHERE (state = 'processing'
@@ -477,14 +490,15 @@ class SqliteStore:
             counts[JobState(row["state"])] = row["n"]
         return counts
 
-    def cancel_job(self, job_id: str, now: datetime) -> Job:
+    def cancel_job(self, job_id: str, now: datetime, *, running: bool = False) -> Job:
         with self._write() as conn:
-            if conn.execute(CANCEL_JOB, {"id": job_id, "now": to_ms(now)}).rowcount == 0:
-                job = self.get_job(job_id)
-                if job is None:
-                    raise JobNotFound(job_id)
-                raise not_cancelable(job_id, job.state.value)
-            return self.get_job(job_id)  # type: ignore[return-value]
+            before = self.get_job(job_id)
+            if before is None:
+                raise JobNotFound(job_id)
+            params = {"id": job_id, "now": to_ms(now), "running": running}
+            if conn.execute(CANCEL_JOB, params).rowcount == 0:
+                raise not_cancelable(job_id, before.state.value)
+            return before
 
     def retry_dead(self, job_ids: Sequence[str] | None, now: datetime) -> list[str]:
         with self._write() as conn:
@@ -603,6 +617,10 @@ class SqliteStore:
         }
         with self._write() as conn:
             return conn.execute(FINISH_JOB, params).rowcount == 1
+
+    def release_claim(self, job_id: str, token: str) -> bool:
+        with self._write() as conn:
+            return conn.execute(RELEASE_CLAIM, {"job_id": job_id, "token": token}).rowcount == 1
 
     def processing_jobs(self) -> list[Job]:
         return [_job_from_row(r) for r in self.conn.execute(PROCESSING_JOBS)]

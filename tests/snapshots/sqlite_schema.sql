@@ -1,8 +1,9 @@
--- user_version 4
+-- user_version 5
 CREATE INDEX jobs_claim_order ON jobs (priority DESC, created_at, id)
     WHERE state IN ('pending', 'failed');
 CREATE INDEX jobs_created ON jobs (created_at, id);
 CREATE INDEX jobs_state_available ON jobs (state, available_at);
+CREATE INDEX jobs_stopping ON jobs (id) WHERE state = 'canceled' AND lease_token IS NOT NULL;
 CREATE INDEX spool_files_ingested ON spool_files (ingested_at);
 CREATE TABLE config (
     key   TEXT PRIMARY KEY,
