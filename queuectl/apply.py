@@ -57,7 +57,7 @@ def _action(current: Job | None, new: NewJob, *, replace: bool) -> tuple[str, st
     reason = f"the job is {current.state.value}" + (
         "" if current.started_at is None else " and has run"
     )
-    running = current.state is JobState.PROCESSING or current.lease_token is not None
+    running = current.state is JobState.PROCESSING or current.stopping
     if replace and not running:
         return "replace", reason
     if running:

@@ -149,7 +149,7 @@ class Queue:
         the SIGTERM is sent from here, now.
         """
         before = self.store.cancel_job(job_id, self.clock(), running=kill)
-        if before.state is JobState.PROCESSING and before.worker_id is not None:
+        if before.lease_token is not None and before.worker_id is not None:  # running, or stopping
             # Imported here: enqueue, the hot path, needs neither.
             import signal
             import socket

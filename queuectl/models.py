@@ -158,6 +158,11 @@ class Job:
     source_commit: str | None = None
 
     @property
+    def stopping(self) -> bool:
+        """Canceled while running, and its processes may not be gone yet."""
+        return self.state is JobState.CANCELED and self.lease_token is not None
+
+    @property
     def ended(self) -> bool:
         """In an end state, with no process left: a job canceled while running keeps its
         claim until its worker (or recovery) has stopped it."""

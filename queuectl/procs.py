@@ -13,7 +13,7 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 FALLBACK_POLL_S = 0.05  # where pidfd_open is missing (macOS)
 KILL_GRACE_S = 3.0  # between SIGTERM and SIGKILL of a job's process group
@@ -113,28 +113,32 @@ def group_alive(pgid: int) -> bool:
 
 def kill_group(proc: subprocess.Popen[bytes], grace_s: float = KILL_GRACE_S) -> None:
     """SIGTERM the process group led by `proc`, then SIGKILL it after `grace_s`; reap `proc`."""
-    terminate_group(proc.pid, grace_s, reap=proc.poll)
-    proc.wait()
-
-
-def terminate_group(
-    pgid: int, grace_s: float = KILL_GRACE_S, reap: Callable[[], object] | None = None
-) -> None:
-    """SIGTERM process group `pgid`, then SIGKILL what is left of it after `grace_s`.
-
-    `reap` collects a leader that is our child, so that it stops counting as a member.
-    """
+    pgid = proc.pid
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        if reap is not None:
-            reap()
+        proc.poll()  # reap the leader so it stops counting as a member
         if not group_alive(pgid):
+            break
+        time.sleep(0.02)  # only on the kill path, bounded by the grace period
+    else:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+def stop_job(job_id: str, worker_id: str, grace_s: float = KILL_GRACE_S) -> None:
+    """SIGTERM whatever still runs for this attempt on this host, then SIGKILL it after
+    `grace_s`. Found by its environment markers, not by a process group id, which could
+    have been reused once the group's leader was reaped."""
+    signal_job(job_id, worker_id, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while job_processes(job_id, worker_id) - {os.getpgrp()}:
+        if time.monotonic() >= deadline:
+            signal_job(job_id, worker_id, signal.SIGKILL)
             return
         time.sleep(0.02)  # only on the kill path, bounded by the grace period
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
 
 
 def pid_alive(pid: int) -> bool:

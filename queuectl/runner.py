@@ -114,7 +114,9 @@ class Runner:
         self._current: tuple[str, str] | None = None  # (job id, claim token)
         # (claim token, why): the heartbeat found that claim revoked or taken over
         self._lost_claim: tuple[str, str] | None = None
-        self._job_group: int | None = None  # the process group of the job running now
+        # (job id, claim token) of a job canceled while running that is being stopped: the
+        # heartbeat keeps its lease, so no one takes its processes for a dead worker's
+        self._stopping_claim: tuple[str, str] | None = None
         self._stop_announced = False
         self._lease_renewed = time.monotonic()
         self._last_recover = -math.inf
@@ -186,7 +188,6 @@ class Runner:
         if job is None:
             return False
         self._current = (job.id, token)
-        self._job_group = None
         self._lease_renewed = started = time.monotonic()
         log_path: Path | None = None
         try:
@@ -215,7 +216,7 @@ class Runner:
                 job, now, latest, exit_code=attempt.exit_code, error=attempt.error, tail=tail
             )
         if not self.store.finish(job.id, token, outcome, now):
-            self._claim_lost(job.id, token)
+            self._claim_lost(job.id, token, tail)
             return
         detail = f" ({attempt.error})" if attempt.error else ""
         retry = (
@@ -225,16 +226,27 @@ class Runner:
         )
         self.log(f"job {job.id} {outcome.state.value}{detail} in {took * 1000:.0f} ms{retry}")
 
-    def _claim_lost(self, job_id: str, token: str) -> None:
-        """The attempt's result could not be recorded: say why, and if the job was canceled
-        while running, kill what is left of its process group, then drop the claim it kept."""
+    def _claim_lost(self, job_id: str, token: str, tail: str | None) -> None:
+        """The attempt's result could not be recorded: say why. If the job was canceled while
+        running, stop what is left of it (background children), then drop its claim."""
         current = self.store.get_job(job_id)
-        if current is None or current.state is not JobState.CANCELED:
+        if (
+            current is None
+            or current.state is not JobState.CANCELED
+            or current.lease_token != token
+        ):
             self.log(f"job {job_id}: claim lost before the result was recorded; result dropped")
             return
-        if self._job_group is not None:
-            procs.terminate_group(self._job_group)  # background children the job left
-        self.store.release_claim(job_id, token)
+        self._stopping_claim = (job_id, token)
+        try:
+            procs.stop_job(job_id, self.worker_id)
+            if not (self._lost_claim and self._lost_claim[0] == token):  # else _wait noted it
+                ending = f"=== {format_time(self.clock())} canceled while running\n"
+                with contextlib.suppress(OSError), open(job_log_path(job_id, self._logs), "a") as f:
+                    f.write(ending)
+            self.store.release_claim(job_id, token, tail)
+        finally:
+            self._stopping_claim = None
         self.log(f"job {job_id}: canceled while running; stopped, no result recorded")
 
     def _idle_wait(self) -> None:
@@ -289,7 +301,6 @@ class Runner:
                     env=env,
                     start_new_session=True,  # its own group: timeouts kill it all
                 )
-                self._job_group = proc.pid
             except FileNotFoundError:
                 return self._note(log_fd, Attempt(127, "command not found (exit 127)"))
             except PermissionError:
@@ -355,21 +366,21 @@ class Runner:
                 began = time.monotonic()
                 now = self.clock()
                 lease_until = now + timedelta(milliseconds=self.config.lease_ms)
+                claim = current or self._stopping_claim
                 try:
                     store = store or open_store(self.store.url, durable=False)
                     beat = store.heartbeat(
-                        self.worker_id, now, lease_until, *(current or (None, None))
+                        self.worker_id, now, lease_until, *(claim or (None, None))
                     )
-                    job = None
-                    if current is not None and not beat.claim_held:
-                        job = store.get_job(current[0])  # why: canceled, or taken over?
                 except Exception as exc:  # a busy or unreachable store: try again next beat
                     self.log(f"heartbeat failed: {exc}")
                     continue
                 if current is not None and self._current == current:
                     if beat.claim_held:
                         self._lease_renewed = began
-                    elif job is not None and job.state is JobState.CANCELED:
+                    elif self._lost_claim is not None and self._lost_claim[0] == current[1]:
+                        pass  # already being stopped
+                    elif beat.canceled:
                         self.log(f"job {current[0]}: canceled; stopping it")
                         self._lost_claim = (current[1], "canceled while running")
                         self._wake.wake()
@@ -409,7 +420,7 @@ class Runner:
             if host == self.host:
                 procs.signal_job(job.id, job.worker_id, signal.SIGKILL)
             if job.state is JobState.CANCELED:
-                if self.store.release_claim(job.id, job.lease_token):
+                if self.store.release_claim(job.id, job.lease_token, None):
                     self.log(f"job {job.id}: canceled while running; stopped (its worker is gone)")
                 continue
             reason = "worker lost (process died)" if local_dead else "worker lost (lease expired)"

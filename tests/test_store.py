@@ -230,18 +230,25 @@ def test_canceling_a_processing_job_revokes_its_claim(store: Store, clock: FakeC
     )
     assert not after.ended
     assert [job.id for job in store.processing_jobs()] == ["j"]  # recovery still sees it
-    beat = store.heartbeat("w1", clock(), lease, "j", "token-1")
-    assert not beat.claim_held
+    later = lease + timedelta(seconds=10)
+    beat = store.heartbeat("w1", clock(), later, "j", "token-1")
+    # the worker learns to stop the job, and its heartbeat keeps the fence from expiring
+    assert (beat.claim_held, beat.canceled) == (False, True)
+    assert store.get_job("j").lease_expires_at == later  # type: ignore[union-attr]
     done = Transition(JobState.COMPLETED, 0, clock(), 0, None, "out")
     assert not store.finish("j", "token-1", done, clock()), "the worker records nothing"
-    assert not store.release_claim("j", "another-token")
-    assert store.release_claim("j", "token-1")
+    assert store.cancel_job("j", clock(), running=True).stopping  # again: fine, still stopping
+    with pytest.raises(InvalidState):
+        store.cancel_job("j", clock())
+    assert not store.release_claim("j", "another-token", None)
+    assert store.release_claim("j", "token-1", "its output")
     released = store.get_job("j")
     assert released is not None
-    assert (released.state, released.lease_token, released.ended) == (
+    assert (released.state, released.lease_token, released.ended, released.output_tail) == (
         JobState.CANCELED,
         None,
         True,
+        "its output",
     )
     assert store.processing_jobs() == []
 

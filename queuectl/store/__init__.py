@@ -58,7 +58,8 @@ class SpoolFile:
 @dataclass(frozen=True)
 class Heartbeat:
     stop_requested: bool
-    claim_held: bool  # False when the current job's claim was taken over
+    claim_held: bool  # False when the current job's claim was taken over or canceled
+    canceled: bool = False  # the job was canceled while running: stop it (its lease still holds)
 
 
 class Store(Protocol):
@@ -178,8 +179,9 @@ class Store(Protocol):
         expired_before, only if the claim's lease expired before then); else change nothing."""
         ...
 
-    def release_claim(self, job_id: str, token: str) -> bool:
-        """Drop the claim a job canceled while running kept (its process is gone now)."""
+    def release_claim(self, job_id: str, token: str, output_tail: str | None) -> bool:
+        """Drop the claim a job canceled while running kept (its process is gone now), and
+        keep the attempt's output tail for `logs` on other hosts."""
         ...
 
     def processing_jobs(self) -> list[Job]:

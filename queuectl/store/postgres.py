@@ -109,7 +109,8 @@ UPDATE jobs SET state = 'canceled', updated_at = %(now)s, finished_at = %(now)s,
 """
 # A canceled job's process is gone: the claim it kept can go too.
 RELEASE_CLAIM = """
-UPDATE jobs SET lease_token = NULL, lease_expires_at = NULL
+UPDATE jobs SET lease_token = NULL, lease_expires_at = NULL,
+                output_tail = coalesce(%(output_tail)s, output_tail)
  WHERE id = %(job_id)s AND lease_token = %(token)s AND state = 'canceled'
 """
 RETRY_DEAD = """
@@ -137,7 +138,8 @@ RETURNING stop_requested
 """
 RENEW_JOB_LEASE = """
 UPDATE jobs SET lease_expires_at = %(lease_until)s
- WHERE id = %(job_id)s AND lease_token = %(token)s AND state = 'processing'
+ WHERE id = %(job_id)s AND lease_token = %(token)s AND state IN ('processing', 'canceled')
+RETURNING state
 """
 DEREGISTER_WORKER = "DELETE FROM workers WHERE id = %(worker_id)s"
 LIVE_WORKERS = """
@@ -184,7 +186,8 @@ CLAIMED_WITH = "SELECT * FROM jobs WHERE state = 'processing' AND lease_token = 
 DRAIN_BLOCKERS = """
 SELECT count(*) AS n FROM jobs
  WHERE (state = 'processing' OR state = 'failed'
-        OR (state = 'pending' AND available_at <= %(now)s))
+        OR (state = 'pending' AND available_at <= %(now)s)
+        OR (state = 'canceled' AND lease_token IS NOT NULL))
    AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
 """
 NEXT_AVAILABLE_AT = """
@@ -512,9 +515,12 @@ class PostgresStore:
                 if before is None:
                     raise JobNotFound(job_id)
                 params = {"id": job_id, "now": self._db(now), "running": running}
-                if conn.execute(CANCEL_JOB, params).rowcount == 0:
+                job = self._job(before)
+                if conn.execute(CANCEL_JOB, params).rowcount == 0 and not (
+                    running and job.stopping
+                ):
                     raise not_cancelable(job_id, before["state"])
-                return self._job(before)
+                return job
 
         return self._run(op)
 
@@ -586,8 +592,12 @@ class PostgresStore:
         def op(conn: psycopg.Connection[Any]) -> Heartbeat:
             with self._tx(conn):
                 row = conn.execute(HEARTBEAT_WORKER, params).fetchone()
-                held = job_id is None or conn.execute(RENEW_JOB_LEASE, params).rowcount == 1
-            return Heartbeat(stop_requested=bool(row and row["stop_requested"]), claim_held=held)
+                job = conn.execute(RENEW_JOB_LEASE, params).fetchone() if job_id else None
+            return Heartbeat(
+                stop_requested=bool(row and row["stop_requested"]),
+                claim_held=job_id is None or (job is not None and job["state"] == "processing"),
+                canceled=job is not None and job["state"] == "canceled",
+            )
 
         return self._run(op)
 
@@ -660,8 +670,8 @@ class PostgresStore:
 
         return self._run(lambda conn: conn.execute(FINISH_JOB, params).rowcount == 1)
 
-    def release_claim(self, job_id: str, token: str) -> bool:
-        params = {"job_id": job_id, "token": token}
+    def release_claim(self, job_id: str, token: str, output_tail: str | None) -> bool:
+        params = {"job_id": job_id, "token": token, "output_tail": output_tail}
         return self._run(lambda conn: conn.execute(RELEASE_CLAIM, params).rowcount == 1)
 
     def processing_jobs(self) -> list[Job]:

@@ -94,7 +94,8 @@ UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now,
 """
 # A canceled job's process is gone: the claim it kept can go too.
 RELEASE_CLAIM = """
-UPDATE jobs SET lease_token = NULL, lease_expires_at = NULL
+UPDATE jobs SET lease_token = NULL, lease_expires_at = NULL,
+                output_tail = coalesce(:output_tail, output_tail)
  WHERE id = :job_id AND lease_token = :token AND state = 'canceled'
 """
 RETRY_DEAD = """
@@ -120,7 +121,8 @@ RETURNING stop_requested
 """
 RENEW_JOB_LEASE = """
 UPDATE jobs SET lease_expires_at = :lease_until
- WHERE id = :job_id AND lease_token = :token AND state = 'processing'
+ WHERE id = :job_id AND lease_token = :token AND state IN ('processing', 'canceled')
+RETURNING state
 """
 DEREGISTER_WORKER = "DELETE FROM workers WHERE id = :worker_id"
 LIVE_WORKERS = """
@@ -157,13 +159,14 @@ UPDATE jobs SET state = :state, attempts = :attempts, available_at = :available_
 PROCESSING_JOBS = """
 SELECT * FROM jobs WHERE state = 'processing'
 UNION ALL
-SELECT * FROM jobs WHERE state = 'canceled' AND lease_token IS NOT NULL
+SELECT * FROM jobs INDEXED BY jobs_stopping WHERE state = 'canceled' AND lease_token IS NOT NULL
 """
 DRAIN_BLOCKERS = """
 SELECT count(*) FROM jobs
  WHERE (state = 'processing'
         OR state = 'failed'
-        OR (state = 'pending' AND available_at <= :now))
+        OR (state = 'pending' AND available_at <= :now)
+        OR (state = 'canceled' AND lease_token IS NOT NULL))
    AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
 """
 NEXT_AVAILABLE_AT = """
@@ -496,7 +499,7 @@ class SqliteStore:
             if before is None:
                 raise JobNotFound(job_id)
             params = {"id": job_id, "now": to_ms(now), "running": running}
-            if conn.execute(CANCEL_JOB, params).rowcount == 0:
+            if conn.execute(CANCEL_JOB, params).rowcount == 0 and not (running and before.stopping):
                 raise not_cancelable(job_id, before.state.value)
             return before
 
@@ -560,8 +563,12 @@ class SqliteStore:
         }
         with self._write() as conn:
             row = conn.execute(HEARTBEAT_WORKER, params).fetchone()
-            held = job_id is None or conn.execute(RENEW_JOB_LEASE, params).rowcount == 1
-        return Heartbeat(stop_requested=bool(row and row[0]), claim_held=held)
+            job = conn.execute(RENEW_JOB_LEASE, params).fetchone() if job_id else None
+        return Heartbeat(
+            stop_requested=bool(row and row[0]),
+            claim_held=job_id is None or (job is not None and job[0] == "processing"),
+            canceled=job is not None and job[0] == "canceled",
+        )
 
     def deregister_worker(self, worker_id: str) -> None:
         with self._write() as conn:
@@ -618,9 +625,10 @@ class SqliteStore:
         with self._write() as conn:
             return conn.execute(FINISH_JOB, params).rowcount == 1
 
-    def release_claim(self, job_id: str, token: str) -> bool:
+    def release_claim(self, job_id: str, token: str, output_tail: str | None) -> bool:
+        params = {"job_id": job_id, "token": token, "output_tail": output_tail}
         with self._write() as conn:
-            return conn.execute(RELEASE_CLAIM, {"job_id": job_id, "token": token}).rowcount == 1
+            return conn.execute(RELEASE_CLAIM, params).rowcount == 1
 
     def processing_jobs(self) -> list[Job]:
         return [_job_from_row(r) for r in self.conn.execute(PROCESSING_JOBS)]
