@@ -53,6 +53,6 @@ show 'queuectl status'
 show 'queuectl worker stop'
 
 step "Done"
-echo "'flaky' fails on purpose: it is retrying again and will return to the DLQ."
+echo "'flaky' fails on purpose: it was retrying again when the demo stopped its worker."
 echo "Jobs scheduled for later (examples/jobs) wait for their run_at."
 echo "Everything lived in a throwaway QUEUECTL_HOME, now deleted; nothing is left running."

@@ -143,8 +143,9 @@ def parse_value(name: str, text: str, *, origin: str | None = None) -> Number:
     except ValueError:
         value = None
     if value is None or not key.check(value):
-        where = origin or name
-        raise ConfigInvalid(f"{where}: {text!r} is not valid for {name}: use {key.rule}")
+        if origin:  # e.g. an environment variable: name it and the key
+            raise ConfigInvalid(f"{origin}: {text!r} is not valid for {name}: use {key.rule}")
+        raise ConfigInvalid(f"{name}: {text!r} is not valid: use {key.rule}")
     return value
 
 

@@ -522,15 +522,25 @@ def _describe(err: Any, data: dict[str, Any]) -> tuple[str, str, bool]:
         missing = [k for k in err.validator_value if k not in err.instance]
         return ", ".join(missing), "required field is missing: add it", False
     expected = err.schema.get("x-expected") or _parent_expected(err)
+    shown = _shown(err.instance)
     if expected:
-        return "", f"{err.instance!r} is not valid: use {expected}", False
+        return "", f"{shown} is not valid: use {expected}", False
     if err.validator == "format":
         return (
             "",
-            f"{err.instance!r} is not an RFC 3339 date-time with offset, e.g. 2026-01-31T02:00:00Z",
+            f"{shown} is not an RFC 3339 date-time with offset, e.g. 2026-01-31T02:00:00Z",
             False,
         )
-    return "", err.message, False
+    return "", err.message.replace(repr(err.instance), shown), False
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value for an error message: its repr, cut short so that one line stays readable."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} items" if isinstance(value, list | dict) else f"{len(text)} characters"
+    return f"{text[: limit - 20]}… ({size})"
 
 
 def _parent_expected(err: Any) -> str | None:

@@ -38,27 +38,27 @@ def test_set_then_get_in_another_process(run: Run, key: str, value: str, shown: 
         (
             "max_retries",
             "-1",
-            "max_retries: '-1' is not valid for max_retries: use an integer from 0 to 2147483647",
+            "max_retries: '-1' is not valid: use an integer from 0 to 2147483647",
         ),
         (
             "max_retries",
             "two",
-            "max_retries: 'two' is not valid for max_retries: use an integer from 0 to 2147483647",
+            "max_retries: 'two' is not valid: use an integer from 0 to 2147483647",
         ),
         (
             "backoff_base",
             "1",
-            "backoff_base: '1' is not valid for backoff_base: use a number > 1 and <= 100",
+            "backoff_base: '1' is not valid: use a number > 1 and <= 100",
         ),
         (
             "backoff_base",
             "nan",
-            "backoff_base: 'nan' is not valid for backoff_base: use a number > 1 and <= 100",
+            "backoff_base: 'nan' is not valid: use a number > 1 and <= 100",
         ),
         (
             "lease_ms",
             "10",
-            "lease_ms: '10' is not valid for lease_ms: use an integer from 200 to 86400000",
+            "lease_ms: '10' is not valid: use an integer from 200 to 86400000",
         ),
         (
             "colour",

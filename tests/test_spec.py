@@ -40,7 +40,7 @@ def test_schema_errors_point_at_the_node_at_every_depth() -> None:
     assert problems_of(text) == [
         "f.yaml:5:10: env.BAD: 3 is not of type 'string'",
         "f.yaml:7:12: command: ['echo', 4] is not valid: use a non-empty command string, "
-        "or a non-empty array of strings (no NUL bytes; at most 131072 characters each)",
+        "or a non-empty array of at most 4096 strings (no NUL bytes; at most 131072 characters each)",
         "f.yaml:8:18: labels.team: 7 is not of type 'string'",
         "f.yaml:9:13: priority: 'high' is not of type 'integer'",
     ]
@@ -254,3 +254,11 @@ def test_the_file_schema_accepts_every_example_and_still_checks_each_job() -> No
         assert not list(validator.iter_errors(data)), data
     assert list(validator.iter_errors([{"command": "true"}, {"command": "true", "priorty": 1}]))
     assert list(validator.iter_errors({"id": "no-command"}))
+
+
+def test_a_huge_value_is_cut_short_in_the_message(tmp_path: Path) -> None:
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps({"command": ["x" * 200_000]}))
+    (problem,) = spec.validate_paths([path]).problems
+    assert len(problem.message) < 300
+    assert "(1 items) is not valid: use a non-empty command string" in problem.message
