@@ -159,14 +159,16 @@ BAD_INPUT = [
         None,
         1,
         "Error: <argument>:1:13: command: '' is not valid: use a non-empty command string, "
-        "or a non-empty array of at most 4096 strings (no NUL bytes; at most 131072 characters each)",
+        "or a non-empty array of at most 4096 strings "
+        "(no NUL bytes; at most 131072 characters each)",
     ),
     (
         [""],
         None,
         1,
         "Error: <argument>: command: '' is not valid: use a non-empty command string, "
-        "or a non-empty array of at most 4096 strings (no NUL bytes; at most 131072 characters each)",
+        "or a non-empty array of at most 4096 strings "
+        "(no NUL bytes; at most 131072 characters each)",
     ),
     (
         ['{"command": "x", "priorty": 1}'],

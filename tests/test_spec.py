@@ -40,7 +40,8 @@ def test_schema_errors_point_at_the_node_at_every_depth() -> None:
     assert problems_of(text) == [
         "f.yaml:5:10: env.BAD: 3 is not of type 'string'",
         "f.yaml:7:12: command: ['echo', 4] is not valid: use a non-empty command string, "
-        "or a non-empty array of at most 4096 strings (no NUL bytes; at most 131072 characters each)",
+        "or a non-empty array of at most 4096 strings "
+        "(no NUL bytes; at most 131072 characters each)",
         "f.yaml:8:18: labels.team: 7 is not of type 'string'",
         "f.yaml:9:13: priority: 'high' is not of type 'integer'",
     ]
