@@ -924,13 +924,10 @@ spool_dir_argument = click.argument(
 
 
 def _open_spool(app: App, directory: Path | None) -> Any:
+    from .runner import stderr_log
     from .spool import Spool, default_spool_dir
 
-    return Spool(
-        directory or default_spool_dir(),
-        app.queue().store,
-        log=lambda line: click.echo(line, err=True),
-    )
+    return Spool(directory or default_spool_dir(), app.queue().store, log=stderr_log)
 
 
 @spool_group.command(name="watch")

@@ -83,7 +83,8 @@ class Attempt:
         return cls(code, f"exit code {code}")
 
 
-def _stderr_log(line: str) -> None:
+def stderr_log(line: str) -> None:
+    """A log line on stderr, time-stamped like every line workers and watchers write."""
     print(f"{format_time(utcnow())} {line}", file=sys.stderr, flush=True)
 
 
@@ -97,7 +98,7 @@ class Runner:
         queues: Sequence[str] = (),
         poll_interval_ms: int | None = None,
         clock: Clock = utcnow,
-        log: Log = _stderr_log,
+        log: Log = stderr_log,
     ) -> None:
         self.store = store
         self.queues = tuple(queues)

@@ -165,7 +165,8 @@ class Supervisor:
 def _pids_locked() -> Iterator[list[dict[str, Any]]]:
     """pids.json's entries, under an exclusive lock, written back on exit."""
     path = pids_path()
-    with open(path.with_suffix(".lock"), "a") as lock:
+    lock_fd = os.open(path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(lock_fd, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             entries = json.loads(path.read_text()).get("workers", [])
@@ -173,7 +174,9 @@ def _pids_locked() -> Iterator[list[dict[str, Any]]]:
             entries = []
         yield entries
         tmp = path.with_name(f".pids.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"workers": entries}, indent=2) + "\n")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # its pids are ours
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"workers": entries}, indent=2) + "\n")
         os.replace(tmp, path)
 
 

@@ -29,6 +29,15 @@ def test_home_logs_and_database_are_private(run: Run, home: Path) -> None:
     assert (home / "logs" / f"job-{job_id}.log").stat().st_mode & 0o777 == 0o600
 
 
+def test_detached_worker_records_are_private(run: Run, home: Path) -> None:
+    assert run("worker", "start").returncode == 0
+    try:
+        for name in ("pids.json", "pids.lock"):
+            assert (home / name).stat().st_mode & 0o777 == 0o600, name
+    finally:
+        assert run("worker", "stop").returncode == 0
+
+
 @pytest.mark.parametrize("job_id", ["../escape", "a/b", "..", "a..b", "x\n", "/etc/passwd", ""])
 def test_job_ids_can_never_name_a_file_outside_the_logs_directory(home: Path, job_id: str) -> None:
     with pytest.raises(QueuectlError, match="is not a valid job id"):

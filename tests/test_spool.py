@@ -308,6 +308,7 @@ def test_watcher_ingests_backlog_and_live_drops_then_stops_on_sigterm(
         _, stderr = watcher.communicate(timeout=20)
     assert watcher.returncode == 0
     assert "ingested backlog.yaml" in stderr
+    assert all(line[:4].isdigit() and line[10] == "T" for line in stderr.splitlines())  # stamped
     assert "ingested live.yaml" in stderr
     assert "rejected bad.yaml" in stderr
 
