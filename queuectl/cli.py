@@ -6,13 +6,15 @@ No SQL and no queue rules live here. Every error reaches the user as one
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -23,7 +25,7 @@ from . import __version__, spec
 from .core import Queue
 from .errors import Problem, QueuectlError, SpecInvalid, UsageProblem, first_few
 from .models import Job, JobState
-from .paths import default_db_url, job_log_path
+from .paths import default_db_url
 from .store import open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -72,11 +74,25 @@ class QueuectlGroup(click.Group):
         except BrokenPipeError:  # `queuectl list | head`: the reader left, nothing is wrong
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
-        except OSError as exc:  # stdout on a full disk, say: say so, not a traceback
+        except OSError as exc:  # a full disk, a removed directory: one line, not a traceback
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            click.echo(f"Error: cannot write the output ({exc.strerror}): check the disk", err=True)
+            click.echo(f"Error: {os_error_line(exc)}", err=True)
             sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
+
+
+def os_error_line(exc: OSError) -> str:
+    """An unexpected OSError in words: the operation (where it was raised), the file, the
+    errno; writing the output is named as such."""
+    code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    what = f"{exc.strerror or exc} ({code})"
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if f"{os.sep}queuectl{os.sep}" in f.filename]
+    if exc.filename is None and frames and frames[-1].name in ("echo", "write", "flush"):
+        return f"cannot write the output: {what}"
+    where = f" in {Path(ours[-1].filename).stem}.{ours[-1].name}" if ours else ""
+    target = f" on {os.fsdecode(exc.filename)!r}" if exc.filename is not None else ""
+    return f"{what}{target}{where}: check that path and its permissions, or report it as a bug"
 
 
 class App:
@@ -157,6 +173,16 @@ class DateTime(_ParamType):
                 ctx,
             )
         return str(value)
+
+
+def limit_option(func: F) -> F:
+    return click.option(
+        "--limit",
+        type=click.IntRange(1, INT32 - 1),  # a bound the stores' integers can hold
+        default=1000,
+        show_default=True,
+        help="At most N jobs.",
+    )(func)
 
 
 def format_option(func: F) -> F:
@@ -306,9 +332,7 @@ def enqueue_cmd(
 @click.option("--state", type=click.Choice([s.value for s in JobState]), help="Only this state.")
 @click.option("--queue", "queue_name", help="Only this queue.")
 @click.option("--label", "labels", type=KeyValue(), multiple=True, help="Only jobs with label.")
-@click.option(
-    "--limit", type=click.IntRange(min=1), default=1000, show_default=True, help="At most N jobs."
-)
+@limit_option
 @format_option
 @pass_app
 def list_cmd(
@@ -444,7 +468,7 @@ def logs_cmd(app: App, job_id: str, follow: bool) -> None:
     """
     queue = app.queue()
     if follow:
-        for chunk in _follow(queue, job_id):
+        for chunk in queue.follow_output(job_id):
             click.echo(chunk, nl=False)
         return
     output = queue.output(job_id)
@@ -454,27 +478,8 @@ def logs_cmd(app: App, job_id: str, follow: bool) -> None:
         click.echo(
             "(the last 4 KiB kept in the store; the full log is on the worker's host)", err=True
         )
-    click.echo(output.text, nl=False)
-
-
-def _follow(queue: Queue, job_id: str) -> Iterator[str]:
-    """The log file's content as it grows, until the job reaches an end state."""
-    path = job_log_path(job_id)
-    offset = 0
-    while True:
-        done = queue.get(job_id).ended  # read before the file: no lost tail
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                f.seek(offset)
-                chunk = f.read()
-                offset = f.tell()
-        except FileNotFoundError:
-            chunk = ""
-        if chunk:
-            yield chunk
-        if done:
-            return
-        time.sleep(0.2)  # following a file is polling by nature
+    for chunk in output.chunks:
+        click.echo(chunk, nl=False)
 
 
 # -- dead letter queue ----------------------------------------------------------------
@@ -486,9 +491,7 @@ def dlq_group() -> None:
 
 
 @dlq_group.command(name="list")
-@click.option(
-    "--limit", type=click.IntRange(min=1), default=1000, show_default=True, help="At most N jobs."
-)
+@limit_option
 @format_option
 @pass_app
 def dlq_list_cmd(app: App, limit: int, fmt: str) -> None:
@@ -618,7 +621,7 @@ def worker_options(func: F) -> F:
     )(func)
     func = click.option(
         "--poll-interval",
-        type=click.IntRange(min=10),
+        type=click.IntRange(10, INT32 - 1),
         metavar="MS",
         help="How often an idle worker looks for due jobs [config poll_interval_ms].",
     )(func)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, BinaryIO, Literal
 
 from . import config as config_mod
 from .config import Config
@@ -22,10 +23,12 @@ from .models import (
     utcnow,
     worker_host_pid,
 )
-from .paths import job_log_path
+from .paths import job_log_path, open_log
 from .store import Store, redact_url
 
 Clock = Callable[[], datetime]
+LOG_CHUNK_BYTES = 64 * 1024  # `logs` streams: memory stays flat whatever the log's size
+FOLLOW_POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -36,10 +39,24 @@ class Enqueued:
 
 @dataclass(frozen=True)
 class JobOutput:
-    """A job's output: the full local log file, or the tail kept in the store."""
+    """A job's output: the full local log file, or the tail kept in the store, as chunks
+    (a log can be far larger than memory)."""
 
-    text: str
-    origin: str  # "file", "store" or "none"
+    chunks: Iterable[str]
+    origin: Literal["file", "store", "none"]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+
+def _decoded(f: BinaryIO) -> Iterator[str]:
+    """The file's text from where it stands, in chunks; what is not UTF-8 is replaced."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    with f:
+        while chunk := f.read(LOG_CHUNK_BYTES):
+            yield decoder.decode(chunk)
+    yield decoder.decode(b"", final=True)
 
 
 def format_number(value: config_mod.Number) -> str:
@@ -186,11 +203,31 @@ class Queue:
     def output(self, job_id: str) -> JobOutput:
         """The job's output: the local log file if this machine has it, else the stored tail."""
         job = self.get(job_id)
-        with contextlib.suppress(FileNotFoundError):
-            return JobOutput(job_log_path(job_id).read_text(errors="replace"), "file")
+        log = open_log(job_log_path(job_id))
+        if log is not None:
+            return JobOutput(_decoded(log), "file")
         if job.output_tail:
-            return JobOutput(job.output_tail, "store")
-        return JobOutput("", "none")
+            return JobOutput([job.output_tail], "store")
+        return JobOutput([], "none")
+
+    def follow_output(self, job_id: str, *, poll_s: float = FOLLOW_POLL_S) -> Iterator[str]:
+        """The log file's content as it grows, until the job reaches an end state."""
+        path = job_log_path(job_id)
+        log: BinaryIO | None = None
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        try:
+            while True:
+                done = self.get(job_id).ended  # read before the file: no lost tail
+                log = log or open_log(path)
+                while log is not None and (chunk := log.read(LOG_CHUNK_BYTES)):
+                    yield decoder.decode(chunk)
+                if done:
+                    yield decoder.decode(b"", final=True)
+                    return
+                time.sleep(poll_s)  # following a file is polling by nature
+        finally:
+            if log is not None:
+                log.close()
 
     # -- dead letter queue ---------------------------------------------------------
 

@@ -61,6 +61,10 @@ class StoreError(QueuectlError):
     """The store cannot be opened or used."""
 
 
+class StoreReplaced(StoreError):
+    """The SQLite file was replaced or removed while this process had it open."""
+
+
 class SchemaTooNew(StoreError):
     """The database was written by a newer queuectl."""
 

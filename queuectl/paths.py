@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import QueuectlError
 from .models import ID_PATTERN
@@ -47,3 +49,27 @@ def job_log_path(job_id: str, directory: Path | None = None) -> Path:
 
 def pids_path() -> Path:
     return home_dir() / "pids.json"
+
+
+def open_log(path: Path) -> BinaryIO | None:
+    """A job's log file opened for reading, or None if there is none.
+
+    Never follows a symlink and never blocks: a FIFO planted at the path would hang
+    the reader, so anything but a regular file is refused.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise QueuectlError(
+            f"cannot open the log {str(path)!r} ({exc.strerror}): remove whatever stands "
+            "there (a log is a regular file)"
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise QueuectlError(
+            f"the log {str(path)!r} is not a regular file: remove it (a log is a regular file)"
+        )
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")

@@ -402,6 +402,9 @@ def load_json(text: str, source: str) -> Document:
 def _locate_json(doc: Document, text: str) -> None:
     """Find node positions in JSON text by composing it as YAML (only on the error path)."""
     doc._positions = {}
+    # YAML refuses lone surrogate escapes that JSON allows; a same-length stand-in keeps
+    # every position where it was.
+    text = re.sub(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}", r"\\u003f", text)
     try:
         (located,) = load_yaml(text, doc.source)
     except (SpecInvalid, ValueError):
@@ -452,6 +455,10 @@ def validate_documents(docs: Sequence[Document], *, source: str = "<input>") -> 
     loaded: list[LoadedSpec] = []
     for doc in docs:
         for prefix, data in job_entries(doc):
+            bad = _surrogate_path(data)
+            if bad is not None:
+                problems.append(_surrogate_problem(doc, prefix, bad))
+                continue
             if fast is not None and fast(data):
                 line, col = (doc.line, 1) if doc._locate else doc.position(prefix)
                 loaded.append(LoadedSpec(_to_spec(data), doc.source, line, col))
@@ -486,6 +493,42 @@ def validate_documents(docs: Sequence[Document], *, source: str = "<input>") -> 
             [Problem(source, 1, 1, "", "no job found: expected a job mapping or a list of jobs")]
         )
     return loaded
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate_path(data: Any, path: PathTuple = ()) -> PathTuple | None:
+    """Where a lone surrogate stands in the data (a JSON `\\ud800` escape, or argv bytes
+    that are not UTF-8), or None. No store can hold one: SQLite's text and PostgreSQL
+    refuse it, so it is refused here, before anything is written."""
+    if isinstance(data, str):
+        return path if not data.isascii() and _SURROGATE.search(data) else None
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(key, str) and _surrogate_path(key) is not None:
+                return (*path, key)
+            found = _surrogate_path(value, (*path, key))
+            if found is not None:
+                return found
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            found = _surrogate_path(item, (*path, i))
+            if found is not None:
+                return found
+    return None
+
+
+def _surrogate_problem(doc: Document, prefix: PathTuple, path: PathTuple) -> Problem:
+    line, col = doc.position(prefix + path)
+    return Problem(
+        doc.source,
+        line,
+        col,
+        _dotted(path),
+        "is not valid Unicode text (a lone surrogate such as \\ud800, or bytes that are not "
+        "UTF-8): write the character itself, or a complete surrogate pair",
+    )
 
 
 def _problems(doc: Document, prefix: PathTuple, data: Any) -> Iterator[Problem]:

@@ -22,6 +22,7 @@ from ..errors import (
     MigrationFailed,
     SchemaTooNew,
     StoreError,
+    StoreReplaced,
 )
 from ..models import Job, JobState, NewJob, WorkerInfo, from_ms, to_ms
 from . import (
@@ -264,6 +265,15 @@ def _statements(script: str) -> Iterator[str]:
         )
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, None if there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _advice(exc: sqlite3.Error) -> str | None:
     """What to do about an operational error a user can meet; None for a bug of ours."""
     text = str(exc)
@@ -304,6 +314,7 @@ class SqliteStore:
                     f"{url}: cannot create {str(path)!r} ({exc.strerror}): "
                     "choose a writable location"
                 ) from None
+        self._file_id = _file_id(path)
         try:
             self.conn = sqlite3.connect(
                 path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
@@ -337,8 +348,18 @@ class SqliteStore:
 
     # -- plumbing ----------------------------------------------------------------
 
+    def _check_same_file(self) -> None:
+        """Refuse to go on once the file at our path is another one: a worker writing to a
+        replaced (or deleted) file would leave new jobs pending and itself unlisted."""
+        if _file_id(self.path) != self._file_id:
+            raise StoreReplaced(
+                f"{self.url}: the database file was replaced or removed while this process "
+                "had it open: restart the process so that it opens the file now there"
+            )
+
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        self._check_same_file()
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -387,6 +408,7 @@ class SqliteStore:
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
 
     def changed(self) -> bool:
+        self._check_same_file()
         version = self._read_data_version()
         changed, self._data_version = version != self._data_version, version
         return changed
