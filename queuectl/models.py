@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import os
@@ -230,8 +231,48 @@ def worker_host_pid(worker_id: str) -> tuple[str, int | None]:
     return host, int(pid) if pid.isdigit() else None
 
 
-def new_worker_id() -> str:
-    """A worker id that names its host and pid, plus a random suffix against pid reuse."""
+def worker_namespace(worker_id: str) -> str | None:
+    """The boot-and-PID-namespace key a worker id carries (see new_worker_id).
+
+    None for an id that cannot tell: written by queuectl before ids carried a key
+    (`host:pid:random`), or by a worker that could not read its own (`host:pid:-:random`).
+    """
+    parts = worker_id.split(":")
+    return parts[2] if len(parts) == 4 and parts[2] != "-" else None
+
+
+@functools.cache
+def namespace_key() -> str | None:
+    """A short key for this process's boot and PID namespace, or None where /proc cannot
+    tell (not Linux).
+
+    Processes with the same key see the same pids. A host name alone does not say that:
+    host-networked containers and cloned VMs share one, yet a pid in one means nothing
+    in another (issue 14).
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        pid_ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    return hashlib.sha256(f"{boot}/{pid_ns}".encode()).hexdigest()[:8]
+
+
+def worker_is_local(worker_id: str) -> bool:
+    """True when the worker runs on this host, boot and PID namespace, so its pid names the
+    same process here: it can be checked and signalled from here."""
     import socket  # only workers need it; enqueue stays lean
 
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+    key = worker_namespace(worker_id)
+    host, _ = worker_host_pid(worker_id)
+    return key is not None and key == namespace_key() and host == socket.gethostname()
+
+
+def new_worker_id() -> str:
+    """A worker id, `host:pid:namespace key:random`: readable, unique per boot and PID
+    namespace (see namespace_key), and a random suffix against pid reuse."""
+    import socket
+
+    key = namespace_key() or "-"
+    return f"{socket.gethostname()}:{os.getpid()}:{key}:{secrets.token_hex(2)}"

@@ -1,8 +1,10 @@
-"""Waiting on processes without polling, and killing process groups.
+"""Waiting on processes without polling, killing process groups, and the lease watchdog.
 
 On Linux a pidfd becomes readable when its process exits, so a worker can
 block in select() on its job and on its wake-up pipe at once: no polling loop
 (subprocess's own timed wait polls, which halves spawn throughput).
+
+Run as a script, this module is a worker's watchdog (see Watchdog).
 """
 
 from __future__ import annotations
@@ -12,11 +14,29 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 FALLBACK_POLL_S = 0.05  # where pidfd_open is missing (macOS)
 KILL_GRACE_S = 3.0  # between SIGTERM and SIGKILL of a job's process group
+# The worker stops its own job when the lease runs out; its watchdog steps in this much
+# later, so a worker that can act always does it first (one SIGTERM, not two).
+WATCHDOG_SLACK_S = 0.25
+# While a job runs, its watchdog reads the worker's messages this often rather than as each
+# arrives: a reader asleep on the pipe would be woken at every write, which costs the
+# worker a context switch per message on a busy machine.
+WATCHDOG_READ_S = 0.05
+
+# Leases run out in real time. CLOCK_BOOTTIME goes on counting while the machine is
+# suspended, where CLOCK_MONOTONIC (time.monotonic() on Linux) stands still: a worker
+# that slept through its lease must see that it ran out.
+_LEASE_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+def lease_clock() -> float:
+    """Seconds on the clock that leases are measured with (see _LEASE_CLOCK)."""
+    return time.clock_gettime(_LEASE_CLOCK)
 
 
 class WakePipe:
@@ -113,19 +133,22 @@ def group_alive(pgid: int) -> bool:
 
 def kill_group(proc: subprocess.Popen[bytes], grace_s: float = KILL_GRACE_S) -> None:
     """SIGTERM the process group led by `proc`, then SIGKILL it after `grace_s`; reap `proc`."""
-    pgid = proc.pid
+    _term_group(proc.pid, grace_s, proc.poll)  # reaping the leader stops it counting as a member
+    proc.wait()
+
+
+def _term_group(pgid: int, grace_s: float, reap: Callable[[], object] = lambda: None) -> None:
+    """SIGTERM the process group, then SIGKILL it if anything in it outlives `grace_s`."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        proc.poll()  # reap the leader so it stops counting as a member
+        reap()
         if not group_alive(pgid):
-            break
+            return
         time.sleep(0.02)  # only on the kill path, bounded by the grace period
-    else:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-    proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def stop_job(job_id: str, worker_id: str, grace_s: float = KILL_GRACE_S) -> None:
@@ -198,3 +221,174 @@ def job_processes(job_id: str, worker_id: str) -> set[int]:
             except OSError:
                 continue
     return groups
+
+
+class Watchdog:
+    """Bounds a worker's running job to its lease when the worker itself cannot act.
+
+    A job runs in a session of its own, so it goes on when its worker is stopped
+    (Ctrl-Z, SIGSTOP), hangs or dies, and would run twice at once after its lease ran
+    out and another worker took it over (issue 14). The watchdog is a small process in
+    a session of its own, out of reach of the worker's Ctrl-Z. The worker tells it
+    which job is starting and when its lease runs out, then the job's process group,
+    then each renewal; when the lease runs out unrenewed, the watchdog stops the job
+    as a timeout would.
+
+    Messages are single lines on a pipe, each written whole (below PIPE_BUF). The
+    write end is non-blocking: a stopped or dead watchdog must not stall the worker.
+    """
+
+    def __init__(self) -> None:
+        read_fd, self._fd = os.pipe()
+        try:
+            # The standard library only (-I -S): nothing of the environment to import.
+            self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-I", "-S", os.path.abspath(__file__)],
+                stdin=read_fd,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            os.close(read_fd)
+        os.set_blocking(self._fd, False)
+
+    @staticmethod
+    def supported() -> bool:
+        """Linux only: the watchdog tells a live job from a reused pid by a pidfd."""
+        return hasattr(os, "pidfd_open") and os.path.isdir("/proc")
+
+    def starting(self, deadline: float, job_id: str, worker_id: str) -> None:
+        """The job is about to start; its lease runs out at `deadline` (lease_clock).
+        Sent before the spawn, so a worker stopped before started() is covered too."""
+        self._send(f"s {deadline!r} {job_id} {worker_id}\n")
+
+    def started(self, pgid: int) -> None:
+        """The job runs in process group `pgid`."""
+        self._send(f"a {pgid}\n")
+
+    def renew(self, deadline: float) -> None:
+        """The current job's lease was renewed until `deadline`."""
+        self._send(f"r {deadline!r}\n")
+
+    def disarm(self) -> None:
+        """No job to watch: it could not start, or the worker is stopping it itself."""
+        self._send("d\n")
+
+    def close(self) -> None:
+        """Let the watchdog exit (at once unless a job of ours still runs), and reap it."""
+        os.close(self._fd)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(KILL_GRACE_S + 1)
+
+    def _send(self, message: str) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._fd, message.encode())
+
+
+class _Watched:
+    """The job a watchdog guards."""
+
+    def __init__(self, deadline: float, job_id: str, worker_id: str) -> None:
+        self.deadline = deadline
+        self.job_id = job_id
+        self.worker_id = worker_id
+        self.pgid = 0
+        # a pidfd (-1: gone before it could be taken): it never names a process that reused
+        # the pid
+        self.leader: int | None = None
+
+    def hold_leader(self) -> None:
+        """Take a pidfd of the group's leader, once its pgid is known."""
+        if self.pgid and self.leader is None:
+            try:
+                self.leader = os.pidfd_open(self.pgid)
+            except OSError:  # exited and reaped already: it ended by itself
+                self.leader = -1
+
+    def ended_by_itself(self) -> bool:
+        """Its leader has exited; the leftovers of a job that exited are left alone."""
+        if self.leader is None:
+            return False
+        return self.leader < 0 or bool(select.select([self.leader], [], [], 0)[0])
+
+    def stop(self) -> None:
+        _log(
+            f"watchdog: job {self.job_id} outlived its lease (its worker {self.worker_id} is "
+            "stopped, hung or gone); stopping it"
+        )
+        if self.pgid:
+            _term_group(self.pgid, KILL_GRACE_S)
+        else:  # the worker stopped before it could say which group: find it by its markers
+            stop_job(self.job_id, self.worker_id)
+
+    def close(self) -> None:
+        if self.leader is not None and self.leader >= 0:
+            os.close(self.leader)
+
+
+def _watch(fd: int) -> None:
+    """The watchdog's loop: follow the worker's messages on `fd`, and stop the job once its
+    lease has run out. At the worker's end (end of file) exit, or, while a job of its runs
+    on, stop that job when its lease runs out first (a worker on the same host may recover
+    it sooner: see Runner.recover_lost_jobs)."""
+    os.set_blocking(fd, False)
+    job: _Watched | None = None
+    buffered = b""
+    worker_gone = False
+    while True:
+        if job is None:
+            if worker_gone:
+                return
+            select.select([fd], [], [])  # idle: sleep until the next job (or the end)
+        else:
+            time.sleep(
+                max(0.0, min(WATCHDOG_READ_S, job.deadline + WATCHDOG_SLACK_S - lease_clock()))
+            )
+        data, worker_gone = _read_all(fd, worker_gone)
+        *lines, buffered = (buffered + data).split(b"\n")
+        for line in lines:
+            kind, *fields = line.decode().split(" ")
+            if kind == "r" and job is not None:
+                job.deadline = max(job.deadline, float(fields[0]))
+            elif kind == "a" and job is not None:
+                job.pgid = int(fields[0])
+            elif kind in ("s", "d"):
+                if job is not None:
+                    job.close()
+                job = _Watched(float(fields[0]), *fields[1:]) if kind == "s" else None
+        if job is None:
+            continue
+        job.hold_leader()
+        if job.ended_by_itself():
+            job.close()
+            job = None
+        elif lease_clock() >= job.deadline + WATCHDOG_SLACK_S:
+            job.stop()
+            job.close()
+            job = None
+
+
+def _read_all(fd: int, at_end: bool) -> tuple[bytes, bool]:
+    """What the pipe holds now, and whether the worker has closed it."""
+    chunks = []
+    while not at_end:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        chunks.append(chunk)
+        at_end = not chunk
+    return b"".join(chunks), at_end
+
+
+def _log(line: str) -> None:
+    """A line on stderr (the worker's), time-stamped like the worker's own."""
+    from datetime import UTC, datetime
+
+    stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    with contextlib.suppress(OSError):
+        print(f"{stamp} {line}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    _watch(sys.stdin.fileno())

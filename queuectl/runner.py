@@ -13,6 +13,7 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -33,6 +34,8 @@ from .models import (
     new_worker_id,
     utcnow,
     worker_host_pid,
+    worker_is_local,
+    worker_namespace,
 )
 from .paths import job_log_path, logs_dir
 from .store import Store, Transition, open_store
@@ -41,6 +44,10 @@ Clock = Callable[[], datetime]
 Log = Callable[[str], None]
 CHANGE_CHECK_S = 0.025  # idle workers look for new commits this often (PRAGMA data_version)
 RECOVER_EVERY_S = 1.0
+# A job starts on its claim without asking the store again while the claim (or the last
+# renewal) is younger than this fraction of lease_ms; see Runner._claim_gone.
+SPAWN_FRESH_FRACTION = 0.1
+CANCELED_WHILE_RUNNING = "canceled while running"
 
 
 def backoff_ms(config: Config, attempts: int) -> int:
@@ -119,7 +126,10 @@ class Runner:
         # heartbeat keeps its lease, so no one takes its processes for a dead worker's
         self._stopping_claim: tuple[str, str] | None = None
         self._stop_announced = False
-        self._lease_renewed = time.monotonic()
+        # procs.lease_clock() when the current claim's lease was last set: taken before
+        # the write, so the lease runs out no sooner than lease_ms after it
+        self._lease_renewed = procs.lease_clock()
+        self._watchdog: procs.Watchdog | None = None
         self._last_recover = -math.inf
         self._logs = logs_dir()
         self._environ = dict(os.environ)  # copied once: decoding os.environ per job costs
@@ -161,6 +171,8 @@ class Runner:
             )
         )
         self.log(f"worker {self.worker_id} started (queues: {', '.join(self.queues) or 'all'})")
+        if procs.Watchdog.supported():
+            self._watchdog = procs.Watchdog()
         beat_stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat_loop, args=(beat_stop,), daemon=True)
         beat.start()
@@ -174,6 +186,9 @@ class Runner:
         finally:
             beat_stop.set()
             beat.join()
+            if self._watchdog is not None:
+                self._watchdog.close()
+                self._watchdog = None
             self.store.deregister_worker(self.worker_id)
             self.log(f"worker {self.worker_id} stopped after {self.jobs_run} job(s)")
 
@@ -182,22 +197,24 @@ class Runner:
         self.recover_lost_jobs()
         if self._stopping:
             return False
+        leased = procs.lease_clock()  # before `now`: the lease runs out no sooner than this
         now = self.clock()
         token = secrets.token_hex(8)
         lease_until = now + timedelta(milliseconds=self.config.lease_ms)
         job = self.store.claim_next(self.worker_id, self.queues, now, lease_until, token)
         if job is None:
             return False
+        self._lease_renewed = leased
         self._current = (job.id, token)
-        self._lease_renewed = started = time.monotonic()
-        log_path: Path | None = None
+        started = time.monotonic()
+        tail: str | None = None
         try:
-            log_path = job_log_path(job.id, self._logs)
-            attempt = self._execute(job, log_path, token)
+            attempt, tail = self._execute(job, token)
         except Exception as exc:  # a failure of ours must not leave the job processing
             attempt = Attempt(None, f"worker error: {exc}")
-        tail = _read_tail(log_path) if log_path else None
         self._current = None
+        if attempt is None:  # the claim was gone before the job could start
+            return True
         self._record(job, token, attempt, tail, time.monotonic() - started)
         self.jobs_run += 1
         return True
@@ -242,9 +259,12 @@ class Runner:
         try:
             procs.stop_job(job_id, self.worker_id)
             if not (self._lost_claim and self._lost_claim[0] == token):  # else _wait noted it
-                ending = f"=== {format_time(self.clock())} canceled while running\n"
-                with contextlib.suppress(OSError), open(job_log_path(job_id, self._logs), "a") as f:
-                    f.write(ending)
+                with contextlib.suppress(OSError, LogUnusable):
+                    fd = _open_log(job_log_path(job_id, self._logs))
+                    try:
+                        _append(fd, CANCELED_WHILE_RUNNING, self.clock())
+                    finally:
+                        os.close(fd)
             self.store.release_claim(job_id, token, tail)
         finally:
             self._stopping_claim = None
@@ -266,7 +286,25 @@ class Runner:
 
     # -- executing a job ---------------------------------------------------------------
 
-    def _execute(self, job: Job, log_path: Path, token: str) -> Attempt:
+    def _execute(self, job: Job, token: str) -> tuple[Attempt | None, str | None]:
+        """Run one attempt: how it ended (None: not started, nothing to record) and the
+        tail of the job's log."""
+        log_path = job_log_path(job.id, self._logs)
+        try:
+            try:
+                log_fd = _open_log(log_path)
+            except FileNotFoundError:  # the logs directory was removed under us: make it again
+                self._logs = logs_dir()
+                log_fd = _open_log(log_path)
+        except LogUnusable as exc:
+            return Attempt(None, str(exc)), None
+        try:
+            attempt = self._attempt(job, token, log_fd)
+            return attempt, _read_tail(log_fd) if attempt is not None else None
+        finally:
+            os.close(log_fd)
+
+    def _attempt(self, job: Job, token: str, log_fd: int) -> Attempt | None:
         attempt_no = job.attempts + 1
         shell = isinstance(job.command, str)
         args = ["/bin/sh", "-c", job.command] if isinstance(job.command, str) else list(job.command)
@@ -277,49 +315,86 @@ class Runner:
             "QUEUECTL_ATTEMPT": str(attempt_no),
             "QUEUECTL_WORKER_ID": self.worker_id,
         }
+        header = f"=== {format_time(self.clock())} attempt {attempt_no} worker {self.worker_id}\n"
         try:
-            log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        except FileNotFoundError:  # the logs directory was removed under us: make it again
-            self._logs = logs_dir()
-            log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.write(log_fd, header.encode())
+        except OSError as exc:  # nowhere to put the job's output: don't run it blind
+            return Attempt(None, f"cannot write the job's log ({exc.strerror})")
+        gone = self._claim_gone(job.id, token)
+        if gone is not None:
+            self._not_started(job.id, token, log_fd, canceled=gone == CANCELED_WHILE_RUNNING)
+            return None
+        watchdog = self._watchdog
+        if watchdog is not None:
+            watchdog.starting(
+                self._lease_renewed + self.config.lease_ms / 1000, job.id, self.worker_id
+            )
         try:
-            header = (
-                f"=== {format_time(self.clock())} attempt {attempt_no} worker {self.worker_id}\n"
+            proc = subprocess.Popen(  # noqa: S603 - running the job's command is the point
+                args,
+                stdin=self._devnull,
+                stdout=log_fd,
+                stderr=log_fd,
+                cwd=job.cwd,
+                env=env,
+                start_new_session=True,  # its own group: timeouts kill it all
             )
-            try:
-                os.write(log_fd, header.encode())
-            except OSError as exc:  # nowhere to put the job's output: don't run it blind
-                return Attempt(None, f"cannot write the job's log ({exc.strerror})")
-            if job.cwd is not None and not os.path.isdir(job.cwd):
-                return self._note(log_fd, Attempt(None, f"working directory not found: {job.cwd}"))
-            try:
-                proc = subprocess.Popen(  # noqa: S603 - running the job's command is the point
-                    args,
-                    stdin=self._devnull,
-                    stdout=log_fd,
-                    stderr=log_fd,
-                    cwd=job.cwd,
-                    env=env,
-                    start_new_session=True,  # its own group: timeouts kill it all
-                )
-            except FileNotFoundError:
-                return self._note(log_fd, Attempt(127, "command not found (exit 127)"))
-            except PermissionError:
-                return self._note(log_fd, Attempt(126, "command not executable (exit 126)"))
-            except OSError as exc:  # E2BIG and friends: the command cannot be started at all
-                return self._note(log_fd, Attempt(None, f"could not start: {exc.strerror}"))
-            timeout_ms = (
-                job.timeout_ms if job.timeout_ms is not None else self.config.job_timeout_ms
+        except OSError as exc:
+            if watchdog is not None:
+                watchdog.disarm()
+            return self._note(log_fd, _not_startable(exc, job.cwd))
+        if watchdog is not None:
+            watchdog.started(proc.pid)
+        timeout_ms = job.timeout_ms if job.timeout_ms is not None else self.config.job_timeout_ms
+        return self._note(log_fd, self._wait(proc, timeout_ms, shell=shell, token=token))
+
+    def _claim_gone(self, job_id: str, token: str) -> str | None:
+        """None while the claim is ours and young enough to start the job on; else why not.
+
+        Why this is safe (issue 14): the claim, or the last renewal, set the lease to
+        run out lease_ms after _lease_renewed. Until then no other worker can take the
+        job over: recovery waits for the lease, or for this process's death. So while
+        less than SPAWN_FRESH_FRACTION of lease_ms has passed on the lease clock (which
+        counts a SIGSTOP, a slow disk, swapping and a suspended machine alike), the
+        claim is ours without asking the store, and the job starts with nine tenths of
+        its lease ahead, which the heartbeat renews and _wait enforces. That is every
+        claim in the normal case, at the cost of reading a clock. A worker that paused
+        longer renews first: a renewal that succeeds proves the claim is still ours and
+        extends its lease. A pause after this check cannot be ruled out by any check;
+        it is bounded the same way: _wait and the watchdog stop the job once the lease
+        has run out.
+        """
+        lease_s = self.config.lease_ms / 1000
+        fresh_s = lease_s * SPAWN_FRESH_FRACTION
+        while True:
+            lost = self._lost_claim
+            if lost is not None and lost[0] == token:
+                return lost[1]
+            if procs.lease_clock() - self._lease_renewed < fresh_s:
+                return None
+            began = procs.lease_clock()
+            now = self.clock()
+            beat = self.store.heartbeat(
+                self.worker_id, now, now + timedelta(seconds=lease_s), job_id, token
             )
-            attempt = self._wait(proc, timeout_ms, shell=shell, token=token)
-            return self._note(log_fd, attempt)
-        finally:
-            os.close(log_fd)
+            if beat.canceled:
+                return CANCELED_WHILE_RUNNING
+            if not beat.claim_held:
+                return "another worker took the job over"
+            self._lease_renewed = began
+            fresh_s = lease_s / 2  # just renewed: half the lease is left for a slow store
+
+    def _not_started(self, job_id: str, token: str, log_fd: int, *, canceled: bool) -> None:
+        """The claim was gone before the job could start: run nothing, record nothing.
+        A job canceled meanwhile has no process to stop, so its claim is dropped now."""
+        what = "canceled before it started" if canceled else "claim lost before it started"
+        _append(log_fd, f"{what}: not run", self.clock())
+        if canceled:
+            self.store.release_claim(job_id, token, None)
+        self.log(f"job {job_id}: {what}; not run")
 
     def _note(self, log_fd: int, attempt: Attempt) -> Attempt:
-        ending = attempt.error or "exit code 0"
-        with contextlib.suppress(OSError):  # a full disk must not hide how the job ended
-            os.write(log_fd, f"=== {format_time(self.clock())} {ending}\n".encode())
+        _append(log_fd, attempt.error or "exit code 0", self.clock())
         return attempt
 
     def _wait(
@@ -333,20 +408,28 @@ class Runner:
         """
         deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms else math.inf
         lease_s = self.config.lease_ms / 1000
+        lapsed = f"worker could not renew its lease for {self.config.lease_ms} ms"
         while True:
             now = time.monotonic()
+            lease_left = self._lease_renewed + lease_s - procs.lease_clock()
             reason = self._interrupt_reason
             if self._lost_claim is not None and self._lost_claim[0] == token:
                 reason = self._lost_claim[1]
-            elif now > self._lease_renewed + lease_s:
-                reason = f"worker could not renew its lease for {self.config.lease_ms} ms"
+            elif lease_left < 0:
+                reason = lapsed
             elif now >= deadline:
                 reason = f"timed out after {timeout_ms} ms"
             if reason is not None:
+                if self._watchdog is not None:
+                    self._watchdog.disarm()  # this worker stops the job itself
                 procs.kill_group(proc)
                 return Attempt(None, reason)
-            wait_s = min(deadline, self._lease_renewed + lease_s) - now
+            wait_s = min(deadline - now, lease_left)
             if procs.wait_exited([proc], self._wake, max(0.0, wait_s) + 0.001):
+                if proc.returncode < 0 and procs.lease_clock() > self._lease_renewed + lease_s:
+                    return Attempt(
+                        None, lapsed
+                    )  # killed by the watchdog while this worker was stopped
                 return Attempt.from_returncode(proc.returncode, shell=shell)
             if self._stopping and not self._stop_announced:
                 self._stop_announced = True
@@ -361,10 +444,11 @@ class Runner:
         """Renew this worker's lease (and its job's) every lease_ms / 3, on its own connection."""
         store: Store | None = None
         interval = self.config.lease_ms / 3000
+        lease_s = self.config.lease_ms / 1000
         try:
             while not done.wait(interval):
                 current = self._current
-                began = time.monotonic()
+                began = procs.lease_clock()
                 now = self.clock()
                 lease_until = now + timedelta(milliseconds=self.config.lease_ms)
                 claim = current or self._stopping_claim
@@ -378,12 +462,20 @@ class Runner:
                     continue
                 if current is not None and self._current == current:
                     if beat.claim_held:
-                        self._lease_renewed = began
+                        # A lease that ran out stays run out (a stopped or suspended worker
+                        # wakes up here): the job may have been taken over, or killed by
+                        # the watchdog, meanwhile; _wait ends the attempt.
+                        if began - self._lease_renewed <= lease_s:
+                            self._lease_renewed = began
+                            if self._watchdog is not None:
+                                self._watchdog.renew(began + lease_s)
+                        else:
+                            self._wake.wake()  # _wait's timer stood still through a suspend
                     elif self._lost_claim is not None and self._lost_claim[0] == current[1]:
                         pass  # already being stopped
                     elif beat.canceled:
                         self.log(f"job {current[0]}: canceled; stopping it")
-                        self._lost_claim = (current[1], "canceled while running")
+                        self._lost_claim = (current[1], CANCELED_WHILE_RUNNING)
                         self._wake.wake()
                     else:
                         self.log(f"job {current[0]}: lease lost to another worker; killing it")
@@ -400,21 +492,31 @@ class Runner:
     def recover_lost_jobs(self) -> int:
         """Fail the attempts of processing jobs whose worker is gone; returns how many.
 
-        A worker is gone when its lease has expired, or (sooner) when it ran on
-        this host and its process no longer exists. A job canceled while running
-        whose worker is gone stays canceled: its processes here are killed and the
-        claim it kept is dropped.
+        A worker is gone when its lease has expired, or (sooner) when it ran on this
+        host, in this boot and PID namespace (see models.namespace_key), and its
+        process no longer exists. A job canceled while running whose worker is gone
+        stays canceled: its processes here are killed and the claim it kept is dropped.
         """
         if time.monotonic() - self._last_recover < RECOVER_EVERY_S:
             return 0
         self._last_recover = time.monotonic()
         now = self.clock()
         recovered = 0
+        registered: set[str] | None = None
         for job in self.store.processing_jobs():
             if job.worker_id is None or job.lease_token is None:
                 continue
             host, pid = worker_host_pid(job.worker_id)
             local_dead = host == self.host and pid is not None and not procs.pid_alive(pid)
+            if local_dead and not worker_is_local(job.worker_id):
+                # Same host name, but its pid may name a process in another PID namespace
+                # or boot (issue 14). An id without a namespace key (an older queuectl's)
+                # counts as dead only if the worker is not registered either: a live
+                # worker renews its registration with its job's lease, wherever it runs.
+                if registered is None:
+                    registered = {w.id for w in self.store.live_workers(now)}
+                unplaced = worker_namespace(job.worker_id) is None
+                local_dead = unplaced and job.worker_id not in registered
             expired = job.lease_expires_at is not None and job.lease_expires_at < now
             if not (local_dead or expired):
                 continue
@@ -439,13 +541,80 @@ class Runner:
         return recovered
 
 
-def _read_tail(log_path: Path) -> str | None:
-    """The last OUTPUT_TAIL_BYTES of the job's log, kept in the store for `logs` anywhere."""
+class LogUnusable(Exception):
+    """Something other than a regular file stands at a job's log path."""
+
+
+def _open_log(path: Path) -> int:
+    """The job's log, opened to append to (the job's output) and to read its tail back.
+
+    Never follows a symlink and never blocks: a FIFO planted at the path would hang the
+    worker while its heartbeat kept the lease alive (issue 14). Anything but a regular
+    file fails the attempt instead.
+
+    :raises FileNotFoundError: the logs directory is gone.
+    :raises LogUnusable: a symlink, FIFO, directory, socket or device is there.
+    """
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
     try:
-        with open(log_path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - OUTPUT_TAIL_BYTES))
-            # NUL cannot be stored in a PostgreSQL text column; the log file keeps the bytes.
-            return f.read().decode("utf-8", errors="replace").replace("\0", "\ufffd")
+        fd = os.open(path, flags, 0o600)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise LogUnusable(_log_unusable(path, exc.strerror)) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LogUnusable(_log_unusable(path, None))
+    os.set_blocking(fd, True)  # the job gets its output file as an ordinary one
+    return fd
+
+
+def _log_unusable(path: Path, strerror: str | None) -> str:
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        mode = stat.S_IFREG
+    if stat.S_ISREG(mode):
+        return f"cannot open the job's log {path} ({strerror or 'not a regular file'})"
+    kind = (
+        "a symbolic link"
+        if stat.S_ISLNK(mode)
+        else "a FIFO"
+        if stat.S_ISFIFO(mode)
+        else "a directory"
+        if stat.S_ISDIR(mode)
+        else "a socket or device"
+    )
+    return f"the job's log {path} is {kind}, not a regular file: remove it"
+
+
+def _append(log_fd: int, line: str, when: datetime) -> None:
+    """A line of ours in the job's log (how the attempt ended, or why it never started)."""
+    with contextlib.suppress(OSError):  # a full disk must not hide how the job ended
+        os.write(log_fd, f"=== {format_time(when)} {line}\n".encode())
+
+
+def _not_startable(exc: OSError, cwd: str | None) -> Attempt:
+    """A failed attempt whose command could not be started. subprocess reports a failed
+    chdir(cwd) with the cwd as the error's filename, a failed exec with the command's."""
+    if cwd is not None and exc.filename == cwd:
+        if isinstance(exc, FileNotFoundError):
+            return Attempt(None, f"working directory not found: {cwd}")
+        return Attempt(None, f"cannot enter working directory {cwd}: {exc.strerror}")
+    if isinstance(exc, FileNotFoundError):
+        return Attempt(127, "command not found (exit 127)")
+    if isinstance(exc, PermissionError):
+        return Attempt(126, "command not executable (exit 126)")
+    return Attempt(None, f"could not start: {exc.strerror}")  # E2BIG and friends
+
+
+def _read_tail(log_fd: int) -> str | None:
+    """The last OUTPUT_TAIL_BYTES of the job's log, kept in the store for `logs` anywhere.
+    Read from the descriptor the job wrote to, never by its path again."""
+    try:
+        size = os.fstat(log_fd).st_size
+        data = os.pread(log_fd, OUTPUT_TAIL_BYTES, max(0, size - OUTPUT_TAIL_BYTES))
     except OSError:
         return None
+    # NUL cannot be stored in a PostgreSQL text column; the log file keeps the bytes.
+    return data.decode("utf-8", errors="replace").replace("\0", "\ufffd")
