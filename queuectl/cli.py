@@ -782,7 +782,7 @@ def worker_stop_cmd(app: App, timeout: float) -> None:
     report = stop_workers(app.queue().store, timeout)
     click.echo(f"stopped {len(report.stopped)} worker(s)")
     if report.remote:
-        click.echo(f"asked {report.remote} worker(s) on other hosts to stop")
+        click.echo(f"asked {report.remote} worker(s) on other hosts or PID namespaces to stop")
     if report.unverified:
         click.echo(
             f"asked {report.unverified} worker(s) on this host to stop through the store "

@@ -22,6 +22,7 @@ from .models import (
     new_job_id,
     utcnow,
     worker_host_pid,
+    worker_is_local,
 )
 from .paths import job_log_path, open_log
 from .store import Store, redact_url
@@ -187,17 +188,15 @@ class Queue:
         }
 
     def live_workers(self) -> list[WorkerInfo]:
-        """Workers whose lease holds, less those of this host whose process is gone
-        (a worker killed with SIGKILL cannot deregister; its lease would linger)."""
-        import socket
-
+        """Workers whose lease holds, less those of this host, boot and PID namespace whose
+        process is gone (a worker killed with SIGKILL cannot deregister; its lease would
+        linger)."""
         from . import procs
 
-        host = socket.gethostname()
         return [
             w
             for w in self.store.live_workers(self.clock())
-            if w.host != host or procs.pid_alive(w.pid)
+            if not worker_is_local(w.id) or procs.pid_alive(w.pid)
         ]
 
     def output(self, job_id: str) -> JobOutput:

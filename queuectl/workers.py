@@ -10,7 +10,6 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from typing import Any
 
 from . import procs
 from .errors import QueuectlError
-from .models import WorkerInfo, format_time, utcnow
+from .models import WorkerInfo, format_time, utcnow, worker_is_local
 from .paths import home_dir, logs_dir, pids_path
 from .store import Store, redact_url
 
@@ -473,7 +472,6 @@ def start_detached(
 
 
 def _wait_registered(store: Store, started: list[subprocess.Popen[bytes]], log_path: Path) -> None:
-    host = socket.gethostname()
     waiting = {proc.pid: proc for proc in started}
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while waiting and time.monotonic() < deadline:
@@ -483,7 +481,7 @@ def _wait_registered(store: Store, started: list[subprocess.Popen[bytes]], log_p
                     f"worker pid {pid} exited at start (exit code {proc.returncode}): "
                     f"see {log_path}"
                 )
-        registered = {w.pid for w in store.live_workers(utcnow()) if w.host == host}
+        registered = {w.pid for w in store.live_workers(utcnow()) if worker_is_local(w.id)}
         for pid in registered & set(waiting):
             del waiting[pid]
         if waiting:
@@ -508,13 +506,12 @@ def stop_workers(store: Store, timeout_s: float, *, log: Log = _stderr) -> StopR
     registered worker of the store is asked through the store, which it reads at
     its next heartbeat.
     """
-    host = socket.gethostname()
     live = store.live_workers(utcnow())
     targets: dict[int, _Target] = {}
     try:
         with _pids_locked() as entries:
             entries[:] = _entry_targets(entries, targets, log)
-            asked, unverified = _registered_targets(live, host, store.url, targets, log)
+            asked, unverified = _registered_targets(live, store.url, targets, log)
             refused = []
             for pid, target in targets.items():
                 try:
@@ -522,7 +519,7 @@ def stop_workers(store: Store, timeout_s: float, *, log: Log = _stderr) -> StopR
                 except PermissionError:  # never stops us from stopping the others
                     refused.append(pid)
                     log(f"worker pid {pid}: not allowed to signal it (EPERM)")
-            asked += [w.id for w in live if w.host == host and w.pid in refused]
+            asked += [w.id for w in live if worker_is_local(w.id) and w.pid in refused]
             if asked:
                 store.request_stop(asked)
             waiting = _wait_exited([t for t in targets.values() if t.pid not in refused], timeout_s)
@@ -531,7 +528,7 @@ def stop_workers(store: Store, timeout_s: float, *, log: Log = _stderr) -> StopR
     finally:
         for target in targets.values():
             target.close()
-    remote = sum(1 for w in live if w.host != host)
+    remote = sum(1 for w in live if not worker_is_local(w.id))
     stopped = sorted(set(targets) - still)
     return StopReport(stopped, sorted(t.pid for t in waiting), remote, sorted(refused), unverified)
 
@@ -556,16 +553,17 @@ def _entry_targets(
 
 
 def _registered_targets(
-    live: list[WorkerInfo], host: str, url: str, targets: dict[int, _Target], log: Log
+    live: list[WorkerInfo], url: str, targets: dict[int, _Target], log: Log
 ) -> tuple[list[str], int]:
     """Add this host's registered workers verified as ours to `targets`; return the ids of
     the others, to ask through the store, and how many of those run here unverified."""
     asked: list[str] = []
     unverified = 0
     for worker in live:
-        if worker.host == host and worker.pid in targets:
+        local = worker_is_local(worker.id)
+        if local and worker.pid in targets:
             continue
-        if worker.host == host:
+        if local:
             found = _open_verified(
                 worker.pid, functools.partial(_registration_problem, worker, url)
             )

@@ -38,8 +38,19 @@ def children_of(pid: int) -> list[int]:
 
 
 def process_groups_running_jobs(worker_pids: list[int]) -> list[int]:
-    """The job process groups the workers have started (each job leads its own group)."""
-    return [job for worker in worker_pids for job in children_of(worker)]
+    """The job process groups the workers have started (each job leads its own group),
+    not each worker's lease watchdog (queuectl/procs.py run as a script)."""
+    return [
+        child for worker in worker_pids for child in children_of(worker) if not is_watchdog(child)
+    ]
+
+
+def is_watchdog(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(arg.endswith(b"procs.py") for arg in argv)
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from queuectl.models import WorkerInfo, utcnow
+from queuectl.models import WorkerInfo, namespace_key, utcnow
 from queuectl.store import open_store
 
 from .conftest import QUEUECTL, Run, wait_for
@@ -248,11 +248,12 @@ def test_stop_signals_no_registered_worker_it_cannot_verify(
         other = strangers.worker()  # started before it "registered" here: its store tells
         registered = utcnow()
     host = socket.gethostname()
+    worker_id = f"{host}:{other.pid}:{namespace_key()}:dead"  # this host, boot, namespace
     store = open_store(f"sqlite:///{home / 'queue.db'}")
     try:
         store.register_worker(
             WorkerInfo(
-                id=f"{host}:{other.pid}:dead",
+                id=worker_id,
                 pid=other.pid,
                 host=host,
                 started_at=registered,
@@ -268,7 +269,7 @@ def test_stop_signals_no_registered_worker_it_cannot_verify(
     result = run("worker", "stop", "--timeout", "30")
 
     assert_stopped_only_ours(result, own, other, asked=True)
-    assert f"worker {host}:{other.pid}:dead: pid {other.pid} not signalled (" in result.stderr
+    assert f"worker {worker_id}: pid {other.pid} not signalled (" in result.stderr
 
 
 # -- 5a: `worker stop` as an unprivileged user -------------------------------------------
