@@ -201,16 +201,17 @@ def test_a_file_renamed_into_place_is_taken_at_once(spool_dir: Path, store: Stor
 def test_leftover_claims_of_a_dead_watcher_are_ingested_once(
     spool_dir: Path, sqlite_store: Store
 ) -> None:
-    from queuectl.store.sqlite import SqliteStore
+    from queuectl.store.sql import SqlStore
+    from queuectl.store.sqlite import SqliteDialect
 
-    assert isinstance(sqlite_store, SqliteStore)
+    assert isinstance(sqlite_store, SqlStore) and isinstance(sqlite_store.d, SqliteDialect)
     dead = subprocess.Popen(["true"])
     dead.wait()
     host = os.uname().nodename
     spool = Spool(spool_dir, sqlite_store)
     drop(spool_dir, "late.yaml", "command: y\n")
     spool.scan_once()
-    (token,) = [row[0] for row in sqlite_store.conn.execute("SELECT claim_id FROM spool_files")]
+    (token,) = [row[0] for row in sqlite_store.d.conn.execute("SELECT claim_id FROM spool_files")]
     # A watcher died after inserting late.yaml's jobs, before moving it to done/ ...
     os.rename(
         spool_dir / "done" / "late.yaml",

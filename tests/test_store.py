@@ -180,11 +180,12 @@ def test_processing_jobs_and_drain_blockers(store: Store, clock: FakeClock) -> N
 
 
 def test_the_claim_walks_the_claim_order_index(sqlite_store: Store) -> None:
-    from queuectl.store.sqlite import CLAIM_NEXT, SqliteStore
+    from queuectl.store.sql import SqlStore
+    from queuectl.store.sqlite import SqliteDialect
 
-    assert isinstance(sqlite_store, SqliteStore)
-    plan = sqlite_store.conn.execute(
-        "EXPLAIN QUERY PLAN " + CLAIM_NEXT,
+    assert isinstance(sqlite_store, SqlStore) and isinstance(sqlite_store.d, SqliteDialect)
+    plan = sqlite_store.d.conn.execute(
+        "EXPLAIN QUERY PLAN " + sqlite_store.sql.claim_next,
         {"worker_id": "w", "token": "t", "now": 0, "lease_until": 0, "queues": None},
     ).fetchall()
     details = " | ".join(row["detail"] for row in plan)

@@ -1,8 +1,9 @@
 """The Store protocol, the one interface core and runner use, and open_store(url).
 
-Each backend owns all of its SQL. Instants cross this interface as aware UTC
-datetimes; queue rules (retry policy, backoff) stay in the callers, which pass
-the resulting transition in.
+One implementation serves every backend: `sql.SqlStore`, with the queue's
+statements written once, over a thin dialect (`sqlite.py`, `postgres.py`).
+Instants cross this interface as aware UTC datetimes; queue rules (retry
+policy, backoff) stay in the callers, which pass the resulting transition in.
 """
 
 from __future__ import annotations
@@ -318,17 +319,17 @@ def open_store(url: str, *, durable: bool = True) -> Store:
     at-least-once delivery allows. Acknowledged user writes stay durable.
     """
     if url.startswith("sqlite:///"):
-        from .sqlite import SqliteStore
+        from .sqlite import open_sqlite
 
-        return SqliteStore(sqlite_path(url), url=url, durable=durable)
+        return open_sqlite(sqlite_path(url), url=url, durable=durable)
     if url.startswith(("postgresql://", "postgres://")):
         if not urlsplit(url).path.strip("/"):
             raise StoreError(
                 f"{redact_url(url)!r} names no database: use postgresql://user@host:5432/dbname"
             )
-        from .postgres import PostgresStore
+        from .postgres import open_postgres
 
-        return PostgresStore(url, durable=durable)
+        return open_postgres(url, durable=durable)
     raise StoreError(
         f"unsupported database URL {redact_url(url)!r}: use sqlite:///path/to/file.db or "
         "postgresql://user@host:port/dbname"
