@@ -1286,9 +1286,9 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 SCALE_INSERT = """
 INSERT INTO jobs (id, command, priority, run_at, max_retries, timeout_ms, env, cwd, queue,
                   labels, state, attempts, created_at, updated_at, available_at, started_at,
-                  finished_at, exit_code, worker_id, source, source_commit, spec_hash)
+                  finished_at, exit_code, worker_id, origin, spec_hash)
 VALUES (?, '"true"', 0, NULL, ?, NULL, '{}', NULL, 'default', '{}', ?, ?, ?, ?, ?, ?, ?, ?, ?,
-        'inline', NULL, ?)
+        'inline', ?)
 """
 
 
@@ -1478,7 +1478,7 @@ def _scale_metrics() -> tuple[Metric, ...]:
 
 PG_SCALE_BUILD = """
 INSERT INTO jobs (id, command, max_retries, state, attempts, created_at, updated_at,
-                  available_at, started_at, finished_at, exit_code, worker_id, source, spec_hash)
+                  available_at, started_at, finished_at, exit_code, worker_id, origin, spec_hash)
 SELECT 'scale-' || lpad(i::text, 8, '0'), '"true"', 3,
        CASE WHEN i > %(done)s THEN 'pending' ELSE 'completed' END, 0,
        t, t, t, CASE WHEN i > %(done)s THEN NULL ELSE t END,

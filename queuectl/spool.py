@@ -29,7 +29,7 @@ from typing import Any
 from . import procs, spec
 from .config import Config
 from .errors import Problem, QueuectlError, SpecInvalid
-from .models import NewJob, format_time, new_job_id, utcnow
+from .models import NewJob, Origin, Source, format_time, utcnow
 from .paths import home_dir
 from .store import SpoolFile, Store
 
@@ -271,16 +271,9 @@ class Spool:
             )
         docs = spec.parse_spec_bytes(raw, claim.name, is_json=claim.name.lower().endswith(".json"))
         loaded = spec.validate_documents(docs, source=claim.name)
+        source = Source(Origin.SPOOL, claim.name)
         jobs = [
-            NewJob(
-                id=item.spec.id or new_job_id(),
-                spec=item.spec,
-                max_retries=config.max_retries
-                if item.spec.max_retries is None
-                else item.spec.max_retries,
-                available_at=item.spec.run_at or now,
-                source=f"spool:{claim.name}",
-            )
+            NewJob.build(item.spec, source=source, now=now, default_max_retries=config.max_retries)
             for item in loaded
         ]
         return SpoolFile(claim.token, claim.name, hashlib.sha256(raw).hexdigest(), jobs)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from queuectl.core import Queue
-from queuectl.models import JobSpec, JobState
+from queuectl.models import JobSpec, JobState, Origin, Source
 from queuectl.store import Store, Transition, open_store
 from queuectl.store.sql import MIGRATIONS, migrations
 
@@ -116,12 +116,39 @@ def expected_counts(filled: dict[str, int]) -> dict[JobState, int]:
     return {state: filled.get(state.value, 0) for state in JobState}
 
 
+LEGACY_ROWS = [
+    ("old-inline", "inline"),
+    ("old-spool", "spool:x.yaml"),
+    ("old-apply", "apply:/a/b.yaml"),
+]
+
+
 def legacy_sqlite(path: Path) -> None:
-    """A database as queuectl made it before: migrations 0001-0005, user_version 5."""
+    """A database as queuectl made it before: migrations 0001-0005, user_version 5, with
+    jobs of each origin written as it wrote them."""
     with sqlite3.connect(path, isolation_level=None) as conn:
         for number, script in migrations("sqlite")[:5]:
             conn.executescript(script.read_text())
             conn.execute(f"PRAGMA user_version = {number}")
+        for job_id, source in LEGACY_ROWS:
+            conn.execute(
+                "INSERT INTO jobs (id, command, max_retries, state, created_at, updated_at,"
+                " available_at, source, spec_hash)"
+                " VALUES (?, '\"true\"', 3, 'pending', 1, 1, 1, ?, 'h')",
+                (job_id, source),
+            )
+
+
+def assert_legacy_sources(store: Store) -> None:
+    shown = {
+        job_id: str(job.source)
+        for job_id, job in store.get_jobs([i for i, _ in LEGACY_ROWS]).items()
+    }
+    assert shown == dict(LEGACY_ROWS)
+    applied = store.get_job("old-apply")
+    assert applied is not None and applied.source == Source(Origin.APPLY, "/a/b.yaml")
+    pending_applied = store.list_jobs(state=JobState.PENDING, origin=Origin.APPLY)
+    assert [job.id for job in pending_applied] == ["old-apply"]
 
 
 def test_a_sqlite_database_of_the_previous_release_upgrades_in_place(
@@ -129,7 +156,9 @@ def test_a_sqlite_database_of_the_previous_release_upgrades_in_place(
 ) -> None:
     legacy_sqlite(db_path)
     store = open_store(f"sqlite:///{db_path}")
+    assert_legacy_sources(store)
     filled = fill(store, clock)
+    filled["pending"] += len(LEGACY_ROWS)
     assert store.count_by_state() == expected_counts(filled)
     store.close()
     with sqlite3.connect(db_path) as conn:
@@ -159,20 +188,19 @@ def test_a_postgres_database_of_the_previous_release_upgrades_in_place(
     pg_url: str, fresh_pg_url: str, clock: FakeClock, files: list[str]
 ) -> None:
     legacy_postgres(pg_url, files)
-    jobs = [(f"old-{i}", state) for i, state in enumerate(["pending", "completed", "completed"])]
-    for job_id, state in jobs:  # rows the old queuectl wrote, before counts were kept
+    for job_id, source in LEGACY_ROWS:  # rows the old queuectl wrote, before counts were kept
         pg(
             pg_url,
             "INSERT INTO jobs (id, command, max_retries, state, created_at, updated_at,"
             " available_at, source, spec_hash)"
-            " VALUES (%s, '\"true\"', 3, %s, now(), now(), now(), 'inline', 'h')",
+            " VALUES (%s, '\"true\"', 3, 'pending', now(), now(), now(), %s, 'h')",
             job_id,
-            state,
+            source,
         )
     store = open_store(pg_url)
+    assert_legacy_sources(store)
     filled = fill(store, clock)
-    filled["pending"] += 1
-    filled["completed"] += 2
+    filled["pending"] += len(LEGACY_ROWS)
     assert store.count_by_state() == expected_counts(filled)
     store.close()
     open_store(fresh_pg_url).close()

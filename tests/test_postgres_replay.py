@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from queuectl.core import Queue
-from queuectl.models import JobSpec, JobState, NewJob
+from queuectl.models import INLINE, JobSpec, JobState, NewJob, Origin, Source
 from queuectl.store import Change, Store, Transition, open_store
 
 from .conftest import FakeClock, postgres_schema_url
@@ -111,7 +111,7 @@ def proxied() -> Iterator[tuple[Store, CommitReplyDropper]]:
 
 
 def new_job(job_id: str, clock: FakeClock, command: str = "true") -> NewJob:
-    return NewJob(job_id, JobSpec(command=command, id=job_id), 0, clock(), "inline")
+    return NewJob(job_id, JobSpec(command=command, id=job_id), 0, clock(), INLINE)
 
 
 def dead_job(store: Store, clock: FakeClock, job_id: str) -> None:
@@ -170,14 +170,18 @@ def test_apply_after_a_lost_reply(
     proxied: tuple[Store, CommitReplyDropper], clock: FakeClock
 ) -> None:
     store, proxy = proxied
-    created = NewJob("made", JobSpec(command="true", id="made"), 3, clock(), "apply:a.yaml")
+    created = NewJob(
+        "made", JobSpec(command="true", id="made"), 3, clock(), Source(Origin.APPLY, "a.yaml")
+    )
     proxy.arm()
     store.apply_changes([Change("create", "made", created)], clock())
     assert proxy.dropped == 1
     job = store.get_job("made")
     assert job is not None
     clock.advance(1000)
-    changed = NewJob("made", JobSpec(command="false", id="made"), 3, clock(), "apply:a.yaml")
+    changed = NewJob(
+        "made", JobSpec(command="false", id="made"), 3, clock(), Source(Origin.APPLY, "a.yaml")
+    )
     proxy.arm()
     store.apply_changes([Change("update", "made", changed, (job.state, job.updated_at))], clock())
     assert proxy.dropped == 2

@@ -58,7 +58,7 @@ def test_ingests_valid_files_and_ignores_the_rest(spool_dir: Path, store: Store)
     assert sorted((h.name, h.ingested) for h in handled) == [("a.yaml", True), ("b.json", True)]
     assert sorted(os.listdir(spool_dir / "done")) == ["a.yaml", "b.json"]
     assert claims_in(spool_dir) == []
-    assert {j.source for j in store.list_jobs()} == {"spool:a.yaml", "spool:b.json"}
+    assert {str(j.source) for j in store.list_jobs()} == {"spool:a.yaml", "spool:b.json"}
     assert {"b1", "b2"} <= {j.id for j in store.list_jobs()}
     assert sorted(os.listdir(spool_dir)) == sorted(
         [
@@ -224,7 +224,7 @@ def test_leftover_claims_of_a_dead_watcher_are_ingested_once(
         ("early.yaml", True),
         ("late.yaml", True),
     ]
-    sources = sorted(j.source for j in sqlite_store.list_jobs())
+    sources = sorted(str(j.source) for j in sqlite_store.list_jobs())
     assert sources == ["spool:early.yaml", "spool:late.yaml"]
     assert claims_in(spool_dir) == []
     assert sorted(os.listdir(spool_dir / "done")) == ["early.yaml", "late.yaml"]

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConcurrentChange, InvalidState, JobConflict, StoreError
-from ..models import Job, JobState, NewJob, WorkerInfo
+from ..models import Job, JobState, NewJob, Origin, Source, WorkerInfo
 
 
 @dataclass(frozen=True)
@@ -94,10 +94,6 @@ class Store(Protocol):
         """The jobs among `job_ids` that exist, by id."""
         ...
 
-    def applied_pending_jobs(self) -> list[Job]:
-        """Pending jobs created by `apply` (candidates for --prune)."""
-        ...
-
     def apply_changes(self, changes: Sequence[Change], now: datetime) -> None:
         """Make every change in one transaction, or none.
 
@@ -111,6 +107,7 @@ class Store(Protocol):
         state: JobState | None = None,
         queue: str | None = None,
         labels: Mapping[str, str] | None = None,
+        origin: Origin | None = None,
         limit: int | None = None,
     ) -> list[Job]:
         """Jobs oldest first (created_at, then id)."""
@@ -246,8 +243,7 @@ def job_from_row(
         exit_code=row["exit_code"],
         last_error=row["last_error"],
         worker_id=row["worker_id"],
-        source=row["source"],
-        source_commit=row["source_commit"],
+        source=source_of(row),
         spec_hash=row["spec_hash"],
         lease_token=row["lease_token"],
         lease_expires_at=instant(row["lease_expires_at"]),
@@ -255,10 +251,15 @@ def job_from_row(
     )
 
 
+def source_of(row: Row) -> Source:
+    """A job's Source from its origin, source_file and source_commit columns."""
+    return Source(Origin(row["origin"]), row["source_file"], row["source_commit"])
+
+
 # Errors both backends raise, worded once.
 
 
-def conflict(job_id: str, source: str) -> JobConflict:
+def conflict(job_id: str, source: Source) -> JobConflict:
     return JobConflict(
         f"job {job_id!r} already exists with a different spec (from {source}): choose another "
         "id, or re-submit the identical spec (a no-op)"

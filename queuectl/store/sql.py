@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from ..errors import JobConflict, JobNotFound, SchemaTooNew, StoreError
-from ..models import Job, JobState, NewJob, WorkerInfo
+from ..models import Job, JobState, NewJob, Origin, WorkerInfo
 from . import (
     Change,
     Heartbeat,
@@ -36,6 +36,7 @@ from . import (
     not_cancelable,
     not_dead,
     redact_url,
+    source_of,
 )
 
 T = TypeVar("T")
@@ -117,14 +118,16 @@ class Statements:
 
     insert_job: str = """
 INSERT INTO jobs (id, command, priority, run_at, max_retries, timeout_ms, env, cwd, queue,
-                  labels, state, attempts, created_at, updated_at, available_at, source,
-                  source_commit, spec_hash)
+                  labels, state, attempts, created_at, updated_at, available_at, origin,
+                  source_file, source_commit, spec_hash)
 VALUES (:id, :command, :priority, :run_at, :max_retries, :timeout_ms, :env, :cwd, :queue,
-        :labels, 'pending', 0, :now, :now, :available_at, :source, :source_commit, :spec_hash)
+        :labels, 'pending', 0, :now, :now, :available_at, :origin, :source_file,
+        :source_commit, :spec_hash)
 ON CONFLICT (id) DO NOTHING
 """
     existing_hashes: str = """
-SELECT id, spec_hash, source, created_at FROM jobs WHERE id IN ({each}(:ids{json}))
+SELECT id, spec_hash, origin, source_file, source_commit, created_at FROM jobs
+ WHERE id IN ({each}(:ids{json}))
 """
     replace_spec: str = """
 UPDATE jobs SET command = :command, priority = :priority, run_at = :run_at,
@@ -132,8 +135,9 @@ UPDATE jobs SET command = :command, priority = :priority, run_at = :run_at,
                 queue = :queue, labels = :labels, state = 'pending', attempts = 0,
                 available_at = :available_at, updated_at = :now, started_at = NULL,
                 finished_at = NULL, exit_code = NULL, last_error = NULL, worker_id = NULL,
-                lease_token = NULL, lease_expires_at = NULL, output_tail = '', source = :source,
-                source_commit = :source_commit, spec_hash = :spec_hash,
+                lease_token = NULL, lease_expires_at = NULL, output_tail = '', origin = :origin,
+                source_file = :source_file, source_commit = :source_commit,
+                spec_hash = :spec_hash,
                 created_at = CASE WHEN :fresh THEN :now ELSE created_at END
  WHERE id = :id AND state = :expected_state AND updated_at = :expected_updated_at
    AND state <> 'processing' AND lease_token IS NULL
@@ -150,11 +154,11 @@ VALUES (:claim_id, :name, :content_hash, :job_ids, :now)
     forget_spool_files: str = "DELETE FROM spool_files WHERE ingested_at < :before"
     get_job: str = "SELECT * FROM jobs WHERE id = :id"
     get_jobs: str = "SELECT * FROM jobs WHERE id IN ({each}(:ids{json}))"
-    applied_pending: str = "SELECT * FROM jobs WHERE state = 'pending' AND source LIKE 'apply:%'"
     list_jobs: str = """
 SELECT * FROM jobs
  WHERE (:state{text} IS NULL OR state = :state)
    AND (:queue{text} IS NULL OR queue = :queue)
+   AND (:origin{text} IS NULL OR origin = :origin)
    AND {labels_match}
  ORDER BY created_at, id
  LIMIT coalesce(:limit{int}, 9223372036854775807)
@@ -367,8 +371,9 @@ class SqlStore:
             "labels": self.d.json(dict(spec.labels)),
             "now": self.d.time(now),
             "available_at": self.d.time(job.available_at),
-            "source": job.source,
-            "source_commit": job.source_commit,
+            "origin": job.source.origin.value,
+            "source_file": job.source.file,
+            "source_commit": job.source.commit,
             "spec_hash": spec.spec_hash,
         }
 
@@ -402,7 +407,7 @@ class SqlStore:
                 rows.append(self._job_params(job, now))
                 continue
             if found["spec_hash"] != job.spec.spec_hash:
-                raise conflict(job.id, found["source"])
+                raise conflict(job.id, source_of(found))
             created.append(False)
         if rows:
             cursor = conn.cursor()
@@ -415,7 +420,7 @@ class SqlStore:
                 raced = self._existing(conn, jobs)
                 for job in jobs:
                     if raced[job.id]["spec_hash"] != job.spec.spec_hash:
-                        raise conflict(job.id, raced[job.id]["source"])
+                        raise conflict(job.id, source_of(raced[job.id]))
             if len(rows) >= FOLD_AFTER_ROWS:  # a big batch: leave status a few rows to add
                 self._fold_counts(conn)
             self.d.notify(conn)
@@ -477,10 +482,6 @@ class SqlStore:
         rows = self.d.read(lambda conn: conn.execute(self.sql.get_jobs, params).fetchall())
         return {row["id"]: self._job(row) for row in rows}
 
-    def applied_pending_jobs(self) -> list[Job]:
-        rows = self.d.read(lambda conn: conn.execute(self.sql.applied_pending).fetchall())
-        return [self._job(row) for row in rows]
-
     def apply_changes(self, changes: Sequence[Change], now: datetime) -> None:
         def op(conn: Conn) -> bool:
             for change in changes:
@@ -530,11 +531,13 @@ class SqlStore:
         state: JobState | None = None,
         queue: str | None = None,
         labels: Mapping[str, str] | None = None,
+        origin: Origin | None = None,
         limit: int | None = None,
     ) -> list[Job]:
         params = {
             "state": state.value if state else None,
             "queue": queue,
+            "origin": origin.value if origin else None,
             "labels": self.d.json(dict(labels or {})),
             "limit": limit,
         }
