@@ -148,17 +148,25 @@ def test_symlink_and_foreign_owner_are_rejected(
     assert store.list_jobs() == [] if chowned else len(store.list_jobs()) == 1
 
 
-def test_world_writable_directory_is_refused(spool_dir: Path, store: Store, run: Run) -> None:
-    spool_dir.chmod(0o777)
-    with pytest.raises(QueuectlError, match="world-writable"):
+@pytest.mark.parametrize(
+    ("mode", "what"),
+    [(0o777, "world-writable, so anyone"), (0o770, "group-writable, so its group")],
+)
+def test_group_or_world_writable_directory_is_refused(
+    spool_dir: Path, store: Store, run: Run, mode: int, what: str
+) -> None:
+    spool_dir.chmod(mode)
+    message = (
+        f"spool directory '{spool_dir}' is {what} could tamper with the spool: "
+        f"run `chmod g-w,o-w {spool_dir}`"
+    )
+    with pytest.raises(QueuectlError) as raised:
         Spool(spool_dir, store)
+    assert str(raised.value) == message
     for command in ("ingest", "watch"):
         result = run("spool", command, str(spool_dir))
-        assert result.returncode == 1
-        assert result.stderr.strip() == (
-            f"Error: spool directory '{spool_dir}' is world-writable, so anyone could inject "
-            f"jobs: run `chmod o-w {spool_dir}`"
-        )
+        assert (result.returncode, result.stderr) == (1, f"Error: {message}\n")
+    assert sorted(os.listdir(spool_dir)) == [], "nothing was created in a refused directory"
 
 
 def test_same_id_identical_is_a_noop_and_different_is_a_conflict(

@@ -60,7 +60,6 @@ class PostgresDialect:
 
     name = "postgres"
     fragments: Mapping[str, str] = FRAGMENTS
-    value_errors: tuple[type[Exception], ...] = (psycopg.DataError,)
 
     def __init__(self, url: str, *, durable: bool) -> None:
         self.url = url
@@ -162,6 +161,8 @@ class PostgresDialect:
                     ) from None
             except psycopg.DataError as exc:
                 raise StoreError(f"{self.display}: the server refused a value: {exc}") from None
+            except psycopg.InternalError as exc:  # a read-only server or transaction, say
+                raise StoreError(f"{self.display}: the server refused: {exc}") from None
             retrying = True
             while True:
                 time.sleep(delay)  # backing off from a server that is down

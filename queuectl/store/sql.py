@@ -51,7 +51,6 @@ class Dialect(Protocol):
     url: str
     name: str  # "sqlite" or "postgres": picks the migration files
     fragments: Mapping[str, str]  # the SQL parts that differ, by the name Statements uses
-    value_errors: tuple[type[Exception], ...]  # the database refused one value
 
     def prepare(self, sql: str) -> str:
         """`sql` with `:name` placeholders in this driver's style."""
@@ -461,8 +460,6 @@ class SqlStore:
                         )
                 except JobConflict as exc:
                     outcomes.append(str(exc))
-                except self.d.value_errors as exc:
-                    outcomes.append(f"the database refused a value: {exc}")
                 else:
                     outcomes.append(None)
             return outcomes

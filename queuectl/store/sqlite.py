@@ -47,12 +47,6 @@ class SqliteDialect:
 
     name = "sqlite"
     fragments: Mapping[str, str] = FRAGMENTS
-    # Values sqlite3 cannot bind: an integer past 64 bits, text that is not Unicode.
-    value_errors: tuple[type[Exception], ...] = (
-        sqlite3.DataError,
-        OverflowError,
-        UnicodeEncodeError,
-    )
 
     def __init__(self, path: Path, *, url: str, durable: bool) -> None:
         self.url = url
