@@ -681,6 +681,10 @@ def worker_run_cmd(
         from .workers import Supervisor
 
         queue = app.queue()  # opens and migrates the store once, before the children start
+        if spool_dir is not None:
+            from .spool import Spool
+
+            Spool(spool_dir, queue.store).close()  # an unsafe spool stops us here, once
         supervisor = Supervisor(
             queue.store.url,
             count,
