@@ -672,6 +672,9 @@ def worker_run_cmd(
         queuectl worker run --drain        # CI: run everything, then exit
         queuectl worker run --count 2 --spool /var/spool/queuectl
     """
+    from .workers import bind_to_supervisor
+
+    bind_to_supervisor()  # a supervisor's child stops when its supervisor dies
     if spool_dir is not None and drain:
         raise click.UsageError(
             "--spool watches until stopped, so it cannot --drain: "
@@ -782,6 +785,16 @@ def worker_stop_cmd(app: App, timeout: float) -> None:
     click.echo(f"stopped {len(report.stopped)} worker(s)")
     if report.remote:
         click.echo(f"asked {report.remote} worker(s) on other hosts to stop")
+    if report.unverified:
+        click.echo(
+            f"asked {report.unverified} worker(s) on this host to stop through the store "
+            "(not signalled: they could not be verified as this store's)"
+        )
+    if report.refused:
+        raise click.ClickException(
+            f"not allowed to signal worker pid {', '.join(map(str, report.refused))}: "
+            "run `worker stop` as the user that started them"
+        )
     if report.still_running:
         pids = ", ".join(map(str, report.still_running))
         raise click.ClickException(
@@ -948,6 +961,9 @@ def spool_watch_cmd(app: App, directory: Path | None) -> None:
     Example:
         queuectl spool watch /var/spool/queuectl
     """
+    from .workers import bind_to_supervisor
+
+    bind_to_supervisor()  # a supervisor's child stops when its supervisor dies
     with _open_spool(app, directory) as spool, _signals(lambda signum: spool.stop()):
         spool.watch()
 

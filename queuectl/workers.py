@@ -3,30 +3,47 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
+import functools
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import procs
 from .errors import QueuectlError
-from .models import format_time, utcnow
-from .paths import logs_dir, pids_path
+from .models import WorkerInfo, format_time, utcnow
+from .paths import home_dir, logs_dir, pids_path
 from .store import Store, redact_url
 
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)  # a child that keeps crashing is restarted ever slower
 EARLY_CRASH_S = 10.0  # a child that dies this soon after starting has a problem restarts won't fix
 EARLY_CRASHES_MAX = 5
 STARTUP_TIMEOUT_S = 15.0  # `worker start` waits this long for each worker to register
+SUPERVISOR_PID_ENV = "QUEUECTL_SUPERVISOR_PID"  # set by a Supervisor for its children
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_S = 1.0  # where no parent-death signal exists, children look this often
+# A worker registers (started_at) after its process starts: within this window (a store
+# being migrated or reconnected to holds it up), give or take the slack of clocks (the
+# store's skew correction, tick resolution).
+REGISTRATION_WINDOW_S = 120.0
+REGISTRATION_SLACK_S = 2.0
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 Log = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def worker_command(options: Sequence[str]) -> list[str]:
@@ -41,7 +58,45 @@ def worker_command(options: Sequence[str]) -> list[str]:
 def worker_environment(url: str) -> dict[str, str]:
     """The environment of a worker process: the store URL travels here, not in argv,
     where `ps` would show a password to every user."""
-    return {**os.environ, "QUEUECTL_DATABASE_URL": url}
+    env = {**os.environ, "QUEUECTL_DATABASE_URL": url}
+    env.pop(SUPERVISOR_PID_ENV, None)  # only a Supervisor binds its children to itself
+    return env
+
+
+def bind_to_supervisor() -> None:
+    """In a child of a Supervisor, get SIGTERM (a graceful stop) when the supervisor dies,
+    so a SIGKILLed supervisor leaves no orphans behind, nor a restarted one duplicates (#14).
+
+    Does nothing in a process no Supervisor started. Removes the marker from the
+    environment, so jobs (and workers they start) never inherit it.
+    """
+    raw = os.environ.pop(SUPERVISOR_PID_ENV, None)
+    if raw is None or not raw.isdigit():
+        return
+    supervisor = int(raw)
+    if not _parent_death_signal(signal.SIGTERM):
+        threading.Thread(target=_watch_parent, args=(supervisor,), daemon=True).start()
+    # The supervisor may have died before prctl took effect: we were re-parented already.
+    if os.getppid() != supervisor:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _parent_death_signal(sig: int) -> bool:
+    """Have the kernel send `sig` when our parent exits (Linux); False where it cannot.
+
+    Linux sends it when the parent *thread* that forked us exits. The Supervisor
+    spawns from its only thread, so that is when the supervisor itself dies.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)) == 0
+
+
+def _watch_parent(supervisor: int) -> None:
+    while os.getppid() == supervisor:
+        time.sleep(PARENT_POLL_S)  # no parent-death signal here: one cheap call a second
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass
@@ -79,7 +134,7 @@ class Supervisor:
                 str(spool),
             ]
             self.commands.append(self.spool_command)
-        self.env = worker_environment(url)
+        self.env = {**worker_environment(url), SUPERVISOR_PID_ENV: str(os.getpid())}
         self.log = log
         self.children: list[_Child] = []
         self.stopping = False
@@ -125,7 +180,9 @@ class Supervisor:
                     child.started = time.monotonic()
 
     def _spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
-        # Our own interpreter and fixed arguments.
+        # Our own interpreter and fixed arguments. Spawned from the supervisor's only
+        # thread: the children's parent-death signal (bind_to_supervisor) fires when the
+        # thread that forked them exits, which must be when the supervisor does.
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, env=self.env)  # noqa: S603
 
     def _exited(self, child: _Child) -> None:
@@ -159,6 +216,182 @@ class Supervisor:
 
 
 # -- detached workers and pids.json ---------------------------------------------------
+#
+# A pid names a process only while it lives: the kernel hands it to the next one. So
+# pids.json records what a pid cannot tell apart, its start time and the boot, and
+# `worker start` and `worker stop` act only on processes that match, run queuectl and
+# belong to us (#14). Signals go through a pidfd opened before those checks, so a pid
+# reused after them is never hit.
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """What tells a process from a later one with the same pid."""
+
+    start_ticks: int  # field 22 of /proc/<pid>/stat: clock ticks after boot
+    boot_id: str
+
+    def started(self) -> float:
+        """When the process started, in seconds since the epoch."""
+        ticks_per_s = os.sysconf("SC_CLK_TCK")
+        return (
+            time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) + self.start_ticks / ticks_per_s
+        )
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """A live process, as /proc shows it."""
+
+    identity: ProcessIdentity
+    uid: int
+    cmdline: bytes
+
+
+def _look(pid: int) -> _Seen | None:
+    """Process `pid` as /proc shows it; None if it is gone, a zombie, or there is no /proc."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        fields = (proc / "stat").read_bytes().rpartition(b")")[2].split()
+        uid = proc.stat().st_uid
+        cmdline = (proc / "cmdline").read_bytes()
+        boot_id = BOOT_ID_PATH.read_text().strip()
+    except OSError:
+        return None
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None
+    return _Seen(ProcessIdentity(int(fields[19]), boot_id), uid, cmdline)
+
+
+def _environ(pid: int) -> dict[str, str] | None:
+    """The environment of `pid` (readable for our own processes, or as root)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {key: value for key, _, value in pairs}
+
+
+def _home_of(env: dict[str, str]) -> str:
+    raw = env.get("QUEUECTL_HOME")
+    home = Path(raw).expanduser() if raw else Path(env.get("HOME", "/nonexistent")) / ".queuectl"
+    return os.path.realpath(home)
+
+
+NOT_RUNNING = "it is not running"
+
+
+def _absent(pid: int) -> str:
+    """Why a process /proc does not show cannot be acted on."""
+    # alive but not in /proc: no /proc here (macOS), or hidden from us (hidepid)
+    return "it cannot be inspected" if procs.pid_alive(pid) else NOT_RUNNING
+
+
+def _not_ours(seen: _Seen) -> str | None:
+    """Why a process is no queuectl process of ours (None when it is one)."""
+    euid = os.geteuid()
+    if euid != 0 and seen.uid != euid:
+        return f"it runs as uid {seen.uid}, not as uid {euid}"
+    if b"queuectl" not in seen.cmdline:
+        return "it does not run queuectl"
+    return None
+
+
+def _entry_pid(entry: dict[str, Any]) -> int:
+    pid = entry.get("pid")
+    return pid if isinstance(pid, int) and pid > 0 else 0
+
+
+def _entry_problem(entry: dict[str, Any], seen: _Seen) -> str | None:
+    """Why the live process of a pids.json entry may not be acted on (None when it may)."""
+    if why := _not_ours(seen):
+        return why
+    if "start_ticks" in entry or "boot_id" in entry:
+        recorded = (entry.get("start_ticks"), entry.get("boot_id"))
+        if recorded != (seen.identity.start_ticks, seen.identity.boot_id):
+            return "its pid now belongs to another process"
+        return None
+    # Written by a queuectl that recorded no start time: trust only a detached worker
+    # (its argv) whose environment says it was started for this home and the entry's store.
+    if b"\0worker\0run\0" not in seen.cmdline:
+        return "an entry without a start time, and the process is no queuectl worker"
+    env = _environ(_entry_pid(entry))
+    if env is None:
+        return "an entry without a start time, and the process's environment is unreadable"
+    url = env.get("QUEUECTL_DATABASE_URL")
+    if (
+        url is None
+        or redact_url(url) != entry.get("db")
+        or _home_of(env) != os.path.realpath(home_dir())
+    ):
+        return "an entry without a start time, and the process is no worker of this home"
+    return None
+
+
+def _registration_problem(worker: WorkerInfo, url: str, seen: _Seen) -> str | None:
+    """Why the local process of a registered worker may not be signalled (None when it may)."""
+    if why := _not_ours(seen):
+        return why
+    started, registered = seen.identity.started(), worker.started_at.timestamp()
+    if started > registered + REGISTRATION_SLACK_S:
+        return "its pid now belongs to a process started after the worker registered"
+    if started < registered - REGISTRATION_WINDOW_S:
+        return "its pid belongs to a process started long before the worker registered"
+    env = _environ(worker.pid)
+    if env is not None and env.get("QUEUECTL_DATABASE_URL", url) != url:
+        return "it is a worker of another store"
+    return None
+
+
+class _Target:
+    """A process verified as one of our workers, held by a pidfd where there is one."""
+
+    def __init__(self, pid: int, fd: int | None, identity: ProcessIdentity) -> None:
+        self.pid, self.fd, self.identity = pid, fd, identity
+
+    def signal(self, sig: int) -> None:
+        """:raises PermissionError: the kernel refused (EPERM)."""
+        with contextlib.suppress(ProcessLookupError):
+            if self.fd is not None:
+                signal.pidfd_send_signal(self.fd, sig)
+            else:  # a kernel without pidfds (before 5.3): checked just before, a small race
+                os.kill(self.pid, sig)
+
+    def alive(self) -> bool:
+        if self.fd is not None:
+            return not select.select([self.fd], [], [], 0)[0]  # readable once it has exited
+        seen = _look(self.pid)
+        return seen is not None and seen.identity == self.identity
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+Problem = Callable[[_Seen], "str | None"]
+
+
+def _verify(pid: int, problem: Problem) -> _Seen | str:
+    """The live process `pid` if `problem` finds none in it, else why it may not be acted on."""
+    if pid <= 0 or pid == os.getpid():
+        return "not a worker's pid"
+    seen = _look(pid)
+    if seen is None:
+        return _absent(pid)
+    return problem(seen) or seen
+
+
+def _open_verified(pid: int, problem: Problem) -> _Target | str:
+    """A target for `pid`, or why it is not one. The pidfd is opened before the checks, so
+    whatever they verified is what it signals."""
+    fd = procs.pidfd(pid) if pid > 0 else None
+    found = _verify(pid, problem)
+    if isinstance(found, str):
+        if fd is not None:
+            os.close(fd)
+        return found
+    return _Target(pid, fd, found.identity)
 
 
 @contextlib.contextmanager
@@ -169,8 +402,8 @@ def _pids_locked() -> Iterator[list[dict[str, Any]]]:
     with os.fdopen(lock_fd, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            entries = json.loads(path.read_text()).get("workers", [])
-        except (FileNotFoundError, ValueError, AttributeError):
+            entries = [e for e in json.loads(path.read_text())["workers"] if isinstance(e, dict)]
+        except (FileNotFoundError, ValueError, LookupError, TypeError):
             entries = []
         yield entries
         tmp = path.with_name(f".pids.{os.getpid()}.tmp")
@@ -180,7 +413,14 @@ def _pids_locked() -> Iterator[list[dict[str, Any]]]:
         os.replace(tmp, path)
 
 
-def start_detached(store: Store, count: int, options: Sequence[str]) -> list[int]:
+def _drop_entry(entry: dict[str, Any], why: str, log: Log) -> None:
+    if why != NOT_RUNNING:  # a worker that exited: nothing worth saying
+        log(f"pids.json: dropped the entry of pid {_entry_pid(entry)}, not signalled: {why}")
+
+
+def start_detached(
+    store: Store, count: int, options: Sequence[str], *, log: Log = _stderr
+) -> list[int]:
     """Start `count` detached worker processes, recorded in pids.json; return their pids
     once each has registered with the store.
 
@@ -189,7 +429,13 @@ def start_detached(store: Store, count: int, options: Sequence[str]) -> list[int
     log_path = logs_dir() / "workers.log"
     started: list[subprocess.Popen[bytes]] = []
     with _pids_locked() as entries:
-        entries[:] = [e for e in entries if procs.queuectl_alive(int(e.get("pid", 0)))]
+        kept = []
+        for entry in entries:
+            found = _verify(_entry_pid(entry), functools.partial(_entry_problem, entry))
+            if isinstance(found, str):
+                _drop_entry(entry, found, log)
+            else:
+                kept.append(entry)
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             for _ in range(count):
@@ -202,9 +448,18 @@ def start_detached(store: Store, count: int, options: Sequence[str]) -> list[int
                     env=worker_environment(store.url),
                 )
                 started.append(proc)
-                entries.append(
+                # Read before we reap it: the start time of our child is still its own.
+                seen = _look(proc.pid)
+                identity: dict[str, int | str | None] = {"start_ticks": None, "boot_id": None}
+                if seen is not None:
+                    identity = {
+                        "start_ticks": seen.identity.start_ticks,
+                        "boot_id": seen.identity.boot_id,
+                    }
+                kept.append(
                     {
                         "pid": proc.pid,
+                        **identity,
                         "db": redact_url(store.url),
                         "started_at": format_time(utcnow()),
                         "log": str(log_path),
@@ -212,6 +467,7 @@ def start_detached(store: Store, count: int, options: Sequence[str]) -> list[int
                 )
         finally:
             os.close(fd)
+            entries[:] = kept
     _wait_registered(store, started, log_path)
     return [proc.pid for proc in started]
 
@@ -239,26 +495,104 @@ class StopReport:
     stopped: list[int]
     still_running: list[int]
     remote: int  # workers on other hosts asked to stop through the store
+    refused: list[int] = field(default_factory=list)  # ours, but the kernel said EPERM
+    # live workers on this host that could not be verified as ours to signal (another
+    # user's, another PID namespace's, no /proc): asked to stop through the store instead
+    unverified: int = 0
 
 
-def stop_workers(store: Store, timeout_s: float) -> StopReport:
-    """Ask every worker of this home and store to stop gracefully, and wait for them."""
+def stop_workers(store: Store, timeout_s: float, *, log: Log = _stderr) -> StopReport:
+    """Ask every worker of this home and store to stop gracefully, and wait for them.
+
+    Signals only processes verified as ours (see ProcessIdentity); every other
+    registered worker of the store is asked through the store, which it reads at
+    its next heartbeat.
+    """
     host = socket.gethostname()
     live = store.live_workers(utcnow())
-    with _pids_locked() as entries:
-        targets = {int(e["pid"]) for e in entries if procs.queuectl_alive(int(e.get("pid", 0)))}
-        targets |= {w.pid for w in live if w.host == host and procs.queuectl_alive(w.pid)}
-        remote = [w.id for w in live if w.host != host]
-        if remote:
-            store.request_stop(remote)
-        for pid in targets:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        waiting = set(targets)
-        while waiting and time.monotonic() < deadline:
-            waiting = {pid for pid in waiting if procs.pid_alive(pid)}
-            if waiting:
-                time.sleep(0.05)  # not our children: no pidfd wait without a race
-        entries[:] = [e for e in entries if int(e.get("pid", 0)) in waiting]
-    return StopReport(sorted(targets - waiting), sorted(waiting), len(remote))
+    targets: dict[int, _Target] = {}
+    try:
+        with _pids_locked() as entries:
+            entries[:] = _entry_targets(entries, targets, log)
+            asked, unverified = _registered_targets(live, host, store.url, targets, log)
+            refused = []
+            for pid, target in targets.items():
+                try:
+                    target.signal(signal.SIGTERM)
+                except PermissionError:  # never stops us from stopping the others
+                    refused.append(pid)
+                    log(f"worker pid {pid}: not allowed to signal it (EPERM)")
+            asked += [w.id for w in live if w.host == host and w.pid in refused]
+            if asked:
+                store.request_stop(asked)
+            waiting = _wait_exited([t for t in targets.values() if t.pid not in refused], timeout_s)
+            still = {t.pid for t in waiting} | set(refused)
+            entries[:] = [e for e in entries if _entry_pid(e) in still]
+    finally:
+        for target in targets.values():
+            target.close()
+    remote = sum(1 for w in live if w.host != host)
+    stopped = sorted(set(targets) - still)
+    return StopReport(stopped, sorted(t.pid for t in waiting), remote, sorted(refused), unverified)
+
+
+def _entry_targets(
+    entries: list[dict[str, Any]], targets: dict[int, _Target], log: Log
+) -> list[dict[str, Any]]:
+    """Add the verified processes of pids.json to `targets`; return the entries kept."""
+    kept = []
+    for entry in entries:
+        pid = _entry_pid(entry)
+        found = _open_verified(pid, functools.partial(_entry_problem, entry))
+        if isinstance(found, str):
+            _drop_entry(entry, found, log)
+            continue
+        kept.append(entry)
+        if pid in targets:  # the same worker twice
+            found.close()
+        else:
+            targets[pid] = found
+    return kept
+
+
+def _registered_targets(
+    live: list[WorkerInfo], host: str, url: str, targets: dict[int, _Target], log: Log
+) -> tuple[list[str], int]:
+    """Add this host's registered workers verified as ours to `targets`; return the ids of
+    the others, to ask through the store, and how many of those run here unverified."""
+    asked: list[str] = []
+    unverified = 0
+    for worker in live:
+        if worker.host == host and worker.pid in targets:
+            continue
+        if worker.host == host:
+            found = _open_verified(
+                worker.pid, functools.partial(_registration_problem, worker, url)
+            )
+            if isinstance(found, _Target):
+                targets[worker.pid] = found
+                continue
+            if found != NOT_RUNNING:
+                unverified += 1
+                log(
+                    f"worker {worker.id}: pid {worker.pid} not signalled ({found}); "
+                    "asked it to stop through the store"
+                )
+        asked.append(worker.id)  # harmless if it is a dead worker's registration
+    return asked, unverified
+
+
+def _wait_exited(targets: list[_Target], timeout_s: float) -> list[_Target]:
+    """Wait up to `timeout_s` for `targets` to exit; return those still running."""
+    deadline = time.monotonic() + timeout_s
+    while waiting := [t for t in targets if t.alive()]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        fds = [t.fd for t in waiting if t.fd is not None]
+        if len(fds) == len(waiting):
+            select.select(fds, [], [], left)  # a pidfd turns readable on exit
+        else:
+            time.sleep(min(left, 0.05))  # no pidfds: poll
+        targets = waiting
+    return waiting
