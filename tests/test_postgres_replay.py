@@ -1,9 +1,9 @@
 """PostgreSQL: a write whose commit landed but whose reply was lost is not reported as failed.
 
 A proxy on loopback stands between the store and the server. Armed, it lets the
-client's COMMIT through, waits for the server to say the transaction is over,
-swallows that reply and closes the connection: the commit landed, the client
-never heard. The store reconnects and tries again; it must find what the first
+client's COMMIT (or, for a write of one statement, that statement) through,
+waits for the server to say the transaction is over, swallows that reply and
+closes the connection: the commit landed, the client never heard. The store reconnects and tries again; it must find what the first
 try did instead of reporting a false error.
 """
 
@@ -35,11 +35,14 @@ class CommitReplyDropper:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.armed = threading.Event()
+        self.pattern = b"COMMIT"
         self.dropped = 0
         self._closing = False
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def arm(self) -> None:
+    def arm(self, pattern: bytes = b"COMMIT") -> None:
+        """Lose the reply to the next client message holding `pattern`."""
+        self.pattern = pattern
         self.armed.set()
 
     def close(self) -> None:
@@ -62,7 +65,7 @@ class CommitReplyDropper:
     def _up(self, client: socket.socket, upstream: socket.socket, swallow: threading.Event) -> None:
         with contextlib.suppress(OSError):  # a socket closed under a pump ends it
             while data := client.recv(65536):
-                if self.armed.is_set() and b"COMMIT" in data:
+                if self.armed.is_set() and self.pattern in data:
                     self.armed.clear()
                     swallow.set()  # before sending: the reply must not slip through
                 upstream.sendall(data)
@@ -202,7 +205,7 @@ def test_dlq_purge_after_a_lost_reply_still_names_what_it_deleted(
 ) -> None:
     store, proxy = proxied
     dead_job(store, clock, "gone")
-    proxy.arm()
+    proxy.arm(b"DELETE FROM jobs")  # one statement, committed by itself
     assert store.purge_dead() == ["gone"]
     assert proxy.dropped == 1
     assert store.get_job("gone") is None
@@ -214,7 +217,7 @@ def test_finish_after_a_lost_reply_is_recorded_not_dropped(
     store, proxy = proxied
     store.insert_jobs([new_job("f", clock)], clock())
     store.claim_next("w", (), clock(), clock() + timedelta(seconds=30), "tok")
-    proxy.arm()
+    proxy.arm(b"finished_at = $")  # one statement, committed by itself
     outcome = Transition(JobState.COMPLETED, 0, clock(), 0, None, "out")
     assert store.finish("f", "tok", outcome, clock()) is True
     assert proxy.dropped == 1
@@ -227,7 +230,7 @@ def test_release_claim_after_a_lost_reply(
     store.insert_jobs([new_job("r", clock)], clock())
     store.claim_next("w", (), clock(), clock() + timedelta(seconds=30), "tok")
     store.cancel_job("r", clock(), running=True)
-    proxy.arm()
+    proxy.arm(b"coalesce(")  # one statement, committed by itself
     assert store.release_claim("r", "tok", "tail") is True
     assert proxy.dropped == 1
 
@@ -237,7 +240,7 @@ def test_claim_after_a_lost_reply_returns_the_claimed_job(
 ) -> None:
     store, proxy = proxied
     store.insert_jobs([new_job("k", clock)], clock())
-    proxy.arm()
+    proxy.arm(b"SET state = 'processing'")  # one statement, committed by itself
     job = store.claim_next("w", (), clock(), clock() + timedelta(seconds=30), "tok")
     assert proxy.dropped == 1
     assert job is not None and job.id == "k"

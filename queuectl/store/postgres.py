@@ -122,13 +122,18 @@ class PostgresDialect:
         return self._run(op)
 
     def write(
-        self, op: Callable[[Conn], T], *, already_done: Callable[[Conn], T | None] | None = None
+        self,
+        op: Callable[[Conn], T],
+        *,
+        already_done: Callable[[Conn], T | None] | None = None,
+        single: bool = False,
     ) -> T:
         def in_transaction(conn: Conn) -> T:
             with conn.transaction():
                 return op(conn)
 
-        return self._run(in_transaction, already_done=already_done)
+        # One statement commits by itself (autocommit): no BEGIN and COMMIT round trips.
+        return self._run(op if single else in_transaction, already_done=already_done)
 
     def _run(
         self,

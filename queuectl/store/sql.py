@@ -73,10 +73,16 @@ class Dialect(Protocol):
         ...
 
     def write(
-        self, op: Callable[[Conn], T], *, already_done: Callable[[Conn], T | None] | None = None
+        self,
+        op: Callable[[Conn], T],
+        *,
+        already_done: Callable[[Conn], T | None] | None = None,
+        single: bool = False,
     ) -> T:
         """Run `op` in one transaction. If the connection is lost and the write is tried
-        again, `already_done` (when given) first looks for the first try's effect."""
+        again, `already_done` (when given) first looks for the first try's effect.
+        `single`: op runs one statement, atomic by itself (a server may then skip the
+        round trips of BEGIN and COMMIT)."""
         ...
 
     def notify(self, conn: Conn) -> None:
@@ -468,7 +474,12 @@ class SqlStore:
 
     def forget_spool_files(self, before: datetime) -> int:
         params = {"before": self.d.time(before)}
-        return int(self.d.write(lambda c: c.execute(self.sql.forget_spool_files, params).rowcount))
+        return int(
+            self.d.write(
+                lambda conn: conn.execute(self.sql.forget_spool_files, params).rowcount,
+                single=True,
+            )
+        )
 
     def get_job(self, job_id: str) -> Job | None:
         row = self.d.read(lambda conn: conn.execute(self.sql.get_job, {"id": job_id}).fetchone())
@@ -598,7 +609,7 @@ class SqlStore:
         ids = self.d.read(lambda conn: [r["id"] for r in conn.execute(self.sql.dead_ids)])
         if ids:
             params = {"ids": self._ids(ids)}
-            self.d.write(lambda conn: conn.execute(self.sql.purge_dead, params))
+            self.d.write(lambda conn: conn.execute(self.sql.purge_dead, params), single=True)
         # Whatever of them is gone now was deleted, by this call or a concurrent one.
         return [job_id for job_id in ids if job_id not in self.get_jobs(ids)]
 
@@ -610,7 +621,7 @@ class SqlStore:
 
     def write_config(self, key: str, value: str) -> None:
         params = {"key": key, "value": value}
-        self.d.write(lambda conn: conn.execute(self.sql.write_config, params))
+        self.d.write(lambda conn: conn.execute(self.sql.write_config, params), single=True)
 
     # -- workers ---------------------------------------------------------------------
 
@@ -662,7 +673,7 @@ class SqlStore:
 
     def deregister_worker(self, worker_id: str) -> None:
         params = {"worker_id": worker_id}
-        self.d.write(lambda conn: conn.execute(self.sql.deregister_worker, params))
+        self.d.write(lambda conn: conn.execute(self.sql.deregister_worker, params), single=True)
 
     def live_workers(self, now: datetime) -> list[WorkerInfo]:
         params = {"now": self.d.time(now)}
@@ -689,7 +700,11 @@ class SqlStore:
 
     def request_stop(self, worker_ids: Sequence[str] | None = None) -> int:
         params = {"ids": self._ids(worker_ids)}
-        return int(self.d.write(lambda conn: conn.execute(self.sql.request_stop, params).rowcount))
+        return int(
+            self.d.write(
+                lambda conn: conn.execute(self.sql.request_stop, params).rowcount, single=True
+            )
+        )
 
     def claim_next(
         self,
@@ -709,6 +724,7 @@ class SqlStore:
         row = self.d.write(
             lambda conn: conn.execute(self.sql.claim_next, params).fetchone(),
             already_done=lambda conn: conn.execute(self.sql.claimed_with, params).fetchone(),
+            single=True,
         )
         return self._job(row) if row else None
 
@@ -750,6 +766,7 @@ class SqlStore:
             self.d.write(
                 lambda conn: conn.execute(self.sql.finish_job, params).rowcount == 1,
                 already_done=done,
+                single=True,
             )
         )
 
@@ -765,6 +782,7 @@ class SqlStore:
             self.d.write(
                 lambda conn: conn.execute(self.sql.release_claim, params).rowcount == 1,
                 already_done=done,
+                single=True,
             )
         )
 

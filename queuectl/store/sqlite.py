@@ -100,8 +100,12 @@ class SqliteDialect:
         op: Callable[[sqlite3.Connection], T],
         *,
         already_done: Callable[[sqlite3.Connection], T | None] | None = None,
+        single: bool = False,
     ) -> T:
-        """One transaction; `already_done` is never needed: a local file loses no replies."""
+        """One transaction, even for a single statement: BEGIN IMMEDIATE takes the write
+        lock up front, where a statement alone could fail upgrading its read to a write
+        (SQLITE_BUSY_SNAPSHOT, which the busy timeout does not retry). `already_done` is
+        never needed: a local file loses no replies."""
         self._check_same_file()
         try:
             self.conn.execute("BEGIN IMMEDIATE")

@@ -23,7 +23,7 @@ CREATE UNIQUE INDEX spool_files_pkey ON spool_files USING btree (claim_id)
 CREATE UNIQUE INDEX workers_pkey ON workers USING btree (id)
 CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs REFERENCING OLD TABLE AS old_jobs FOR EACH STATEMENT EXECUTE FUNCTION queuectl_count_deleted()
 CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_jobs FOR EACH STATEMENT EXECUTE FUNCTION queuectl_count_inserted()
-CREATE TRIGGER job_counts_update AFTER UPDATE ON jobs REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs FOR EACH STATEMENT EXECUTE FUNCTION queuectl_count_updated()
+CREATE TRIGGER job_counts_update AFTER UPDATE OF state ON jobs FOR EACH ROW WHEN ((old.state IS DISTINCT FROM new.state)) EXECUTE FUNCTION queuectl_count_moved()
 CREATE OR REPLACE FUNCTION queuectl_count_deleted()
  RETURNS trigger
  LANGUAGE plpgsql
@@ -40,15 +40,12 @@ BEGIN
     INSERT INTO job_counts (state, n) SELECT state, count(*) FROM new_jobs GROUP BY state;
     RETURN NULL;
 END $function$
-CREATE OR REPLACE FUNCTION queuectl_count_updated()
+CREATE OR REPLACE FUNCTION queuectl_count_moved()
  RETURNS trigger
  LANGUAGE plpgsql
 AS $function$
 BEGIN
-    INSERT INTO job_counts (state, n)
-    SELECT state, sum(n) FROM (SELECT state, -1 AS n FROM old_jobs
-                               UNION ALL SELECT state, 1 FROM new_jobs) AS moved
-     GROUP BY state HAVING sum(n) <> 0;
+    INSERT INTO job_counts (state, n) VALUES (OLD.state, -1), (NEW.state, 1);
     RETURN NULL;
 END $function$
 CREATE OR REPLACE FUNCTION queuectl_fold_job_counts()

@@ -1,9 +1,9 @@
 -- Job counts per state, so `status` never counts a million rows, without one hot counter
--- row that every worker's claim and finish would queue behind: each statement that changes
--- jobs appends its net change per state as a row of its own (appends never wait on one
--- another), and queuectl_fold_job_counts() folds the appended rows into one per state
--- (workers call it with each heartbeat, and after a big insert). The count of a state is
--- the sum of its rows, folded or not.
+-- row that every worker's claim and finish would queue behind: each change appends its
+-- delta as a row of its own (appends never wait on one another; inserts and deletes
+-- append one row per state per statement, a change of state two rows), and
+-- queuectl_fold_job_counts() folds the appended rows into one per state (workers call it
+-- with each heartbeat, and after a big insert). A state's count is the sum of its rows.
 CREATE TABLE job_counts (
     state text NOT NULL,
     n     bigint NOT NULL
@@ -17,12 +17,11 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE FUNCTION queuectl_count_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Per row, and only when the state changes: claims and results move one job at a time,
+-- and a lease renewal (no change of state) costs nothing here.
+CREATE FUNCTION queuectl_count_moved() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO job_counts (state, n)
-    SELECT state, sum(n) FROM (SELECT state, -1 AS n FROM old_jobs
-                               UNION ALL SELECT state, 1 FROM new_jobs) AS moved
-     GROUP BY state HAVING sum(n) <> 0;
+    INSERT INTO job_counts (state, n) VALUES (OLD.state, -1), (NEW.state, 1);
     RETURN NULL;
 END $$;
 
@@ -34,9 +33,9 @@ END $$;
 
 CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_jobs
     FOR EACH STATEMENT EXECUTE FUNCTION queuectl_count_inserted();
-CREATE TRIGGER job_counts_update AFTER UPDATE ON jobs
-    REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION queuectl_count_updated();
+CREATE TRIGGER job_counts_update AFTER UPDATE OF state ON jobs
+    FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)
+    EXECUTE FUNCTION queuectl_count_moved();
 CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs REFERENCING OLD TABLE AS old_jobs
     FOR EACH STATEMENT EXECUTE FUNCTION queuectl_count_deleted();
 
