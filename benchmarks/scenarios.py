@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .harness import (
     BASELINE_CMD,
@@ -47,6 +47,9 @@ from .harness import (
     wait_until,
 )
 from .stores import PostgresServer, SqlitePeek
+
+if TYPE_CHECKING:
+    from queuectl.store import Store
 
 THROUGHPUT_WORKERS = (1, 2, 4)
 WORKER_START_TIMEOUT_S = 30.0
@@ -1375,7 +1378,6 @@ def _plan(conn: sqlite3.Connection, sql: str, params: dict[str, object]) -> dict
 
 def run_scale(settings: Settings) -> RunResult:
     """A SQLite store of 1,000,000 jobs (1,000 pending): `status` and the claim."""
-    from queuectl.core import Queue
     from queuectl.store import open_store
     from queuectl.store.sql import SqlStore
     from queuectl.store.sqlite import SqliteDialect
@@ -1388,55 +1390,69 @@ def run_scale(settings: Settings) -> RunResult:
         url = f"sqlite:///{db.absolute()}"
         with Stopwatch() as built:
             _build_scale_store(db, jobs, pending)
-        db_bytes = db.stat().st_size
-        counts = _status_counts(env)  # untimed: the page cache holds the file from here on
-        if counts["pending"] != pending or sum(counts.values()) != jobs:
-            raise BenchError(f"the built store counts {counts}, not {jobs} jobs")
-        base = _baseline(env, settings.baseline_runs)
-        cli: list[Exit] = []
-        for _ in range(settings.scale_status_runs):
-            base.append(run(BASELINE_CMD, env=env))
-            cli.append(run(queuectl("status"), env=env))
         store = open_store(url)
         try:
             if not (isinstance(store, SqlStore) and isinstance(store.d, SqliteDialect)):
                 raise BenchError(f"{url} did not open a SQLite store")
-            queue = Queue(store)
-            status_ms: list[float] = []
-            count_ms: list[float] = []
-            for _ in range(settings.scale_status_runs):
-                with Stopwatch() as sw:
-                    queue.status()
-                status_ms.append(_ms(sw.seconds))
-                with Stopwatch() as sw:
-                    store.count_by_state()
-                count_ms.append(_ms(sw.seconds))
+            metrics, raw = _measure_scale(settings, store, env, built.seconds)
             with Stopwatch() as opened:
                 open_store(url).close()
-            now = datetime.now(UTC)
+            now_ms = int(datetime.now(UTC).timestamp() * 1000)
             params: dict[str, object] = {
                 "worker_id": "bench",
                 "token": "0",
-                "now": int(now.timestamp() * 1000),
-                "lease_until": int(now.timestamp() * 1000) + 60_000,
+                "now": now_ms,
+                "lease_until": now_ms + 60_000,
                 "queues": None,
             }
-            claim_plan = _plan(store.d.conn, store.sql.claim_next, params)
-            count_plan = _plan(store.d.conn, store.sql.count_by_state, {})
-            claim_ms: list[float] = []
-            for i in range(settings.scale_claims):
-                now = datetime.now(UTC)
-                with Stopwatch() as sw:
-                    job = store.claim_next("bench", [], now, now + timedelta(minutes=5), f"t{i}")
-                if job is None:
-                    raise BenchError(f"claim {i + 1} found no pending job")
-                claim_ms.append(_ms(sw.seconds))
+            raw["query_plans"] = {
+                "CLAIM_NEXT": _plan(store.d.conn, store.sql.claim_next, params),
+                "COUNT_BY_STATE": _plan(store.d.conn, store.sql.count_by_state, {}),
+            }
         finally:
             store.close()
+        raw["db_bytes"] = db.stat().st_size
+        raw["open_store_ms"] = _ms(opened.seconds)
+    return RunResult(metrics, raw)
+
+
+def _measure_scale(
+    settings: Settings, store: Store, env: dict[str, str], build_s: float
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """`status` as a process and in-process, then the claim, on a store built with
+    settings.scale_jobs jobs of which settings.scale_pending are pending."""
+    from queuectl.core import Queue
+
+    jobs, pending = settings.scale_jobs, settings.scale_pending
+    counts = {state.value: n for state, n in store.count_by_state().items()}
+    if counts["pending"] != pending or sum(counts.values()) != jobs:
+        raise BenchError(f"the built store counts {counts}, not {jobs} jobs")
+    base = _baseline(env, settings.baseline_runs)
+    cli: list[Exit] = []
+    status_ms: list[float] = []
+    count_ms: list[float] = []
+    queue = Queue(store)
+    for _ in range(settings.scale_status_runs):
+        base.append(run(BASELINE_CMD, env=env))
+        cli.append(run(queuectl("status"), env=env))
+        with Stopwatch() as sw:
+            queue.status()
+        status_ms.append(_ms(sw.seconds))
+        with Stopwatch() as sw:
+            store.count_by_state()
+        count_ms.append(_ms(sw.seconds))
+    claim_ms: list[float] = []
+    for i in range(settings.scale_claims):
+        now = datetime.now(UTC)
+        with Stopwatch() as sw:
+            job = store.claim_next("bench", [], now, now + timedelta(minutes=5), f"t{i}")
+        if job is None:
+            raise BenchError(f"claim {i + 1} found no pending job")
+        claim_ms.append(_ms(sw.seconds))
     base_ms = median([_ms(b.wall_s) for b in base])
     cli_ms = median([_ms(c.wall_s) for c in cli])
     metrics = {
-        "build_s": built.seconds,
+        "build_s": build_s,
         "status_cli_ms": cli_ms,
         "baseline_ms": base_ms,
         "status_cli_ratio": cli_ms / base_ms,
@@ -1445,27 +1461,22 @@ def run_scale(settings: Settings) -> RunResult:
         "claim_p50_ms": percentile(claim_ms, 50),
         "claim_p99_ms": percentile(claim_ms, 99),
     }
-    return RunResult(
-        metrics,
-        {
-            "jobs": jobs,
-            "pending": pending,
-            "db_bytes": db_bytes,
-            "counts": counts,
-            "open_store_ms": _ms(opened.seconds),
-            "status_cli_wall_ms": [_ms(c.wall_s) for c in cli],
-            "baseline_wall_ms": [_ms(b.wall_s) for b in base],
-            "status_lib_ms": status_ms,
-            "count_by_state_ms": count_ms,
-            "claim_ms": claim_ms,
-            "query_plans": {"CLAIM_NEXT": claim_plan, "COUNT_BY_STATE": count_plan},
-        },
-    )
+    raw: dict[str, Any] = {
+        "jobs": jobs,
+        "pending": pending,
+        "counts": counts,
+        "status_cli_wall_ms": [_ms(c.wall_s) for c in cli],
+        "baseline_wall_ms": [_ms(b.wall_s) for b in base],
+        "status_lib_ms": status_ms,
+        "count_by_state_ms": count_ms,
+        "claim_ms": claim_ms,
+    }
+    return metrics, raw
 
 
 def _scale_metrics() -> tuple[Metric, ...]:
     return (
-        Metric("build_s", "build: rows inserted with sqlite3 (not queuectl)", "s", 60.0),
+        Metric("build_s", "build: rows inserted directly (not through queuectl)", "s", 60.0),
         Metric("status_cli_ms", "`queuectl status` process", "ms", 100.0),
         Metric("baseline_ms", "baseline: `python -c pass`", "ms"),
         Metric("status_cli_ratio", "`queuectl status` ÷ baseline", "x"),
@@ -1494,7 +1505,6 @@ def run_scale_postgres(settings: Settings) -> RunResult:
     """A PostgreSQL store of 1,000,000 jobs (1,000 pending): `status` and the claim."""
     import psycopg
 
-    from queuectl.core import Queue
     from queuectl.models import JobSpec
     from queuectl.store import open_store
 
@@ -1508,54 +1518,9 @@ def run_scale_postgres(settings: Settings) -> RunResult:
             conn.execute("VACUUM ANALYZE jobs")
         store = open_store(url)
         try:
-            queue = Queue(store)
-            counts = {state.value: n for state, n in store.count_by_state().items()}
-            if counts["pending"] != pending or sum(counts.values()) != jobs:
-                raise BenchError(f"the built store counts {counts}, not {jobs} jobs")
-            base = _baseline(env, settings.baseline_runs)
-            cli: list[Exit] = []
-            status_ms: list[float] = []
-            count_ms: list[float] = []
-            for _ in range(settings.scale_status_runs):
-                base.append(run(BASELINE_CMD, env=env))
-                cli.append(run(queuectl("status"), env=env))
-                with Stopwatch() as sw:
-                    queue.status()
-                status_ms.append(_ms(sw.seconds))
-                with Stopwatch() as sw:
-                    store.count_by_state()
-                count_ms.append(_ms(sw.seconds))
-            claim_ms: list[float] = []
-            for i in range(settings.scale_claims):
-                now = datetime.now(UTC)
-                with Stopwatch() as sw:
-                    job = store.claim_next("bench", [], now, now + timedelta(minutes=5), f"t{i}")
-                if job is None:
-                    raise BenchError(f"claim {i + 1} found no pending job")
-                claim_ms.append(_ms(sw.seconds))
+            metrics, raw = _measure_scale(settings, store, env, built.seconds)
         finally:
             store.close()
-    base_ms = median([_ms(b.wall_s) for b in base])
-    cli_ms = median([_ms(c.wall_s) for c in cli])
-    metrics = {
-        "build_s": built.seconds,
-        "status_cli_ms": cli_ms,
-        "baseline_ms": base_ms,
-        "status_cli_ratio": cli_ms / base_ms,
-        "status_lib_ms": median(status_ms),
-        "count_ms": median(count_ms),
-        "claim_p50_ms": percentile(claim_ms, 50),
-        "claim_p99_ms": percentile(claim_ms, 99),
-    }
-    raw = {
-        "jobs": jobs,
-        "pending": pending,
-        "counts": counts,
-        "status_cli_wall_ms": [_ms(c.wall_s) for c in cli],
-        "status_lib_ms": status_ms,
-        "count_by_state_ms": count_ms,
-        "claim_ms": claim_ms,
-    }
     return RunResult(metrics, raw)
 
 
