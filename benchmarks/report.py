@@ -125,8 +125,9 @@ def markdown(results: list[ScenarioResult], meta: dict[str, Any]) -> str:
         "run in a database created for it and dropped afterwards. "
         "The peers rows run the throughput work (`sh -c true` jobs, 2 workers) through huey "
         "and task-spooler beside queuectl and the floor, all in the same run. The scale rows "
-        "insert their jobs with sqlite3 into a store `queuectl status` created, then time "
-        "`status` (as a process and in-process) and `claim_next` in-process. "
+        "insert their jobs directly (sqlite3; one INSERT ... SELECT on PostgreSQL) into a "
+        "store `queuectl status` created, then time `status` (as a process and in-process) "
+        "and `claim_next` in-process. "
         "The enqueue figure is the median of its runs' samples; p99 is nearest-rank. "
         "Child Pythons share a private bytecode cache (PYTHONPYCACHEPREFIX), as an installed "
         "package has compiled bytecode.",

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .harness import (
     BASELINE_CMD,
@@ -47,6 +47,9 @@ from .harness import (
     wait_until,
 )
 from .stores import PostgresServer, SqlitePeek
+
+if TYPE_CHECKING:
+    from queuectl.store import Store
 
 THROUGHPUT_WORKERS = (1, 2, 4)
 WORKER_START_TIMEOUT_S = 30.0
@@ -1286,9 +1289,9 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 SCALE_INSERT = """
 INSERT INTO jobs (id, command, priority, run_at, max_retries, timeout_ms, env, cwd, queue,
                   labels, state, attempts, created_at, updated_at, available_at, started_at,
-                  finished_at, exit_code, worker_id, source, source_commit, spec_hash)
+                  finished_at, exit_code, worker_id, origin, spec_hash)
 VALUES (?, '"true"', 0, NULL, ?, NULL, '{}', NULL, 'default', '{}', ?, ?, ?, ?, ?, ?, ?, ?, ?,
-        'inline', NULL, ?)
+        'inline', ?)
 """
 
 
@@ -1375,9 +1378,9 @@ def _plan(conn: sqlite3.Connection, sql: str, params: dict[str, object]) -> dict
 
 def run_scale(settings: Settings) -> RunResult:
     """A SQLite store of 1,000,000 jobs (1,000 pending): `status` and the claim."""
-    from queuectl.core import Queue
     from queuectl.store import open_store
-    from queuectl.store.sqlite import CLAIM_NEXT, COUNT_BY_STATE, SqliteStore
+    from queuectl.store.sql import SqlStore
+    from queuectl.store.sqlite import SqliteDialect
 
     jobs, pending = settings.scale_jobs, settings.scale_pending
     with fresh_home() as home:
@@ -1387,55 +1390,69 @@ def run_scale(settings: Settings) -> RunResult:
         url = f"sqlite:///{db.absolute()}"
         with Stopwatch() as built:
             _build_scale_store(db, jobs, pending)
-        db_bytes = db.stat().st_size
-        counts = _status_counts(env)  # untimed: the page cache holds the file from here on
-        if counts["pending"] != pending or sum(counts.values()) != jobs:
-            raise BenchError(f"the built store counts {counts}, not {jobs} jobs")
-        base = _baseline(env, settings.baseline_runs)
-        cli: list[Exit] = []
-        for _ in range(settings.scale_status_runs):
-            base.append(run(BASELINE_CMD, env=env))
-            cli.append(run(queuectl("status"), env=env))
         store = open_store(url)
         try:
-            if not isinstance(store, SqliteStore):
-                raise BenchError(f"{url} did not open a SqliteStore")
-            queue = Queue(store)
-            status_ms: list[float] = []
-            count_ms: list[float] = []
-            for _ in range(settings.scale_status_runs):
-                with Stopwatch() as sw:
-                    queue.status()
-                status_ms.append(_ms(sw.seconds))
-                with Stopwatch() as sw:
-                    store.count_by_state()
-                count_ms.append(_ms(sw.seconds))
+            if not (isinstance(store, SqlStore) and isinstance(store.d, SqliteDialect)):
+                raise BenchError(f"{url} did not open a SQLite store")
+            metrics, raw = _measure_scale(settings, store, env, built.seconds)
             with Stopwatch() as opened:
                 open_store(url).close()
-            now = datetime.now(UTC)
+            now_ms = int(datetime.now(UTC).timestamp() * 1000)
             params: dict[str, object] = {
                 "worker_id": "bench",
                 "token": "0",
-                "now": int(now.timestamp() * 1000),
-                "lease_until": int(now.timestamp() * 1000) + 60_000,
+                "now": now_ms,
+                "lease_until": now_ms + 60_000,
                 "queues": None,
             }
-            claim_plan = _plan(store.conn, CLAIM_NEXT, params)
-            count_plan = _plan(store.conn, COUNT_BY_STATE, {})
-            claim_ms: list[float] = []
-            for i in range(settings.scale_claims):
-                now = datetime.now(UTC)
-                with Stopwatch() as sw:
-                    job = store.claim_next("bench", [], now, now + timedelta(minutes=5), f"t{i}")
-                if job is None:
-                    raise BenchError(f"claim {i + 1} found no pending job")
-                claim_ms.append(_ms(sw.seconds))
+            raw["query_plans"] = {
+                "CLAIM_NEXT": _plan(store.d.conn, store.sql.claim_next, params),
+                "COUNT_BY_STATE": _plan(store.d.conn, store.sql.count_by_state, {}),
+            }
         finally:
             store.close()
+        raw["db_bytes"] = db.stat().st_size
+        raw["open_store_ms"] = _ms(opened.seconds)
+    return RunResult(metrics, raw)
+
+
+def _measure_scale(
+    settings: Settings, store: Store, env: dict[str, str], build_s: float
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """`status` as a process and in-process, then the claim, on a store built with
+    settings.scale_jobs jobs of which settings.scale_pending are pending."""
+    from queuectl.core import Queue
+
+    jobs, pending = settings.scale_jobs, settings.scale_pending
+    counts = {state.value: n for state, n in store.count_by_state().items()}
+    if counts["pending"] != pending or sum(counts.values()) != jobs:
+        raise BenchError(f"the built store counts {counts}, not {jobs} jobs")
+    base = _baseline(env, settings.baseline_runs)
+    cli: list[Exit] = []
+    status_ms: list[float] = []
+    count_ms: list[float] = []
+    queue = Queue(store)
+    for _ in range(settings.scale_status_runs):
+        base.append(run(BASELINE_CMD, env=env))
+        cli.append(run(queuectl("status"), env=env))
+        with Stopwatch() as sw:
+            queue.status()
+        status_ms.append(_ms(sw.seconds))
+        with Stopwatch() as sw:
+            store.count_by_state()
+        count_ms.append(_ms(sw.seconds))
+    claim_ms: list[float] = []
+    for i in range(settings.scale_claims):
+        now = datetime.now(UTC)
+        with Stopwatch() as sw:
+            job = store.claim_next("bench", [], now, now + timedelta(minutes=5), f"t{i}")
+        if job is None:
+            raise BenchError(f"claim {i + 1} found no pending job")
+        claim_ms.append(_ms(sw.seconds))
     base_ms = median([_ms(b.wall_s) for b in base])
     cli_ms = median([_ms(c.wall_s) for c in cli])
     metrics = {
-        "build_s": built.seconds,
+        "build_s": build_s,
         "status_cli_ms": cli_ms,
         "baseline_ms": base_ms,
         "status_cli_ratio": cli_ms / base_ms,
@@ -1444,35 +1461,67 @@ def run_scale(settings: Settings) -> RunResult:
         "claim_p50_ms": percentile(claim_ms, 50),
         "claim_p99_ms": percentile(claim_ms, 99),
     }
-    return RunResult(
-        metrics,
-        {
-            "jobs": jobs,
-            "pending": pending,
-            "db_bytes": db_bytes,
-            "counts": counts,
-            "open_store_ms": _ms(opened.seconds),
-            "status_cli_wall_ms": [_ms(c.wall_s) for c in cli],
-            "baseline_wall_ms": [_ms(b.wall_s) for b in base],
-            "status_lib_ms": status_ms,
-            "count_by_state_ms": count_ms,
-            "claim_ms": claim_ms,
-            "query_plans": {"CLAIM_NEXT": claim_plan, "COUNT_BY_STATE": count_plan},
-        },
-    )
+    raw: dict[str, Any] = {
+        "jobs": jobs,
+        "pending": pending,
+        "counts": counts,
+        "status_cli_wall_ms": [_ms(c.wall_s) for c in cli],
+        "baseline_wall_ms": [_ms(b.wall_s) for b in base],
+        "status_lib_ms": status_ms,
+        "count_by_state_ms": count_ms,
+        "claim_ms": claim_ms,
+    }
+    return metrics, raw
 
 
 def _scale_metrics() -> tuple[Metric, ...]:
     return (
-        Metric("build_s", "build: rows inserted with sqlite3 (not queuectl)", "s", 60.0),
+        Metric("build_s", "build: rows inserted directly (not through queuectl)", "s", 60.0),
         Metric("status_cli_ms", "`queuectl status` process", "ms", 100.0),
         Metric("baseline_ms", "baseline: `python -c pass`", "ms"),
         Metric("status_cli_ratio", "`queuectl status` ÷ baseline", "x"),
         Metric("status_lib_ms", "`Queue(open_store(url)).status()` in-process", "ms", 100.0),
-        Metric("count_ms", "`SqliteStore.count_by_state()` (COUNT_BY_STATE) alone", "ms"),
-        Metric("claim_p50_ms", "`SqliteStore.claim_next()` in-process, p50", "ms", 5.0),
-        Metric("claim_p99_ms", "`SqliteStore.claim_next()` in-process, p99", "ms", 5.0),
+        Metric("count_ms", "`store.count_by_state()` alone", "ms"),
+        Metric("claim_p50_ms", "`store.claim_next()` in-process, p50", "ms", 5.0),
+        Metric("claim_p99_ms", "`store.claim_next()` in-process, p99", "ms", 5.0),
     )
+
+
+PG_SCALE_BUILD = """
+INSERT INTO jobs (id, command, max_retries, state, attempts, created_at, updated_at,
+                  available_at, started_at, finished_at, exit_code, worker_id, origin, spec_hash)
+SELECT 'scale-' || lpad(i::text, 8, '0'), '"true"', 3,
+       CASE WHEN i > %(done)s THEN 'pending' ELSE 'completed' END, 0,
+       t, t, t, CASE WHEN i > %(done)s THEN NULL ELSE t END,
+       CASE WHEN i > %(done)s THEN NULL ELSE t END,
+       CASE WHEN i > %(done)s THEN NULL ELSE 0 END,
+       CASE WHEN i > %(done)s THEN NULL ELSE 'bench-host:1:0000' END, 'inline', %(hash)s
+  FROM generate_series(1, %(jobs)s) AS i,
+       LATERAL (SELECT now() - interval '2 days' + i * interval '1 millisecond' AS t) AS at
+"""
+
+
+def run_scale_postgres(settings: Settings) -> RunResult:
+    """A PostgreSQL store of 1,000,000 jobs (1,000 pending): `status` and the claim."""
+    import psycopg
+
+    from queuectl.models import JobSpec
+    from queuectl.store import open_store
+
+    jobs, pending = settings.scale_jobs, settings.scale_pending
+    with PostgresServer.find() as server, server.database() as url, fresh_home() as home:
+        env = {**bench_env(home), "QUEUECTL_DATABASE_URL": url}
+        _init_store(env)
+        params = {"jobs": jobs, "done": jobs - pending, "hash": JobSpec(command="true").spec_hash}
+        with Stopwatch() as built, psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(PG_SCALE_BUILD, params)
+            conn.execute("VACUUM ANALYZE jobs")
+        store = open_store(url)
+        try:
+            metrics, raw = _measure_scale(settings, store, env, built.seconds)
+        finally:
+            store.close()
+    return RunResult(metrics, raw)
 
 
 # -- the list -----------------------------------------------------------------------------
@@ -1574,6 +1623,12 @@ SCENARIOS: tuple[Scenario, ...] = (
         "a SQLite store of 1,000,000 jobs (1,000 pending): `status` and the claim",
         _scale_metrics(),
         run_scale,
+    ),
+    Scenario(
+        "scale-postgres",
+        "a PostgreSQL store of 1,000,000 jobs (1,000 pending): `status` and the claim",
+        _scale_metrics(),
+        run_scale_postgres,
     ),
 )
 

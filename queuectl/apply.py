@@ -17,10 +17,8 @@ from typing import Any
 from . import spec
 from .config import Config
 from .errors import Problem, SpecInvalid
-from .models import Job, JobState, NewJob, utcnow
+from .models import Job, JobState, NewJob, Origin, Source, utcnow
 from .store import Change, Store
-
-SOURCE_PREFIX = "apply:"
 
 
 @dataclass(frozen=True)
@@ -155,22 +153,17 @@ def plan(
     current = store.get_jobs([item.spec.id for item in declared if item.spec.id])
     entries: list[PlanEntry] = []
     changes: list[Change] = []
-    origins: dict[str, tuple[str, str | None]] = {}  # per file: (source, git commit)
+    sources: dict[str, Source] = {}  # per file: its absolute path and git commit
     for item in declared:
         job_id = item.spec.id or ""
-        if item.source not in origins:
+        if item.source not in sources:
             file = Path(item.source).resolve()
-            origins[item.source] = (SOURCE_PREFIX + str(file), source_commit(file))
-        source, commit = origins[item.source]
-        new = NewJob(
-            id=job_id,
-            spec=item.spec,
-            max_retries=config.max_retries
-            if item.spec.max_retries is None
-            else item.spec.max_retries,
-            available_at=item.spec.run_at or now,
-            source=source,
-            source_commit=commit,
+            sources[item.source] = Source(Origin.APPLY, str(file), source_commit(file))
+        new = NewJob.build(
+            item.spec,
+            source=sources[item.source],
+            now=now,
+            default_max_retries=config.max_retries,
         )
         existing = current.get(job_id)
         action, reason = _action(existing, new, replace=replace)
@@ -183,10 +176,10 @@ def plan(
     if prune:
         roots = [p.resolve() for p in paths]
         declared_ids = {item.spec.id for item in declared}
-        for job in store.applied_pending_jobs():
-            origin = job.source.removeprefix(SOURCE_PREFIX)
-            if job.id not in declared_ids and job.started_at is None and _under(origin, roots):
-                entries.append(PlanEntry(job.id, "prune", _display(origin)))
+        for job in store.list_jobs(state=JobState.PENDING, origin=Origin.APPLY):
+            path = job.source.file or ""
+            if job.id not in declared_ids and job.started_at is None and _under(path, roots):
+                entries.append(PlanEntry(job.id, "prune", _display(path)))
                 changes.append(Change("prune", job.id, None, (job.state, job.updated_at)))
     return Plan(entries, changes)
 

@@ -322,9 +322,7 @@ def enqueue_cmd(
     if labels:
         overrides["labels"] = dict(labels)
     loaded = spec.inline_specs(job_spec, sys.stdin.buffer, overrides)
-    results = app.queue().enqueue(
-        [item.spec for item in loaded], source="inline", delay_ms=delay or 0
-    )
+    results = app.queue().enqueue([item.spec for item in loaded], delay_ms=delay or 0)
     click.echo("\n".join(result.id for result in results))
 
 
@@ -686,6 +684,10 @@ def worker_run_cmd(
         from .workers import Supervisor
 
         queue = app.queue()  # opens and migrates the store once, before the children start
+        if spool_dir is not None:
+            from .spool import Spool
+
+            Spool(spool_dir, queue.store).close()  # an unsafe spool stops us here, once
         supervisor = Supervisor(
             queue.store.url,
             count,

@@ -7,19 +7,19 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, BinaryIO, Literal
 
 from . import config as config_mod
 from .config import Config
 from .errors import JobNotFound, UsageProblem, WaitTimedOut, first_few
 from .models import (
+    INLINE,
     Job,
     JobSpec,
     JobState,
     NewJob,
     WorkerInfo,
-    new_job_id,
     utcnow,
     worker_host_pid,
     worker_is_local,
@@ -79,28 +79,21 @@ class Queue:
 
     # -- jobs --------------------------------------------------------------------
 
-    def enqueue(
-        self, specs: Sequence[JobSpec], *, source: str = "inline", delay_ms: int = 0
-    ) -> list[Enqueued]:
+    def enqueue(self, specs: Sequence[JobSpec], *, delay_ms: int = 0) -> list[Enqueued]:
         """Enqueue jobs in one transaction; an identical re-submission of an id is a no-op.
 
         :raises JobConflict: an id exists with a different spec (nothing is enqueued).
         """
+        if delay_ms and any(spec.run_at is not None for spec in specs):
+            raise UsageProblem("a job with run_at cannot also take --delay: use one of them")
         now = self.clock()
-        max_retries = self.config().max_retries
-        jobs = []
-        for spec in specs:
-            if spec.run_at is not None and delay_ms:
-                raise UsageProblem("a job with run_at cannot also take --delay: use one of them")
-            jobs.append(
-                NewJob(
-                    id=spec.id or new_job_id(),
-                    spec=spec,
-                    max_retries=max_retries if spec.max_retries is None else spec.max_retries,
-                    available_at=spec.run_at or now + timedelta(milliseconds=delay_ms),
-                    source=source,
-                )
+        retries = self.config().max_retries
+        jobs = [
+            NewJob.build(
+                spec, source=INLINE, now=now, default_max_retries=retries, delay_ms=delay_ms
             )
+            for spec in specs
+        ]
         created = self.store.insert_jobs(jobs, now)
         return [
             Enqueued(job.id, was_created) for job, was_created in zip(jobs, created, strict=True)

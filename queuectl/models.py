@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 DEFAULT_QUEUE = "default"
@@ -115,6 +115,31 @@ class JobSpec:
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
+class Origin(enum.StrEnum):
+    """How a job reached the queue."""
+
+    INLINE = "inline"
+    SPOOL = "spool"
+    APPLY = "apply"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a job came from: its origin, the spec file (spool, apply) and, for a file
+    applied from a git work tree, its commit."""
+
+    origin: Origin
+    file: str | None = None
+    commit: str | None = None
+
+    def __str__(self) -> str:
+        """As `show` prints it: inline, spool:<file> or apply:<file>."""
+        return self.origin.value if self.file is None else f"{self.origin.value}:{self.file}"
+
+
+INLINE = Source(Origin.INLINE)
+
+
 @dataclass(frozen=True)
 class NewJob:
     """A validated spec with everything decided at enqueue time."""
@@ -123,8 +148,28 @@ class NewJob:
     spec: JobSpec
     max_retries: int
     available_at: datetime
-    source: str
-    source_commit: str | None = None  # the git commit of an applied spec file
+    source: Source
+
+    @classmethod
+    def build(
+        cls,
+        spec: JobSpec,
+        *,
+        source: Source,
+        now: datetime,
+        default_max_retries: int,
+        delay_ms: int = 0,
+    ) -> NewJob:
+        """The one way a spec becomes a job to insert, however it arrived: its id (the
+        spec's, or a new one), its retry budget (the spec's, or the config's, copied in
+        now) and when it is first due (run_at, or now plus a delay)."""
+        return cls(
+            id=spec.id or new_job_id(),
+            spec=spec,
+            max_retries=default_max_retries if spec.max_retries is None else spec.max_retries,
+            available_at=spec.run_at or now + timedelta(milliseconds=delay_ms),
+            source=source,
+        )
 
 
 @dataclass(frozen=True)
@@ -151,12 +196,11 @@ class Job:
     exit_code: int | None
     last_error: str | None
     worker_id: str | None
-    source: str
+    source: Source
     spec_hash: str
     lease_token: str | None = None
     lease_expires_at: datetime | None = None
     output_tail: str = ""
-    source_commit: str | None = None
 
     @property
     def stopping(self) -> bool:
@@ -193,8 +237,8 @@ class Job:
             "last_error": self.last_error,
             "worker_id": self.worker_id,
             "lease_expires_at": format_time(self.lease_expires_at),
-            "source": self.source,
-            "source_commit": self.source_commit,
+            "source": str(self.source),
+            "source_commit": self.source.commit,
             "spec_hash": self.spec_hash,
         }
 

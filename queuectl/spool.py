@@ -36,7 +36,7 @@ from pathlib import Path
 from . import procs, spec
 from .config import Config
 from .errors import Problem, QueuectlError, SpecInvalid, one_line
-from .models import NewJob, format_time, new_job_id, utcnow
+from .models import NewJob, Origin, Source, format_time, utcnow
 from .paths import home_dir
 from .store import SpoolFile, Store
 
@@ -532,16 +532,9 @@ class Spool:
         is_json = claim.name.lower().endswith(".json")
         docs = spec.parse_spec_bytes(raw, claim.shown, is_json=is_json)
         loaded = spec.validate_documents(docs, source=claim.shown)
+        source = Source(Origin.SPOOL, claim.shown)
         jobs = [
-            NewJob(
-                id=item.spec.id or new_job_id(),
-                spec=item.spec,
-                max_retries=config.max_retries
-                if item.spec.max_retries is None
-                else item.spec.max_retries,
-                available_at=item.spec.run_at or now,
-                source=f"spool:{claim.shown}",
-            )
+            NewJob.build(item.spec, source=source, now=now, default_max_retries=config.max_retries)
             for item in loaded
         ]
         return SpoolFile(claim.token, claim.shown, hashlib.sha256(raw).hexdigest(), jobs)

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from queuectl.store.sql import migrations
+
 from .conftest import Run
 
 pytestmark = pytest.mark.e2e
@@ -406,7 +408,7 @@ def test_database_from_a_newer_queuectl_is_refused(run: Run, tmp_path: Path) -> 
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"Error: sqlite:///{path}: the database has schema version 999, written by a newer "
-        "queuectl (this one knows up to 5): upgrade queuectl"
+        f"queuectl (this one knows up to {len(migrations('sqlite'))}): upgrade queuectl"
     )
 
 

@@ -187,3 +187,17 @@ def test_a_replaced_database_file_is_noticed_and_the_new_one_served(
         supervisor.send_signal(signal.SIGTERM)
         _, stderr = supervisor.communicate(timeout=60)
     assert "the database file was replaced or removed while this process had it open" in stderr
+
+
+def test_worker_run_refuses_an_unsafe_spool_before_starting_anything(
+    run: Run, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    spool.chmod(0o770)
+    result = run("worker", "run", "--count", "2", "--spool", str(spool), timeout=30)
+    assert result.returncode == 1
+    assert one_error_line(result.stderr) == (
+        f"Error: spool directory {str(spool)!r} is group-writable, so its group could tamper "
+        f"with the spool: run `chmod g-w,o-w {spool}`"
+    )

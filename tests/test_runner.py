@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from queuectl.core import Queue
-from queuectl.models import Job, JobSpec, JobState
+from queuectl.models import INLINE, Job, JobSpec, JobState
 from queuectl.runner import Runner
 from queuectl.store import Store
 
@@ -38,7 +38,7 @@ def stored_job(clock: FakeClock, **fields: Any) -> Job:
         exit_code=None,
         last_error=None,
         worker_id="w",
-        source="inline",
+        source=INLINE,
         spec_hash="h",
     )
     values.update(fields)

@@ -58,7 +58,7 @@ def test_ingests_valid_files_and_ignores_the_rest(spool_dir: Path, store: Store)
     assert sorted((h.name, h.ingested) for h in handled) == [("a.yaml", True), ("b.json", True)]
     assert sorted(os.listdir(spool_dir / "done")) == ["a.yaml", "b.json"]
     assert claims_in(spool_dir) == []
-    assert {j.source for j in store.list_jobs()} == {"spool:a.yaml", "spool:b.json"}
+    assert {str(j.source) for j in store.list_jobs()} == {"spool:a.yaml", "spool:b.json"}
     assert {"b1", "b2"} <= {j.id for j in store.list_jobs()}
     assert sorted(os.listdir(spool_dir)) == sorted(
         [
@@ -209,16 +209,17 @@ def test_a_file_renamed_into_place_is_taken_at_once(spool_dir: Path, store: Stor
 def test_leftover_claims_of_a_dead_watcher_are_ingested_once(
     spool_dir: Path, sqlite_store: Store
 ) -> None:
-    from queuectl.store.sqlite import SqliteStore
+    from queuectl.store.sql import SqlStore
+    from queuectl.store.sqlite import SqliteDialect
 
-    assert isinstance(sqlite_store, SqliteStore)
+    assert isinstance(sqlite_store, SqlStore) and isinstance(sqlite_store.d, SqliteDialect)
     dead = subprocess.Popen(["true"])
     dead.wait()
     host = os.uname().nodename
     spool = Spool(spool_dir, sqlite_store)
     drop(spool_dir, "late.yaml", "command: y\n")
     spool.scan_once()
-    (token,) = [row[0] for row in sqlite_store.conn.execute("SELECT claim_id FROM spool_files")]
+    (token,) = [row[0] for row in sqlite_store.d.conn.execute("SELECT claim_id FROM spool_files")]
     # A watcher died after inserting late.yaml's jobs, before moving it to done/ ...
     os.rename(
         spool_dir / "done" / "late.yaml",
@@ -231,7 +232,7 @@ def test_leftover_claims_of_a_dead_watcher_are_ingested_once(
         ("early.yaml", True),
         ("late.yaml", True),
     ]
-    sources = sorted(j.source for j in sqlite_store.list_jobs())
+    sources = sorted(str(j.source) for j in sqlite_store.list_jobs())
     assert sources == ["spool:early.yaml", "spool:late.yaml"]
     assert claims_in(spool_dir) == []
     assert sorted(os.listdir(spool_dir / "done")) == ["early.yaml", "late.yaml"]

@@ -29,6 +29,7 @@ from queuectl import spec
 from queuectl.errors import QueuectlError
 from queuectl.spool import Spool, shown
 from queuectl.store import Store
+from queuectl.store.sql import SqlStore
 
 from .conftest import Run
 
@@ -338,7 +339,7 @@ def test_claim_folders_left_by_a_dead_watcher_are_retaken(
     assert (handled.name, handled.ingested) == (LONG_OK, True)
     assert os.listdir(spool_dir / "done") == [LONG_OK]
     assert os.listdir(spool_dir / ".processing") == []
-    assert [job.source for job in sqlite_store.list_jobs()] == [f"spool:{LONG_OK}"]
+    assert [str(job.source) for job in sqlite_store.list_jobs()] == [f"spool:{LONG_OK}"]
 
 
 def test_names_that_are_not_utf8_are_shown_escaped_and_stored_as_text(
@@ -351,7 +352,7 @@ def test_names_that_are_not_utf8_are_shown_escaped_and_stored_as_text(
         handled = {os.fsencode(h.name): h.ingested for h in spool.scan_once()}
     assert handled == {b"caf\xe9.yaml": True, b"bad\xff\nname.json": False}
     (job,) = sqlite_store.list_jobs()
-    assert job.source == "spool:caf\\xe9.yaml"
+    assert str(job.source) == "spool:caf\\xe9.yaml"
     assert f"ingested caf\\xe9.yaml: 1 job(s) {job.id}" in lines
     assert "rejected bad\\xff\\nname.json: bad\\xff\\nname.json:1:13: invalid JSON: " in "\n".join(
         lines
@@ -363,36 +364,28 @@ def test_names_that_are_not_utf8_are_shown_escaped_and_stored_as_text(
 
 def read_only(store: Store, on: bool) -> None:
     """Make the store refuse every write (as a full-up replica or a read-only file does)."""
-    from queuectl.store.sqlite import SqliteStore
-
-    if isinstance(store, SqliteStore):
-        store.conn.execute(f"PRAGMA query_only = {int(on)}")
+    assert isinstance(store, SqlStore)
+    if store.d.name == "sqlite":
+        store.d.conn.execute(f"PRAGMA query_only = {int(on)}")
     else:
-        from queuectl.store.postgres import PostgresStore
-
-        assert isinstance(store, PostgresStore)
-        store.conn.execute(f"SET default_transaction_read_only = {'on' if on else 'off'}")
+        store.d.conn.execute(f"SET default_transaction_read_only = {'on' if on else 'off'}")
 
 
 def refuse_job_id(store: Store, job_id: str) -> None:
     """A trigger in the real database that refuses one job id, as a server refuses a value."""
-    from queuectl.store.sqlite import SqliteStore
-
-    if isinstance(store, SqliteStore):
-        store.conn.execute(
+    assert isinstance(store, SqlStore)
+    if store.d.name == "sqlite":
+        store.d.conn.execute(
             f"CREATE TRIGGER refuse BEFORE INSERT ON jobs WHEN NEW.id = '{job_id}' "
             "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
         )
         return
-    from queuectl.store.postgres import PostgresStore
-
-    assert isinstance(store, PostgresStore)
-    store.conn.execute(
+    store.d.conn.execute(
         "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
         f"IF NEW.id = '{job_id}' THEN RAISE EXCEPTION 'refused by a trigger' "
         "USING ERRCODE = '22023'; END IF; RETURN NEW; END $$"
     )
-    store.conn.execute(
+    store.d.conn.execute(
         "CREATE TRIGGER refuse BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION refuse()"
     )
 
@@ -551,4 +544,4 @@ def test_any_file_ends_in_done_or_rejected_and_never_stops_the_others(
         line.encode("utf-8")  # valid text: no surrogate escapes
         assert "\n" not in line
     for job in sqlite_store.list_jobs():
-        job.source.encode("utf-8")
+        str(job.source).encode("utf-8")

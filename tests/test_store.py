@@ -11,8 +11,9 @@ import pytest
 
 from queuectl.core import Queue
 from queuectl.errors import InvalidState, JobConflict, MigrationFailed
-from queuectl.models import JobSpec, JobState, NewJob
+from queuectl.models import INLINE, JobSpec, JobState, NewJob
 from queuectl.store import Store, Transition, open_store
+from queuectl.store.sql import migrations
 
 from .conftest import FakeClock
 
@@ -54,12 +55,12 @@ def test_wal_mode(sqlite_store: Store, db_path: Path) -> None:
 
 def new_job(job_id: str, clock: FakeClock, **fields: object) -> NewJob:
     spec = JobSpec(command="true", id=job_id, **fields)  # type: ignore[arg-type]
-    return NewJob(job_id, spec, 3, clock(), "inline")
+    return NewJob(job_id, spec, 3, clock(), INLINE)
 
 
 def test_insert_is_all_or_nothing_on_conflict(store: Store, clock: FakeClock) -> None:
     assert store.insert_jobs([new_job("a", clock)], clock()) == [True]
-    other = NewJob("a", JobSpec(command="false", id="a"), 3, clock(), "inline")
+    other = NewJob("a", JobSpec(command="false", id="a"), 3, clock(), INLINE)
     with pytest.raises(JobConflict):
         store.insert_jobs([new_job("b", clock), other], clock())
     assert store.get_job("b") is None
@@ -80,7 +81,7 @@ def test_claim_order_is_priority_then_creation_then_id(store: Store, clock: Fake
 
 def test_claim_skips_jobs_not_yet_due_and_other_queues(store: Store, clock: FakeClock) -> None:
     future = NewJob(
-        "future", JobSpec(command="true", id="future"), 3, clock() + timedelta(seconds=5), "inline"
+        "future", JobSpec(command="true", id="future"), 3, clock() + timedelta(seconds=5), INLINE
     )
     store.insert_jobs([future, new_job("other", clock, queue="other")], clock())
     lease = clock() + timedelta(seconds=30)
@@ -169,7 +170,7 @@ def test_dlq_retry_resets_and_keeps_the_spec(store: Store, queue: Queue, clock: 
 
 def test_processing_jobs_and_drain_blockers(store: Store, clock: FakeClock) -> None:
     future = NewJob(
-        "future", JobSpec(command="true", id="future"), 3, clock() + timedelta(hours=1), "inline"
+        "future", JobSpec(command="true", id="future"), 3, clock() + timedelta(hours=1), INLINE
     )
     store.insert_jobs([future, new_job("now", clock)], clock())
     assert store.drain_blockers((), clock()) == 1, "a future job does not hold a drain"
@@ -180,11 +181,12 @@ def test_processing_jobs_and_drain_blockers(store: Store, clock: FakeClock) -> N
 
 
 def test_the_claim_walks_the_claim_order_index(sqlite_store: Store) -> None:
-    from queuectl.store.sqlite import CLAIM_NEXT, SqliteStore
+    from queuectl.store.sql import SqlStore
+    from queuectl.store.sqlite import SqliteDialect
 
-    assert isinstance(sqlite_store, SqliteStore)
-    plan = sqlite_store.conn.execute(
-        "EXPLAIN QUERY PLAN " + CLAIM_NEXT,
+    assert isinstance(sqlite_store, SqlStore) and isinstance(sqlite_store.d, SqliteDialect)
+    plan = sqlite_store.d.conn.execute(
+        "EXPLAIN QUERY PLAN " + sqlite_store.sql.claim_next,
         {"worker_id": "w", "token": "t", "now": 0, "lease_until": 0, "queues": None},
     ).fetchall()
     details = " | ".join(row["detail"] for row in plan)
@@ -275,16 +277,18 @@ def test_state_counts_kept_by_triggers_match_a_full_count(
     assert stored == group_by_state(db_path)
 
 
-def test_the_counts_migration_counts_existing_jobs(db_path: Path, clock: FakeClock) -> None:
-    store = open_store(f"sqlite:///{db_path}")
-    Queue(store, clock=clock).enqueue([JobSpec(command="true") for _ in range(5)])
-    store.close()
-    with sqlite3.connect(db_path) as conn:  # back to version 3, before the counts existed
-        for name in ("job_counts_insert", "job_counts_update", "job_counts_delete"):
-            conn.execute(f"DROP TRIGGER {name}")
-        conn.execute("DROP TABLE job_counts")
-        conn.execute("DROP INDEX jobs_stopping")  # added by migration 5
-        conn.execute("PRAGMA user_version = 3")
+def test_the_counts_migration_counts_existing_jobs(db_path: Path) -> None:
+    with sqlite3.connect(db_path, isolation_level=None) as conn:  # version 3: no counts yet
+        for number, script in migrations("sqlite")[:3]:
+            conn.executescript(script.read_text())
+            conn.execute(f"PRAGMA user_version = {number}")
+        for i in range(5):
+            conn.execute(
+                "INSERT INTO jobs (id, command, max_retries, state, created_at, updated_at,"
+                " available_at, source, spec_hash)"
+                " VALUES (?, '\"true\"', 3, 'pending', 1, 1, 1, 'inline', 'h')",
+                (f"j{i}",),
+            )
     store = open_store(f"sqlite:///{db_path}")
     assert store.count_by_state()[JobState.PENDING] == 5
     store.close()

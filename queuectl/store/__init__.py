@@ -1,8 +1,9 @@
 """The Store protocol, the one interface core and runner use, and open_store(url).
 
-Each backend owns all of its SQL. Instants cross this interface as aware UTC
-datetimes; queue rules (retry policy, backoff) stay in the callers, which pass
-the resulting transition in.
+One implementation serves every backend: `sql.SqlStore`, with the queue's
+statements written once, over a thin dialect (`sqlite.py`, `postgres.py`).
+Instants cross this interface as aware UTC datetimes; queue rules (retry
+policy, backoff) stay in the callers, which pass the resulting transition in.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConcurrentChange, InvalidState, JobConflict, StoreError
-from ..models import Job, JobState, NewJob, WorkerInfo
+from ..models import Job, JobState, NewJob, Origin, Source, WorkerInfo
 
 
 @dataclass(frozen=True)
@@ -93,10 +94,6 @@ class Store(Protocol):
         """The jobs among `job_ids` that exist, by id."""
         ...
 
-    def applied_pending_jobs(self) -> list[Job]:
-        """Pending jobs created by `apply` (candidates for --prune)."""
-        ...
-
     def apply_changes(self, changes: Sequence[Change], now: datetime) -> None:
         """Make every change in one transaction, or none.
 
@@ -110,6 +107,7 @@ class Store(Protocol):
         state: JobState | None = None,
         queue: str | None = None,
         labels: Mapping[str, str] | None = None,
+        origin: Origin | None = None,
         limit: int | None = None,
     ) -> list[Job]:
         """Jobs oldest first (created_at, then id)."""
@@ -245,8 +243,7 @@ def job_from_row(
         exit_code=row["exit_code"],
         last_error=row["last_error"],
         worker_id=row["worker_id"],
-        source=row["source"],
-        source_commit=row["source_commit"],
+        source=source_of(row),
         spec_hash=row["spec_hash"],
         lease_token=row["lease_token"],
         lease_expires_at=instant(row["lease_expires_at"]),
@@ -254,10 +251,15 @@ def job_from_row(
     )
 
 
+def source_of(row: Row) -> Source:
+    """A job's Source from its origin, source_file and source_commit columns."""
+    return Source(Origin(row["origin"]), row["source_file"], row["source_commit"])
+
+
 # Errors both backends raise, worded once.
 
 
-def conflict(job_id: str, source: str) -> JobConflict:
+def conflict(job_id: str, source: Source) -> JobConflict:
     return JobConflict(
         f"job {job_id!r} already exists with a different spec (from {source}): choose another "
         "id, or re-submit the identical spec (a no-op)"
@@ -318,17 +320,17 @@ def open_store(url: str, *, durable: bool = True) -> Store:
     at-least-once delivery allows. Acknowledged user writes stay durable.
     """
     if url.startswith("sqlite:///"):
-        from .sqlite import SqliteStore
+        from .sqlite import open_sqlite
 
-        return SqliteStore(sqlite_path(url), url=url, durable=durable)
+        return open_sqlite(sqlite_path(url), url=url, durable=durable)
     if url.startswith(("postgresql://", "postgres://")):
         if not urlsplit(url).path.strip("/"):
             raise StoreError(
                 f"{redact_url(url)!r} names no database: use postgresql://user@host:5432/dbname"
             )
-        from .postgres import PostgresStore
+        from .postgres import open_postgres
 
-        return PostgresStore(url, durable=durable)
+        return open_postgres(url, durable=durable)
     raise StoreError(
         f"unsupported database URL {redact_url(url)!r}: use sqlite:///path/to/file.db or "
         "postgresql://user@host:port/dbname"

@@ -1,4 +1,5 @@
--- user_version 5
+-- user_version 7
+CREATE INDEX jobs_applied_pending ON jobs (id) WHERE origin = 'apply' AND state = 'pending';
 CREATE INDEX jobs_claim_order ON jobs (priority DESC, created_at, id)
     WHERE state IN ('pending', 'failed');
 CREATE INDEX jobs_created ON jobs (created_at, id);
@@ -37,10 +38,10 @@ CREATE TABLE jobs (
     worker_id        TEXT,
     lease_token      TEXT,                     -- fencing: a result is recorded only with this token
     lease_expires_at INTEGER,
-    source           TEXT NOT NULL,
     spec_hash        TEXT NOT NULL,
     output_tail      TEXT NOT NULL DEFAULT ''
-, source_commit TEXT) WITHOUT ROWID;
+, source_commit TEXT, origin TEXT NOT NULL DEFAULT 'inline'
+    CHECK (origin IN ('inline', 'spool', 'apply')), source_file TEXT) WITHOUT ROWID;
 CREATE TABLE spool_files (
     claim_id     TEXT PRIMARY KEY,
     name         TEXT NOT NULL,

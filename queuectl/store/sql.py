@@ -1,0 +1,801 @@
+"""One SQL store for every dialect: the queue's statements and logic, written once.
+
+`SqlStore` holds every statement (`Statements`) and every method of the Store
+protocol. A `Dialect` supplies only what truly differs between SQLite and
+PostgreSQL: the connection and its transactions (and, for PostgreSQL,
+reconnecting), the placeholder style, how instants and JSON are encoded, a few
+SQL fragments, wake-ups, and how the schema version is kept.
+
+Writes are safe to replay. A dialect that loses its connection may run a write
+again without knowing whether the first try committed; so each write is either
+idempotent, or passes `already_done`, which looks at the rows for the first
+try's effect and returns its result instead of failing falsely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from ..errors import JobConflict, JobNotFound, SchemaTooNew, StoreError
+from ..models import Job, JobState, NewJob, Origin, WorkerInfo
+from . import (
+    Change,
+    Heartbeat,
+    SpoolFile,
+    Transition,
+    changed_meanwhile,
+    conflict,
+    job_from_row,
+    not_cancelable,
+    not_dead,
+    redact_url,
+    source_of,
+)
+
+T = TypeVar("T")
+Conn = Any  # a sqlite3 or psycopg connection: execute(sql, params) -> cursor
+MIGRATIONS = Path(__file__).parent / "migrations"
+FOLD_AFTER_ROWS = 1000
+
+
+class Dialect(Protocol):
+    """What one database engine supplies to SqlStore."""
+
+    url: str
+    name: str  # "sqlite" or "postgres": picks the migration files
+    fragments: Mapping[str, str]  # the SQL parts that differ, by the name Statements uses
+
+    def prepare(self, sql: str) -> str:
+        """`sql` with `:name` placeholders in this driver's style."""
+        ...
+
+    def time(self, value: datetime | None) -> Any:
+        """An instant as this database stores it."""
+        ...
+
+    def instant(self, value: Any) -> datetime | None:
+        """A stored instant as an aware UTC datetime."""
+        ...
+
+    def json(self, value: Any) -> Any: ...
+
+    def decode_json(self, value: Any) -> Any: ...
+
+    def read(self, op: Callable[[Conn], T]) -> T:
+        """Run a read (reads are safe to repeat after a lost connection)."""
+        ...
+
+    def write(
+        self,
+        op: Callable[[Conn], T],
+        *,
+        already_done: Callable[[Conn], T | None] | None = None,
+        single: bool = False,
+    ) -> T:
+        """Run `op` in one transaction. If the connection is lost and the write is tried
+        again, `already_done` (when given) first looks for the first try's effect.
+        `single`: op runs one statement, atomic by itself (a server may then skip the
+        round trips of BEGIN and COMMIT)."""
+        ...
+
+    def notify(self, conn: Conn) -> None:
+        """Inside a write: wake idle workers once it commits (where the engine can)."""
+        ...
+
+    def changed(self) -> bool:
+        """Cheap: has another connection committed anything since the last call?"""
+        ...
+
+    def schema_version(self, conn: Conn) -> int: ...
+
+    def lock_schema(self, conn: Conn) -> None:
+        """Inside the migrating write: keep other migrators out until it commits."""
+        ...
+
+    def run_migration(self, conn: Conn, script: str, version: int) -> None:
+        """Run one migration script and record `version`, inside the migrating write."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# -- the statements -----------------------------------------------------------------------
+
+# `{...}` fields are the dialect's fragments:
+#   {each}         a table of the elements of a JSON array parameter: `id IN ({each}(:ids))`
+#   {json} {text} {time} {int}  a parameter's type, where PostgreSQL cannot infer it
+#   {labels_match} jobs.labels holds every key/value of the :labels object
+#   {claim_order}  the index the claim must walk (SQLite would sort every due job)
+#   {skip_locked}  the claim's row lock (PostgreSQL: skip rows other claims hold)
+#   {stopping}     the partial index of canceled jobs still stopping
+
+
+@dataclass(frozen=True)
+class Statements:
+    """Every statement of the store. Defaults are the templates; `render` fills them in."""
+
+    insert_job: str = """
+INSERT INTO jobs (id, command, priority, run_at, max_retries, timeout_ms, env, cwd, queue,
+                  labels, state, attempts, created_at, updated_at, available_at, origin,
+                  source_file, source_commit, spec_hash)
+VALUES (:id, :command, :priority, :run_at, :max_retries, :timeout_ms, :env, :cwd, :queue,
+        :labels, 'pending', 0, :now, :now, :available_at, :origin, :source_file,
+        :source_commit, :spec_hash)
+ON CONFLICT (id) DO NOTHING
+"""
+    existing_hashes: str = """
+SELECT id, spec_hash, origin, source_file, source_commit, created_at FROM jobs
+ WHERE id IN ({each}(:ids{json}))
+"""
+    replace_spec: str = """
+UPDATE jobs SET command = :command, priority = :priority, run_at = :run_at,
+                max_retries = :max_retries, timeout_ms = :timeout_ms, env = :env, cwd = :cwd,
+                queue = :queue, labels = :labels, state = 'pending', attempts = 0,
+                available_at = :available_at, updated_at = :now, started_at = NULL,
+                finished_at = NULL, exit_code = NULL, last_error = NULL, worker_id = NULL,
+                lease_token = NULL, lease_expires_at = NULL, output_tail = '', origin = :origin,
+                source_file = :source_file, source_commit = :source_commit,
+                spec_hash = :spec_hash,
+                created_at = CASE WHEN :fresh THEN :now ELSE created_at END
+ WHERE id = :id AND state = :expected_state AND updated_at = :expected_updated_at
+   AND state <> 'processing' AND lease_token IS NULL
+"""
+    prune_job: str = """
+UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now
+ WHERE id = :id AND state = 'pending' AND updated_at = :expected_updated_at
+"""
+    spool_file_seen: str = "SELECT 1 FROM spool_files WHERE claim_id = :claim_id"
+    record_spool_file: str = """
+INSERT INTO spool_files (claim_id, name, content_hash, job_ids, ingested_at)
+VALUES (:claim_id, :name, :content_hash, :job_ids, :now)
+"""
+    forget_spool_files: str = "DELETE FROM spool_files WHERE ingested_at < :before"
+    get_job: str = "SELECT * FROM jobs WHERE id = :id"
+    get_jobs: str = "SELECT * FROM jobs WHERE id IN ({each}(:ids{json}))"
+    list_jobs: str = """
+SELECT * FROM jobs
+ WHERE (:state{text} IS NULL OR state = :state)
+   AND (:queue{text} IS NULL OR queue = :queue)
+   AND (:origin{text} IS NULL OR origin = :origin)
+   AND {labels_match}
+ ORDER BY created_at, id
+ LIMIT coalesce(:limit{int}, 9223372036854775807)
+"""
+    # Counters kept by triggers (migrations 0004 and 0006): never a scan of the jobs.
+    count_by_state: str = "SELECT state, sum(n) AS n FROM job_counts GROUP BY state"
+    fold_counts: str = "{fold_counts}"  # empty where the counters need no folding
+    # A running job keeps its claim (lease_token) while it is being stopped: see release_claim.
+    cancel_job: str = """
+UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now,
+                last_error = CASE WHEN state = 'processing' THEN 'canceled while running'
+                                  ELSE last_error END
+ WHERE id = :id AND (state IN ('pending', 'failed') OR (:running AND state = 'processing'))
+"""
+    # A canceled job's process is gone: the claim it kept can go too.
+    release_claim: str = """
+UPDATE jobs SET lease_token = NULL, lease_expires_at = NULL,
+                output_tail = coalesce(:output_tail, output_tail)
+ WHERE id = :job_id AND lease_token = :token AND state = 'canceled'
+"""
+    retry_dead: str = """
+UPDATE jobs SET state = 'pending', attempts = 0, available_at = :now, updated_at = :now,
+                exit_code = NULL, last_error = NULL, lease_token = NULL, lease_expires_at = NULL
+ WHERE state = 'dead' AND (:ids{json} IS NULL OR id IN ({each}(:ids{json})))
+RETURNING id
+"""
+    # What retry_dead did at :now (a job that was dead has run: it has a started_at).
+    retried_at: str = """
+SELECT id FROM jobs WHERE state = 'pending' AND attempts = 0 AND updated_at = :now
+   AND started_at IS NOT NULL AND (:ids{json} IS NULL OR id IN ({each}(:ids{json})))
+"""
+    dead_ids: str = "SELECT id FROM jobs WHERE state = 'dead'"
+    purge_dead: str = "DELETE FROM jobs WHERE state = 'dead' AND id IN ({each}(:ids{json}))"
+    read_config: str = "SELECT key, value FROM config"
+    write_config: str = """
+INSERT INTO config (key, value) VALUES (:key, :value)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
+    forget_dead_workers: str = "DELETE FROM workers WHERE lease_expires_at < :before"
+    register_worker: str = """
+INSERT INTO workers (id, pid, host, queues, started_at, heartbeat_at, lease_expires_at)
+VALUES (:id, :pid, :host, :queues, :started_at, :heartbeat_at, :lease_expires_at)
+ON CONFLICT (id) DO NOTHING
+"""
+    heartbeat_worker: str = """
+UPDATE workers SET heartbeat_at = :now, lease_expires_at = :lease_until
+ WHERE id = :worker_id
+RETURNING stop_requested
+"""
+    renew_job_lease: str = """
+UPDATE jobs SET lease_expires_at = :lease_until
+ WHERE id = :job_id AND lease_token = :token AND state IN ('processing', 'canceled')
+RETURNING state
+"""
+    deregister_worker: str = "DELETE FROM workers WHERE id = :worker_id"
+    live_workers: str = """
+SELECT workers.*, (SELECT id FROM jobs WHERE state = 'processing' AND worker_id = workers.id
+                    LIMIT 1) AS current_job
+  FROM workers WHERE lease_expires_at >= :now ORDER BY started_at, id
+"""
+    request_stop: str = """
+UPDATE workers SET stop_requested = TRUE
+ WHERE :ids{json} IS NULL OR id IN ({each}(:ids{json}))
+"""
+    claim_next: str = """
+UPDATE jobs SET state = 'processing', worker_id = :worker_id, lease_token = :token,
+                started_at = :now, updated_at = :now, finished_at = NULL,
+                lease_expires_at = :lease_until
+ WHERE id = (SELECT id FROM jobs {claim_order}
+              WHERE state IN ('pending', 'failed') AND available_at <= :now
+                AND (:queues{json} IS NULL OR queue IN ({each}(:queues{json})))
+              ORDER BY priority DESC, created_at, id
+              LIMIT 1
+              {skip_locked})
+RETURNING *
+"""
+    claimed_with: str = "SELECT * FROM jobs WHERE state = 'processing' AND lease_token = :token"
+    finish_job: str = """
+UPDATE jobs SET state = :state, attempts = :attempts, available_at = :available_at,
+                exit_code = :exit_code, last_error = :last_error,
+                output_tail = coalesce(:output_tail, output_tail),
+                updated_at = :now, finished_at = :now,
+                lease_token = NULL, lease_expires_at = NULL
+ WHERE id = :job_id AND lease_token = :token AND state = 'processing'
+   AND (:expired_before{time} IS NULL OR lease_expires_at < :expired_before)
+"""
+    # Claimed jobs: running ones, and canceled ones whose process may still be stopping.
+    processing_jobs: str = """
+SELECT * FROM jobs WHERE state = 'processing'
+UNION ALL
+SELECT * FROM jobs {stopping} WHERE state = 'canceled' AND lease_token IS NOT NULL
+"""
+    drain_blockers: str = """
+SELECT count(*) AS n FROM jobs
+ WHERE (state = 'processing'
+        OR state = 'failed'
+        OR (state = 'pending' AND available_at <= :now)
+        OR (state = 'canceled' AND lease_token IS NOT NULL))
+   AND (:queues{json} IS NULL OR queue IN ({each}(:queues{json})))
+"""
+    next_available_at: str = """
+SELECT min(available_at) AS next_at FROM jobs
+ WHERE state IN ('pending', 'failed')
+   AND (:queues{json} IS NULL OR queue IN ({each}(:queues{json})))
+"""
+
+    def render(self, dialect: Dialect) -> Statements:
+        """The statements in the dialect's SQL and placeholder style."""
+        return Statements(
+            **{
+                f.name: dialect.prepare(getattr(self, f.name).format_map(dialect.fragments))
+                for f in dataclasses.fields(self)
+            }
+        )
+
+
+TEMPLATES = Statements()
+_NAMED = re.compile(r"(?<![:\w]):(\w+)")
+
+
+def pyformat(sql: str) -> str:
+    """`:name` placeholders as `%(name)s` (and a literal % as %%), for psycopg."""
+    return _NAMED.sub(r"%(\1)s", sql.replace("%", "%%"))
+
+
+def migrations(dialect: str) -> list[tuple[int, Path]]:
+    """(version, file) of the dialect's migrations: one sequence, numbered alike for every
+    dialect (a dialect with nothing to do for a step ships a file that says so)."""
+    return sorted((int(p.name[:4]), p) for p in MIGRATIONS.glob(f"*.{dialect}.sql"))
+
+
+# -- the store ---------------------------------------------------------------------------
+
+
+class SqlStore:
+    """The queue in one SQL database, through its dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.d = dialect
+        self.url = dialect.url
+        self.sql = TEMPLATES.render(dialect)
+
+    def close(self) -> None:
+        self.d.close()
+
+    def changed(self) -> bool:
+        return self.d.changed()
+
+    # -- schema ----------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring the schema up to the newest migration (one writer at a time).
+
+        :raises SchemaTooNew: the database was written by a newer queuectl.
+        """
+        steps = migrations(self.d.name)
+        latest = steps[-1][0]
+        version = self.d.read(self.d.schema_version)
+        if version == latest:
+            return  # the common case: no write lock taken at start-up
+        self._refuse_newer(version, latest)
+
+        def op(conn: Conn) -> None:
+            self.d.lock_schema(conn)
+            version = self.d.schema_version(conn)  # another process may have migrated
+            self._refuse_newer(version, latest)
+            for number, path in steps:
+                if number > version:
+                    self.d.run_migration(conn, path.read_text(encoding="utf-8"), number)
+
+        self.d.write(op)
+
+    def _refuse_newer(self, version: int, latest: int) -> None:
+        if version > latest:
+            raise SchemaTooNew(
+                f"{self.display}: the database has schema version {version}, written by a "
+                f"newer queuectl (this one knows up to {latest}): upgrade queuectl"
+            )
+
+    @property
+    def display(self) -> str:
+        return redact_url(self.url)
+
+    def _fold_counts(self, conn: Conn) -> None:
+        """Fold the count deltas that state changes appended (PostgreSQL: see 0006)."""
+        if self.sql.fold_counts:
+            conn.execute(self.sql.fold_counts)
+
+    # -- encoding --------------------------------------------------------------------
+
+    def _job(self, row: Any) -> Job:
+        return job_from_row(row, decode=self.d.decode_json, instant=self.d.instant)
+
+    def _ids(self, ids: Sequence[str] | None) -> Any:
+        return None if ids is None else self.d.json(list(ids))
+
+    def _job_params(self, job: NewJob, now: datetime) -> dict[str, Any]:
+        spec = job.spec
+        command = list(spec.command) if isinstance(spec.command, tuple) else spec.command
+        return {
+            "id": job.id,
+            "command": self.d.json(command),
+            "priority": spec.priority,
+            "run_at": self.d.time(spec.run_at),
+            "max_retries": job.max_retries,
+            "timeout_ms": spec.timeout_ms,
+            "env": self.d.json(dict(spec.env)),
+            "cwd": spec.cwd,
+            "queue": spec.queue,
+            "labels": self.d.json(dict(spec.labels)),
+            "now": self.d.time(now),
+            "available_at": self.d.time(job.available_at),
+            "origin": job.source.origin.value,
+            "source_file": job.source.file,
+            "source_commit": job.source.commit,
+            "spec_hash": spec.spec_hash,
+        }
+
+    @contextlib.contextmanager
+    def _savepoint(self, conn: Conn) -> Iterator[None]:
+        """A nested all-or-nothing step inside a write."""
+        conn.execute("SAVEPOINT step")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK TO SAVEPOINT step")
+            conn.execute("RELEASE SAVEPOINT step")
+            raise
+        conn.execute("RELEASE SAVEPOINT step")
+
+    # -- jobs ------------------------------------------------------------------------
+
+    def _existing(self, conn: Conn, jobs: Sequence[NewJob]) -> dict[str, Any]:
+        params = {"ids": self._ids([j.id for j in jobs])}
+        return {row["id"]: row for row in conn.execute(self.sql.existing_hashes, params)}
+
+    def _insert_jobs(self, conn: Conn, jobs: Sequence[NewJob], now: datetime) -> list[bool]:
+        """Insert jobs inside the caller's write; an identical existing id is a no-op."""
+        existing = self._existing(conn, jobs)
+        created: list[bool] = []
+        rows = []
+        for job in jobs:
+            found = existing.get(job.id)
+            if found is None:
+                created.append(True)
+                rows.append(self._job_params(job, now))
+                continue
+            if found["spec_hash"] != job.spec.spec_hash:
+                raise conflict(job.id, source_of(found))
+            created.append(False)
+        if rows:
+            cursor = conn.cursor()
+            try:
+                cursor.executemany(self.sql.insert_job, rows)
+                inserted = cursor.rowcount
+            finally:
+                cursor.close()
+            if inserted != len(rows):  # a concurrent insert took an id: same spec, or conflict
+                raced = self._existing(conn, jobs)
+                for job in jobs:
+                    if raced[job.id]["spec_hash"] != job.spec.spec_hash:
+                        raise conflict(job.id, source_of(raced[job.id]))
+            if len(rows) >= FOLD_AFTER_ROWS:  # a big batch: leave status a few rows to add
+                self._fold_counts(conn)
+            self.d.notify(conn)
+        return created
+
+    def insert_jobs(self, jobs: Sequence[NewJob], now: datetime) -> list[bool]:
+        def done(conn: Conn) -> list[bool] | None:
+            # Created by the first try: the same spec, created at this very instant.
+            existing = self._existing(conn, jobs)
+            stamp = self.d.time(now)
+            if len(existing) < len({job.id for job in jobs}):
+                return None
+            if any(existing[j.id]["spec_hash"] != j.spec.spec_hash for j in jobs):
+                return None
+            return [existing[j.id]["created_at"] == stamp for j in jobs]
+
+        return self.d.write(lambda conn: self._insert_jobs(conn, jobs, now), already_done=done)
+
+    def ingest_spool_files(self, files: Sequence[SpoolFile], now: datetime) -> list[str | None]:
+        def op(conn: Conn) -> list[str | None]:
+            outcomes: list[str | None] = []
+            for file in files:
+                if conn.execute(self.sql.spool_file_seen, {"claim_id": file.claim_id}).fetchone():
+                    outcomes.append(None)  # ingested before a crash (or a lost reply)
+                    continue
+                try:
+                    with self._savepoint(conn):  # one file all-or-nothing
+                        self._insert_jobs(conn, file.jobs, now)
+                        conn.execute(
+                            self.sql.record_spool_file,
+                            {
+                                "claim_id": file.claim_id,
+                                "name": file.name,
+                                "content_hash": file.content_hash,
+                                "now": self.d.time(now),
+                                "job_ids": self.d.json([job.id for job in file.jobs]),
+                            },
+                        )
+                except JobConflict as exc:
+                    outcomes.append(str(exc))
+                else:
+                    outcomes.append(None)
+            return outcomes
+
+        return self.d.write(op)  # replay-safe: spool_file_seen finds the first try's files
+
+    def forget_spool_files(self, before: datetime) -> int:
+        params = {"before": self.d.time(before)}
+        return int(
+            self.d.write(
+                lambda conn: conn.execute(self.sql.forget_spool_files, params).rowcount,
+                single=True,
+            )
+        )
+
+    def get_job(self, job_id: str) -> Job | None:
+        row = self.d.read(lambda conn: conn.execute(self.sql.get_job, {"id": job_id}).fetchone())
+        return self._job(row) if row else None
+
+    def get_jobs(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        params = {"ids": self._ids(job_ids)}
+        rows = self.d.read(lambda conn: conn.execute(self.sql.get_jobs, params).fetchall())
+        return {row["id"]: self._job(row) for row in rows}
+
+    def apply_changes(self, changes: Sequence[Change], now: datetime) -> None:
+        def op(conn: Conn) -> bool:
+            for change in changes:
+                expected = change.expected
+                guard = {
+                    "expected_state": expected[0].value if expected else None,
+                    "expected_updated_at": self.d.time(expected[1]) if expected else None,
+                }
+                if change.action == "create" and change.job is not None:
+                    params = self._job_params(change.job, now)
+                    written = conn.execute(self.sql.insert_job, params).rowcount
+                elif change.action in ("update", "replace") and change.job is not None:
+                    params = {
+                        **self._job_params(change.job, now),
+                        **guard,
+                        "fresh": change.action == "replace",
+                    }
+                    written = conn.execute(self.sql.replace_spec, params).rowcount
+                elif change.action == "prune":
+                    params = {"id": change.job_id, "now": self.d.time(now), **guard}
+                    written = conn.execute(self.sql.prune_job, params).rowcount
+                else:
+                    raise ValueError(f"unknown change {change.action!r}")
+                if written != 1:
+                    raise changed_meanwhile(change.job_id)
+            self.d.notify(conn)
+            return True
+
+        def done(conn: Conn) -> bool | None:
+            # Every change shows, stamped with this apply's instant: the first try committed.
+            ids = [change.job_id for change in changes]
+            rows = {r["id"]: r for r in conn.execute(self.sql.get_jobs, {"ids": self._ids(ids)})}
+            stamp = self.d.time(now)
+            for change in changes:
+                row = rows.get(change.job_id)
+                if row is None or row["updated_at"] != stamp:
+                    return None
+                if change.job is not None and row["spec_hash"] != change.job.spec.spec_hash:
+                    return None
+            return True
+
+        self.d.write(op, already_done=done)
+
+    def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        origin: Origin | None = None,
+        limit: int | None = None,
+    ) -> list[Job]:
+        params = {
+            "state": state.value if state else None,
+            "queue": queue,
+            "origin": origin.value if origin else None,
+            "labels": self.d.json(dict(labels or {})),
+            "limit": limit,
+        }
+        rows = self.d.read(lambda conn: conn.execute(self.sql.list_jobs, params).fetchall())
+        return [self._job(row) for row in rows]
+
+    def count_by_state(self) -> dict[JobState, int]:
+        counts = dict.fromkeys(JobState, 0)
+        for row in self.d.read(lambda conn: conn.execute(self.sql.count_by_state).fetchall()):
+            counts[JobState(row["state"])] = int(row["n"])
+        return counts
+
+    def cancel_job(self, job_id: str, now: datetime, *, running: bool = False) -> Job:
+        stamp = self.d.time(now)
+
+        def op(conn: Conn) -> Job:
+            row = conn.execute(self.sql.get_job, {"id": job_id}).fetchone()
+            if row is None:
+                raise JobNotFound(job_id)
+            before = self._job(row)
+            params = {"id": job_id, "now": stamp, "running": running}
+            written = conn.execute(self.sql.cancel_job, params).rowcount
+            if written == 0 and not (running and before.stopping):
+                raise not_cancelable(job_id, before.state.value)
+            return before
+
+        def done(conn: Conn) -> Job | None:
+            # Canceled at this very instant: the first try did it. The job keeps the claim
+            # it had (if it was running), which is what the caller needs from `before`.
+            row = conn.execute(self.sql.get_job, {"id": job_id}).fetchone()
+            if row is None or row["state"] != "canceled" or row["updated_at"] != stamp:
+                return None
+            return self._job(row)
+
+        return self.d.write(op, already_done=done)
+
+    def retry_dead(self, job_ids: Sequence[str] | None, now: datetime) -> list[str]:
+        params = {"ids": self._ids(job_ids), "now": self.d.time(now)}
+
+        def op(conn: Conn) -> list[str]:
+            for job_id in job_ids or ():
+                row = conn.execute(self.sql.get_job, {"id": job_id}).fetchone()
+                if row is None:
+                    raise JobNotFound(job_id)
+                if row["state"] != JobState.DEAD:
+                    raise not_dead(job_id, row["state"])
+            retried = [row["id"] for row in conn.execute(self.sql.retry_dead, params)]
+            self.d.notify(conn)
+            return retried
+
+        def done(conn: Conn) -> list[str] | None:
+            retried = [row["id"] for row in conn.execute(self.sql.retried_at, params)]
+            return (
+                retried if retried and (job_ids is None or len(retried) == len(job_ids)) else None
+            )
+
+        return self.d.write(op, already_done=done)
+
+    def purge_dead(self) -> list[str]:
+        # The ids are read first, so a replayed delete still knows what it removed.
+        ids = self.d.read(lambda conn: [r["id"] for r in conn.execute(self.sql.dead_ids)])
+        if ids:
+            params = {"ids": self._ids(ids)}
+            self.d.write(lambda conn: conn.execute(self.sql.purge_dead, params), single=True)
+        # Whatever of them is gone now was deleted, by this call or a concurrent one.
+        return [job_id for job_id in ids if job_id not in self.get_jobs(ids)]
+
+    # -- config ----------------------------------------------------------------------
+
+    def read_config(self) -> dict[str, str]:
+        rows = self.d.read(lambda conn: conn.execute(self.sql.read_config).fetchall())
+        return {row["key"]: row["value"] for row in rows}
+
+    def write_config(self, key: str, value: str) -> None:
+        params = {"key": key, "value": value}
+        self.d.write(lambda conn: conn.execute(self.sql.write_config, params), single=True)
+
+    # -- workers ---------------------------------------------------------------------
+
+    def register_worker(self, worker: WorkerInfo) -> None:
+        params = {
+            "id": worker.id,
+            "pid": worker.pid,
+            "host": worker.host,
+            "queues": self.d.json(list(worker.queues)),
+            "started_at": self.d.time(worker.started_at),
+            "heartbeat_at": self.d.time(worker.heartbeat_at),
+            "lease_expires_at": self.d.time(worker.lease_expires_at),
+            "before": self.d.time(worker.started_at),
+        }
+
+        def op(conn: Conn) -> None:
+            conn.execute(self.sql.forget_dead_workers, params)
+            conn.execute(self.sql.register_worker, params)
+
+        self.d.write(op)
+
+    def heartbeat(
+        self,
+        worker_id: str,
+        now: datetime,
+        lease_until: datetime,
+        job_id: str | None,
+        token: str | None,
+    ) -> Heartbeat:
+        params = {
+            "worker_id": worker_id,
+            "now": self.d.time(now),
+            "lease_until": self.d.time(lease_until),
+            "job_id": job_id,
+            "token": token,
+        }
+
+        def op(conn: Conn) -> Heartbeat:
+            self._fold_counts(conn)  # every beat of every worker: the deltas stay few
+            row = conn.execute(self.sql.heartbeat_worker, params).fetchone()
+            job = conn.execute(self.sql.renew_job_lease, params).fetchone() if job_id else None
+            return Heartbeat(
+                stop_requested=bool(row and row["stop_requested"]),
+                claim_held=job_id is None or (job is not None and job["state"] == "processing"),
+                canceled=job is not None and job["state"] == "canceled",
+            )
+
+        return self.d.write(op)  # the same renewal twice is one renewal
+
+    def deregister_worker(self, worker_id: str) -> None:
+        params = {"worker_id": worker_id}
+        self.d.write(lambda conn: conn.execute(self.sql.deregister_worker, params), single=True)
+
+    def live_workers(self, now: datetime) -> list[WorkerInfo]:
+        params = {"now": self.d.time(now)}
+        rows = self.d.read(lambda conn: conn.execute(self.sql.live_workers, params).fetchall())
+        return [
+            WorkerInfo(
+                id=row["id"],
+                pid=row["pid"],
+                host=row["host"],
+                started_at=self._required(row["started_at"]),
+                heartbeat_at=self._required(row["heartbeat_at"]),
+                lease_expires_at=self._required(row["lease_expires_at"]),
+                current_job=row["current_job"],
+                queues=tuple(self.d.decode_json(row["queues"])),
+            )
+            for row in rows
+        ]
+
+    def _required(self, value: Any) -> datetime:
+        instant = self.d.instant(value)
+        if instant is None:
+            raise StoreError("a worker row has no time: the workers table is damaged")
+        return instant
+
+    def request_stop(self, worker_ids: Sequence[str] | None = None) -> int:
+        params = {"ids": self._ids(worker_ids)}
+        return int(
+            self.d.write(
+                lambda conn: conn.execute(self.sql.request_stop, params).rowcount, single=True
+            )
+        )
+
+    def claim_next(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        now: datetime,
+        lease_until: datetime,
+        token: str,
+    ) -> Job | None:
+        params = {
+            "worker_id": worker_id,
+            "token": token,
+            "now": self.d.time(now),
+            "lease_until": self.d.time(lease_until),
+            "queues": self._ids(queues) if queues else None,
+        }
+        row = self.d.write(
+            lambda conn: conn.execute(self.sql.claim_next, params).fetchone(),
+            already_done=lambda conn: conn.execute(self.sql.claimed_with, params).fetchone(),
+            single=True,
+        )
+        return self._job(row) if row else None
+
+    def finish(
+        self,
+        job_id: str,
+        token: str,
+        outcome: Transition,
+        now: datetime,
+        *,
+        expired_before: datetime | None = None,
+    ) -> bool:
+        params = {
+            "expired_before": self.d.time(expired_before),
+            "job_id": job_id,
+            "token": token,
+            "state": outcome.state.value,
+            "attempts": outcome.attempts,
+            "available_at": self.d.time(outcome.available_at),
+            "exit_code": outcome.exit_code,
+            "last_error": outcome.last_error,
+            "output_tail": outcome.output_tail,
+            "now": self.d.time(now),
+        }
+
+        def done(conn: Conn) -> bool | None:
+            # The outcome is there, written at this very instant, claim dropped: it was ours.
+            row = conn.execute(self.sql.get_job, {"id": job_id}).fetchone()
+            landed = (
+                row is not None
+                and row["state"] == outcome.state.value
+                and row["attempts"] == outcome.attempts
+                and row["updated_at"] == params["now"]
+                and row["lease_token"] is None
+            )
+            return True if landed else None
+
+        return bool(
+            self.d.write(
+                lambda conn: conn.execute(self.sql.finish_job, params).rowcount == 1,
+                already_done=done,
+                single=True,
+            )
+        )
+
+    def release_claim(self, job_id: str, token: str, output_tail: str | None) -> bool:
+        params = {"job_id": job_id, "token": token, "output_tail": output_tail}
+
+        def done(conn: Conn) -> bool | None:
+            row = conn.execute(self.sql.get_job, {"id": job_id}).fetchone()
+            released = row is not None and row["state"] == "canceled" and not row["lease_token"]
+            return True if released else None
+
+        return bool(
+            self.d.write(
+                lambda conn: conn.execute(self.sql.release_claim, params).rowcount == 1,
+                already_done=done,
+                single=True,
+            )
+        )
+
+    def processing_jobs(self) -> list[Job]:
+        rows = self.d.read(lambda conn: conn.execute(self.sql.processing_jobs).fetchall())
+        return [self._job(row) for row in rows]
+
+    def drain_blockers(self, queues: Sequence[str], now: datetime) -> int:
+        params = {"now": self.d.time(now), "queues": self._ids(queues) if queues else None}
+        row = self.d.read(lambda conn: conn.execute(self.sql.drain_blockers, params).fetchone())
+        return int(row["n"]) if row else 0
+
+    def next_available_at(self, queues: Sequence[str]) -> datetime | None:
+        params = {"queues": self._ids(queues) if queues else None}
+        row = self.d.read(lambda conn: conn.execute(self.sql.next_available_at, params).fetchone())
+        return self.d.instant(row["next_at"]) if row else None

@@ -1,0 +1,61 @@
+-- version 7
+config(key text NOT NULL, value text NOT NULL)
+job_counts(state text NOT NULL, n bigint NOT NULL)
+jobs(id text NOT NULL, command jsonb NOT NULL, priority integer NOT NULL DEFAULT 0, run_at timestamp with time zone, max_retries integer NOT NULL, timeout_ms integer, env jsonb NOT NULL DEFAULT '{}'::jsonb, cwd text, queue text NOT NULL DEFAULT 'default'::text, labels jsonb NOT NULL DEFAULT '{}'::jsonb, state text NOT NULL, attempts integer NOT NULL DEFAULT 0, created_at timestamp with time zone NOT NULL, updated_at timestamp with time zone NOT NULL, available_at timestamp with time zone NOT NULL, started_at timestamp with time zone, finished_at timestamp with time zone, exit_code integer, last_error text, worker_id text, lease_token text, lease_expires_at timestamp with time zone, source_commit text, spec_hash text NOT NULL, output_tail text NOT NULL DEFAULT ''::text, origin text NOT NULL DEFAULT 'inline'::text, source_file text)
+queuectl_schema(version integer NOT NULL)
+spool_files(claim_id text NOT NULL, name text NOT NULL, content_hash text NOT NULL, job_ids jsonb NOT NULL, ingested_at timestamp with time zone NOT NULL)
+workers(id text NOT NULL, pid integer NOT NULL, host text NOT NULL, queues jsonb NOT NULL DEFAULT '[]'::jsonb, started_at timestamp with time zone NOT NULL, heartbeat_at timestamp with time zone NOT NULL, lease_expires_at timestamp with time zone NOT NULL, stop_requested boolean NOT NULL DEFAULT false)
+config config_pkey PRIMARY KEY (key)
+jobs jobs_origin_check CHECK ((origin = ANY (ARRAY['inline'::text, 'spool'::text, 'apply'::text])))
+jobs jobs_pkey PRIMARY KEY (id)
+jobs jobs_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'processing'::text, 'completed'::text, 'failed'::text, 'dead'::text, 'canceled'::text])))
+spool_files spool_files_pkey PRIMARY KEY (claim_id)
+workers workers_pkey PRIMARY KEY (id)
+CREATE INDEX jobs_applied_pending ON jobs USING btree (id) WHERE ((origin = 'apply'::text) AND (state = 'pending'::text))
+CREATE INDEX jobs_claim_order ON jobs USING btree (priority DESC, created_at, id) WHERE (state = ANY (ARRAY['pending'::text, 'failed'::text]))
+CREATE INDEX jobs_created ON jobs USING btree (created_at, id)
+CREATE INDEX jobs_state_available ON jobs USING btree (state, available_at)
+CREATE INDEX jobs_stopping ON jobs USING btree (id) WHERE ((state = 'canceled'::text) AND (lease_token IS NOT NULL))
+CREATE INDEX spool_files_ingested ON spool_files USING btree (ingested_at)
+CREATE UNIQUE INDEX config_pkey ON config USING btree (key)
+CREATE UNIQUE INDEX jobs_pkey ON jobs USING btree (id)
+CREATE UNIQUE INDEX spool_files_pkey ON spool_files USING btree (claim_id)
+CREATE UNIQUE INDEX workers_pkey ON workers USING btree (id)
+CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs REFERENCING OLD TABLE AS old_jobs FOR EACH STATEMENT EXECUTE FUNCTION queuectl_count_deleted()
+CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_jobs FOR EACH STATEMENT EXECUTE FUNCTION queuectl_count_inserted()
+CREATE TRIGGER job_counts_update AFTER UPDATE OF state ON jobs FOR EACH ROW WHEN ((old.state IS DISTINCT FROM new.state)) EXECUTE FUNCTION queuectl_count_moved()
+CREATE OR REPLACE FUNCTION queuectl_count_deleted()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    INSERT INTO job_counts (state, n) SELECT state, -count(*) FROM old_jobs GROUP BY state;
+    RETURN NULL;
+END $function$
+CREATE OR REPLACE FUNCTION queuectl_count_inserted()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    INSERT INTO job_counts (state, n) SELECT state, count(*) FROM new_jobs GROUP BY state;
+    RETURN NULL;
+END $function$
+CREATE OR REPLACE FUNCTION queuectl_count_moved()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    INSERT INTO job_counts (state, n) VALUES (OLD.state, -1), (NEW.state, 1);
+    RETURN NULL;
+END $function$
+CREATE OR REPLACE FUNCTION queuectl_fold_job_counts()
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    IF EXISTS (SELECT 1 FROM job_counts GROUP BY state HAVING count(*) > 1)
+       AND pg_try_advisory_xact_lock(1903520372) THEN
+        WITH folded AS (DELETE FROM job_counts RETURNING state, n)
+        INSERT INTO job_counts (state, n) SELECT state, sum(n) FROM folded GROUP BY state;
+    END IF;
+END $function$
