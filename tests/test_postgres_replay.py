@@ -3,8 +3,9 @@
 A proxy on loopback stands between the store and the server. Armed, it lets the
 client's COMMIT (or, for a write of one statement, that statement) through,
 waits for the server to say the transaction is over, swallows that reply and
-closes the connection: the commit landed, the client never heard. The store reconnects and tries again; it must find what the first
-try did instead of reporting a false error.
+closes the connection: the commit landed, the client never heard. The store
+reconnects and tries again; it must find what the first try did instead of
+reporting a false error.
 """
 
 from __future__ import annotations
