@@ -165,13 +165,9 @@ class DateTime(_ParamType):
     name = "RFC3339"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if spec.parse_rfc3339(str(value)) is None:
-            self.fail(
-                f"{value!r} is not an RFC 3339 date-time with offset: "
-                "use e.g. 2026-01-31T02:00:00Z",
-                param,
-                ctx,
-            )
+        problem = spec.rfc3339_problem(str(value))
+        if problem is not None:
+            self.fail(f"{value!r} {problem}", param, ctx)
         return str(value)
 
 
@@ -323,7 +319,8 @@ def enqueue_cmd(
         overrides["labels"] = dict(labels)
     loaded = spec.inline_specs(job_spec, sys.stdin.buffer, overrides)
     results = app.queue().enqueue([item.spec for item in loaded], delay_ms=delay or 0)
-    click.echo("\n".join(result.id for result in results))
+    for result in results:
+        click.echo(result.id)
 
 
 @cli.command(name="list")
