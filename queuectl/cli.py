@@ -274,6 +274,12 @@ def cli(ctx: click.Context, db: str | None) -> None:
 @click.option("--queue", "queue_name", help="Named queue (default 'default').")
 @click.option("--env", "env", type=KeyValue(), multiple=True, help="Environment for the job.")
 @click.option("--label", "labels", type=KeyValue(), multiple=True, help="Label the job.")
+@click.option(
+    "--cwd",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run in this directory (default: where enqueue runs; a spec's relative cwd is "
+    "resolved against it).",
+)
 @pass_app
 def enqueue_cmd(
     app: App,
@@ -287,11 +293,15 @@ def enqueue_cmd(
     queue_name: str | None,
     env: tuple[tuple[str, str], ...],
     labels: tuple[tuple[str, str], ...],
+    cwd: Path | None,
 ) -> None:
     """Enqueue a job: a command string, a JSON job object, or - for JSON/YAML on stdin.
 
-    Prints each new job id on its own line. Re-submitting an identical job with
-    the same id is a no-op that prints the id; a different spec is a conflict.
+    SPEC is JSON when it parses as a JSON object or array (or starts with {" or [");
+    anything else is a shell command, so '[ -f x ] && y' works. Jobs without a cwd
+    run in the directory enqueue was run in. Prints each new job id on its own line.
+    Re-submitting an identical job with the same id is a no-op that prints the id; a
+    different spec is a conflict.
 
     \b
     Examples:
@@ -317,7 +327,10 @@ def enqueue_cmd(
         overrides["env"] = dict(env)
     if labels:
         overrides["labels"] = dict(labels)
-    loaded = spec.inline_specs(job_spec, sys.stdin.buffer, overrides)
+    here = os.getcwd()
+    if cwd is not None:
+        overrides["cwd"] = os.path.join(here, cwd)
+    loaded = spec.inline_specs(job_spec, sys.stdin.buffer, overrides, cwd=here)
     results = app.queue().enqueue([item.spec for item in loaded], delay_ms=delay or 0)
     for result in results:
         click.echo(result.id)

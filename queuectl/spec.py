@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from .errors import Problem, SpecInvalid, UsageProblem
 from .models import JobSpec
@@ -204,6 +205,7 @@ class Document:
     _key_positions: dict[PathTuple, tuple[int, int]] = field(default_factory=dict)
     # YAML plain scalars that were typed (2030, 1.10, yes) as the user wrote them
     written: dict[PathTuple, str] = field(default_factory=dict)
+    base_dir: str | None = None  # what a relative `cwd` is relative to (the file's directory)
     _locate: Callable[[], None] | None = None
 
     def position(self, path: Sequence[str | int], *, key: bool = False) -> tuple[int, int]:
@@ -521,14 +523,40 @@ def job_entries(doc: Document) -> Iterator[tuple[PathTuple, Any]]:
         yield (), doc.data
 
 
-def validate_documents(docs: Sequence[Document], *, source: str = "<input>") -> list[LoadedSpec]:
-    """Validate every job in the documents; raise SpecInvalid listing every problem."""
+RelativeCwd = Literal["keep", "resolve", "refuse"]
+
+
+def validate_documents(
+    docs: Sequence[Document], *, source: str = "<input>", relative_cwd: RelativeCwd = "keep"
+) -> list[LoadedSpec]:
+    """Validate every job in the documents; raise SpecInvalid listing every problem.
+
+    A relative `cwd` is kept, resolved against its document's base_dir (SPEC section
+    10: against the spec file's directory, or where `enqueue` ran), or refused (the
+    spool, whose files have no directory of their own).
+    """
     fast = _fast_check()
     problems: list[Problem] = []
     loaded: list[LoadedSpec] = []
     places: list[tuple[Document, PathTuple]] = []  # where each loaded job's id stands
     for doc in docs:
         for prefix, data in job_entries(doc):
+            cwd = data.get("cwd") if isinstance(data, dict) else None
+            if isinstance(cwd, str) and cwd and not os.path.isabs(cwd) and relative_cwd != "keep":
+                if relative_cwd == "refuse" or doc.base_dir is None:
+                    line, col = doc.position((*prefix, "cwd"))
+                    problems.append(
+                        Problem(
+                            doc.source,
+                            line,
+                            col,
+                            "cwd",
+                            f"{cwd!r} is a relative path: a spool file has no directory to "
+                            "resolve it against; use an absolute path",
+                        )
+                    )
+                    continue
+                data["cwd"] = os.path.normpath(os.path.join(doc.base_dir, cwd))
             places.append((doc, prefix))
             bad = _surrogate_path(data)
             if bad is not None:
@@ -793,7 +821,10 @@ def read_spec_file(path: Path) -> list[Document]:
             raw = read_limited(f, str(path))
     except OSError as exc:
         raise SpecInvalid([Problem(str(path), 0, 0, "", f"cannot read: {exc.strerror}")]) from None
-    return parse_spec_bytes(raw, str(path), is_json=path.suffix.lower() == ".json")
+    docs = parse_spec_bytes(raw, str(path), is_json=path.suffix.lower() == ".json")
+    for doc in docs:
+        doc.base_dir = str(path.absolute().parent)
+    return docs
 
 
 def parse_spec_bytes(raw: bytes, source: str, *, is_json: bool | None) -> list[Document]:
@@ -836,7 +867,7 @@ def validate_paths(paths: Iterable[Path]) -> Validation:
     specs: list[LoadedSpec] = []
     if docs:
         try:
-            specs = validate_documents(docs)
+            specs = validate_documents(docs, relative_cwd="resolve")
         except SpecInvalid as exc:
             problems.extend(exc.problems)
     if not files:
@@ -850,21 +881,29 @@ def validate_paths(paths: Iterable[Path]) -> Validation:
     return Validation(specs, problems, len(files))
 
 
-def inline_specs(arg: str, stdin: BinaryIO, overrides: dict[str, Any]) -> list[LoadedSpec]:
+def inline_specs(
+    arg: str, stdin: BinaryIO, overrides: dict[str, Any], *, cwd: str
+) -> list[LoadedSpec]:
     """The jobs of `queuectl enqueue ARG`: JSON, a plain command string, or `-` for stdin.
 
     `overrides` (from command-line options) replace fields of every job; `env` and
-    `labels` are merged into the job's own.
+    `labels` are merged into the job's own. A job without `cwd` runs in `cwd` (where
+    `enqueue` ran, as with at(1)), and a relative one is resolved against it.
     """
     source = "<stdin>" if arg == "-" else "<argument>"
     if arg == "-":
         docs = parse_spec_bytes(read_limited(stdin, source), source, is_json=None)
-    elif arg.lstrip()[:1] in ("{", "["):
+    elif _looks_like_json(arg):
         docs = [load_json(arg, "<argument>")]
         data = docs[0].data
         if isinstance(data, list) and data and all(isinstance(x, str) for x in data):
             docs[0].data = {"command": data}  # an argv array: exec'd without a shell
     else:
+        if Path(arg).suffix.lower() in SPEC_SUFFIXES and Path(arg).is_file():
+            raise UsageProblem(
+                f"{arg!r} is a spec file, not a command: enqueue its jobs with "
+                f"`queuectl enqueue - < {arg}`, or declare them with `queuectl apply {arg}`"
+            )
         docs = [Document("<argument>", {"command": arg}, line=0, _positions={})]
     jobs = [data for doc in docs for _, data in job_entries(doc)]
     if "id" in overrides and len(jobs) > 1:
@@ -879,4 +918,23 @@ def inline_specs(arg: str, stdin: BinaryIO, overrides: dict[str, Any]) -> list[L
                 data[key] = {**data[key], **value}
             else:
                 data[key] = value
-    return validate_documents(docs, source=source)
+        data.setdefault("cwd", cwd)
+    for doc in docs:
+        doc.base_dir = cwd
+    return validate_documents(docs, source=source, relative_cwd="resolve")
+
+
+def _looks_like_json(arg: str) -> bool:
+    """Whether `enqueue ARG` means JSON (SPEC "Inline enqueue"): a JSON object or array, or
+    text that starts like one (`{"`, `["`), whose error is then a JSON error. Anything
+    else is a shell command: `[ -f x ] && y`, `[[ -n $A ]]`, `{ a; b; } > out`."""
+    text = arg.lstrip()
+    if text[:1] not in ("{", "["):
+        return False
+    if re.match(r"[{\[]\s*\"", text):
+        return True
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
