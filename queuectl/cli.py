@@ -172,13 +172,28 @@ class DateTime(_ParamType):
 
 
 def limit_option(func: F) -> F:
+    func = click.option(
+        "--newest", is_flag=True, help="Newest first (with --limit: the newest N jobs)."
+    )(func)
     return click.option(
         "--limit",
-        type=click.IntRange(1, INT32 - 1),  # a bound the stores' integers can hold
+        type=click.IntRange(1, INT32 - 2),  # a bound the stores' integers can hold, plus one
         default=1000,
         show_default=True,
-        help="At most N jobs.",
+        help="At most N jobs; a line on stderr says when more matched.",
     )(func)
+
+
+def emit_page(jobs: Sequence[Job], more: bool, fmt: str, *, newest: bool) -> None:
+    emit_jobs(jobs, fmt)
+    if more:
+        which = "newest" if newest else "oldest"
+        other = "--newest" if not newest else "no --newest"
+        click.echo(
+            f"showing the {which} {len(jobs)} job(s); more match: raise --limit, narrow with "
+            f"--state/--queue/--label, or use {other}",
+            err=True,
+        )
 
 
 def format_option(func: F) -> F:
@@ -349,18 +364,26 @@ def list_cmd(
     queue_name: str | None,
     labels: tuple[tuple[str, str], ...],
     limit: int,
+    newest: bool,
     fmt: str,
 ) -> None:
-    """List jobs, oldest first.
+    """List jobs, oldest first (--newest: newest first).
+
+    At most --limit jobs; when more match, a line on stderr says so.
 
     \b
     Example:
         queuectl list --state failed --label team=data --format table
+        queuectl list --newest --limit 20
     """
-    jobs = app.queue().list_jobs(
-        state=JobState(state) if state else None, queue=queue_name, labels=dict(labels), limit=limit
+    jobs, more = app.queue().list_page(
+        state=JobState(state) if state else None,
+        queue=queue_name,
+        labels=dict(labels),
+        limit=limit,
+        newest=newest,
     )
-    emit_jobs(jobs, fmt)
+    emit_page(jobs, more, fmt, newest=newest)
 
 
 @cli.command(name="show")
@@ -502,14 +525,17 @@ def dlq_group() -> None:
 @limit_option
 @format_option
 @pass_app
-def dlq_list_cmd(app: App, limit: int, fmt: str) -> None:
-    """List dead jobs, oldest first.
+def dlq_list_cmd(app: App, limit: int, newest: bool, fmt: str) -> None:
+    """List dead jobs, oldest first (--newest: newest first).
+
+    At most --limit jobs; when more are dead, a line on stderr says so.
 
     \b
     Example:
         queuectl dlq list --format table
     """
-    emit_jobs(app.queue().dlq_list(limit=limit), fmt)
+    jobs, more = app.queue().list_page(state=JobState.DEAD, limit=limit, newest=newest)
+    emit_page(jobs, more, fmt, newest=newest)
 
 
 @dlq_group.command(name="retry")

@@ -111,8 +111,27 @@ class Queue:
         queue: str | None = None,
         labels: Mapping[str, str] | None = None,
         limit: int | None = None,
+        newest: bool = False,
     ) -> list[Job]:
-        return self.store.list_jobs(state=state, queue=queue, labels=labels, limit=limit)
+        return self.store.list_jobs(
+            state=state, queue=queue, labels=labels, limit=limit, newest=newest
+        )
+
+    def list_page(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        limit: int,
+        newest: bool = False,
+    ) -> tuple[list[Job], bool]:
+        """At most `limit` jobs, and whether more matched (SPEC section 14: never truncate
+        silently). One row past the limit tells, without counting the whole table."""
+        jobs = self.list_jobs(
+            state=state, queue=queue, labels=labels, limit=limit + 1, newest=newest
+        )
+        return jobs[:limit], len(jobs) > limit
 
     def wait(self, job_ids: Sequence[str], *, timeout_s: float | None = None) -> list[Job]:
         """Block until every job is completed, dead or canceled; return them in the given order.
@@ -224,8 +243,8 @@ class Queue:
 
     # -- dead letter queue ---------------------------------------------------------
 
-    def dlq_list(self, *, limit: int | None = None) -> list[Job]:
-        return self.list_jobs(state=JobState.DEAD, limit=limit)
+    def dlq_list(self, *, limit: int | None = None, newest: bool = False) -> list[Job]:
+        return self.list_jobs(state=JobState.DEAD, limit=limit, newest=newest)
 
     def dlq_retry(self, job_ids: Sequence[str] | None) -> list[str]:
         """Move dead jobs (all of them when job_ids is None) back to pending with attempts 0."""

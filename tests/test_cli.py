@@ -569,3 +569,35 @@ def test_apply_resolves_a_relative_cwd_against_the_spec_file(
     result = run("apply", str(jobs), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert run_json("show", "a")["cwd"] == str(tmp_path / "repo" / "scripts")
+
+
+# -- list and dlq list never truncate silently (SPEC section 14) -------------------------
+
+
+def test_list_says_on_stderr_when_rows_were_left_out_and_newest_comes_first(
+    run: Run, run_json: Any
+) -> None:
+    ids = enqueue_ok(run, "-", input="".join(f"- {{id: j{i}, command: x}}\n" for i in range(5)))
+    result = run("list", "--limit", "3")
+    assert [job["id"] for job in json.loads(result.stdout)] == ids[:3]
+    assert result.stderr == (
+        "showing the oldest 3 job(s); more match: raise --limit, narrow with "
+        "--state/--queue/--label, or use --newest\n"
+    )
+    newest = run("list", "--limit", "2", "--newest")
+    assert [job["id"] for job in json.loads(newest.stdout)] == ids[:-3:-1]
+    assert "showing the newest 2 job(s)" in newest.stderr
+    complete = run("list", "--limit", "5")
+    assert len(json.loads(complete.stdout)) == 5 and complete.stderr == ""
+
+
+def test_dlq_list_says_on_stderr_when_rows_were_left_out(run: Run) -> None:
+    enqueue_ok(
+        run,
+        "-",
+        input="".join(f"- {{id: d{i}, command: 'false', max_retries: 0}}\n" for i in range(3)),
+    )
+    assert run("worker", "run", "--drain").returncode == 0
+    result = run("dlq", "list", "--limit", "2", "--newest")
+    assert [job["id"] for job in json.loads(result.stdout)] == ["d2", "d1"]
+    assert result.stderr.startswith("showing the newest 2 job(s); more match")
