@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import click
 
 from . import __version__, spec
-from .core import Queue
+from .core import DrainCounts, Queue
 from .errors import Problem, QueuectlError, SpecInvalid, UsageProblem, first_few
 from .models import Job, JobState
 from .paths import default_db_url
@@ -683,6 +683,11 @@ def _passthrough(poll_interval: int | None, queues: Sequence[str], drain: bool) 
     "--drain", is_flag=True, help="Exit 0 once nothing is processing, due, or waiting for a retry."
 )
 @click.option(
+    "--fail-on-dead",
+    is_flag=True,
+    help="With --drain: exit 1 when a job ended dead during the drain (for CI).",
+)
+@click.option(
     "--spool",
     "spool_dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -695,6 +700,7 @@ def worker_run_cmd(
     poll_interval: int | None,
     queues: tuple[str, ...],
     drain: bool,
+    fail_on_dead: bool,
     spool_dir: Path | None,
 ) -> None:
     """Run workers in the foreground (for containers, systemd and CI).
@@ -711,6 +717,8 @@ def worker_run_cmd(
     from .workers import bind_to_supervisor
 
     bind_to_supervisor()  # a supervisor's child stops when its supervisor dies
+    if fail_on_dead and not drain:
+        raise click.UsageError("--fail-on-dead needs --drain: a worker that never ends cannot fail")
     if spool_dir is not None and drain:
         raise click.UsageError(
             "--spool watches until stopped, so it cannot --drain: "
@@ -731,8 +739,11 @@ def worker_run_cmd(
             log=lambda line: click.echo(line, err=True),
             spool=spool_dir.absolute() if spool_dir else None,
         )
+        before = queue.drain_counts() if drain else None
         with _signals(lambda signum: supervisor.forward(signum)):
             code = supervisor.run()
+        if before is not None and code == 0:
+            _drain_summary(queue, before, fail_on_dead=fail_on_dead)
         sys.exit(code)
 
     from .runner import Runner
@@ -753,8 +764,25 @@ def worker_run_cmd(
         else:
             runner.stop()
 
+    before = app.queue().drain_counts() if drain else None
     with _signals(on_signal):
         runner.run(drain=drain)
+    if before is not None:
+        _drain_summary(app.queue(), before, fail_on_dead=fail_on_dead)
+
+
+def _drain_summary(queue: Queue, before: DrainCounts, *, fail_on_dead: bool) -> None:
+    """The one line a drain ends with; with fail_on_dead, exit 1 when a job died."""
+    summary = queue.drain_counts().since(before)
+    click.echo(
+        f"drained: {summary.completed} completed, {summary.dead} dead, "
+        f"{summary.failed} still failing",
+        err=True,
+    )
+    if fail_on_dead and summary.dead:
+        raise click.ClickException(
+            f"{summary.dead} job(s) ended dead during the drain: see `queuectl dlq list`"
+        )
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)

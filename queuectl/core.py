@@ -66,6 +66,24 @@ def format_number(value: config_mod.Number) -> str:
     return str(value)
 
 
+@dataclass(frozen=True)
+class DrainCounts:
+    """Jobs completed and dead so far, and failed now: a drain's outcome is the difference.
+
+    Counted from the store (kept by triggers, so cheap), which covers every worker
+    process of a drain; a job another worker finishes meanwhile is counted too.
+    """
+
+    completed: int
+    dead: int
+    failed: int
+
+    def since(self, before: DrainCounts) -> DrainCounts:
+        # max: a `dlq purge` during the drain must not make a count negative
+        completed = max(0, self.completed - before.completed)
+        return DrainCounts(completed, max(0, self.dead - before.dead), self.failed)
+
+
 class Queue:
     """The job queue on one store."""
 
@@ -197,6 +215,12 @@ class Queue:
             "workers": [w.to_dict() for w in self.live_workers()],
             "store": redact_url(self.store.url),
         }
+
+    def drain_counts(self) -> DrainCounts:
+        counts = self.store.count_by_state()
+        return DrainCounts(
+            counts[JobState.COMPLETED], counts[JobState.DEAD], counts[JobState.FAILED]
+        )
 
     def live_workers(self) -> list[WorkerInfo]:
         """Workers whose lease holds, less those of this host whose process is gone

@@ -601,3 +601,23 @@ def test_dlq_list_says_on_stderr_when_rows_were_left_out(run: Run) -> None:
     result = run("dlq", "list", "--limit", "2", "--newest")
     assert [job["id"] for job in json.loads(result.stdout)] == ["d2", "d1"]
     assert result.stderr.startswith("showing the newest 2 job(s); more match")
+
+
+# -- worker run --drain ends with a summary; CI can fail on dead jobs -------------------
+
+
+@pytest.mark.parametrize("count", ["1", "2"])
+def test_drain_ends_with_a_summary_and_fail_on_dead_exits_1(run: Run, count: str) -> None:
+    enqueue_ok(run, "-", input="- {command: 'true'}\n- {command: 'exit 3', max_retries: 0}\n")
+    result = run("worker", "run", "--drain", "--count", count)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[-1] == "drained: 1 completed, 1 dead, 0 still failing"
+    enqueue_ok(run, "-", input="{command: 'exit 3', max_retries: 0}\n")
+    result = run("worker", "run", "--drain", "--count", count, "--fail-on-dead")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-2:] == [
+        "drained: 0 completed, 1 dead, 0 still failing",
+        "Error: 1 job(s) ended dead during the drain: see `queuectl dlq list`",
+    ]
+    enqueue_ok(run, "true")
+    assert run("worker", "run", "--drain", "--count", count, "--fail-on-dead").returncode == 0
