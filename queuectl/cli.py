@@ -888,9 +888,10 @@ def emit_problems(problems: Sequence[Problem], fmt: str) -> None:
     elif fmt == "github":
         for p in problems:
             text = f"{p.field}: {p.message}" if p.field else p.message
+            # A file-level problem (line 0) has no position: GitHub wants none, not 0.
+            where = f",line={p.line},col={p.column}" if p.line else ""
             click.echo(
-                f"::error file={_github_escape(p.source, prop=True)},line={p.line},"
-                f"col={p.column}::{_github_escape(text)}"
+                f"::error file={_github_escape(p.source, prop=True)}{where}::{_github_escape(text)}"
             )
     else:
         for p in problems:

@@ -296,4 +296,9 @@ class Queue:
 
     def config_list(self) -> dict[str, config_mod.Number]:
         config = self.config()
-        return {name: config[name] for name in config_mod.KEYS}
+        # 2, not 2.0: as `config get` shows it and as it was set
+        return {
+            name: int(value) if isinstance(value, float) and value.is_integer() else value
+            for name in config_mod.KEYS
+            for value in (config[name],)
+        }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -389,3 +390,12 @@ def test_an_empty_list_is_valid_alone_and_beside_another_file(run: Run, tmp_path
         result = run("validate", *map(str, paths))
         assert result.returncode == 0, result.stderr
     assert run("validate", str(empty)).stderr == "ok: 0 job(s) in 1 file(s)\n"
+
+
+def test_github_format_leaves_out_the_position_of_file_level_problems(
+    run: Run, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    result = run("validate", "--format", "github", str(fifo))
+    assert result.stdout == f"::error file={fifo}::not a regular file\n"
