@@ -177,7 +177,7 @@ def limit_option(func: F) -> F:
     )(func)
     return click.option(
         "--limit",
-        type=click.IntRange(1, INT32 - 2),  # a bound the stores' integers can hold, plus one
+        type=click.IntRange(1, INT32 - 1),  # a bound the stores' integers can hold
         default=1000,
         show_default=True,
         help="At most N jobs; a line on stderr says when more matched.",
