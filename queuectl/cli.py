@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import click
 
 from . import __version__, spec
-from .core import Queue
+from .core import DrainCounts, Queue
 from .errors import Problem, QueuectlError, SpecInvalid, UsageProblem, first_few
 from .models import Job, JobState
 from .paths import default_db_url
@@ -165,24 +165,35 @@ class DateTime(_ParamType):
     name = "RFC3339"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if spec.parse_rfc3339(str(value)) is None:
-            self.fail(
-                f"{value!r} is not an RFC 3339 date-time with offset: "
-                "use e.g. 2026-01-31T02:00:00Z",
-                param,
-                ctx,
-            )
+        problem = spec.rfc3339_problem(str(value))
+        if problem is not None:
+            self.fail(f"{value!r} {problem}", param, ctx)
         return str(value)
 
 
 def limit_option(func: F) -> F:
+    func = click.option(
+        "--newest", is_flag=True, help="Newest first (with --limit: the newest N jobs)."
+    )(func)
     return click.option(
         "--limit",
         type=click.IntRange(1, INT32 - 1),  # a bound the stores' integers can hold
         default=1000,
         show_default=True,
-        help="At most N jobs.",
+        help="At most N jobs; a line on stderr says when more matched.",
     )(func)
+
+
+def emit_page(jobs: Sequence[Job], more: bool, fmt: str, *, newest: bool) -> None:
+    emit_jobs(jobs, fmt)
+    if more:
+        which = "newest" if newest else "oldest"
+        other = "--newest" if not newest else "no --newest"
+        click.echo(
+            f"showing the {which} {len(jobs)} job(s); more match: raise --limit, narrow with "
+            f"--state/--queue/--label, or use {other}",
+            err=True,
+        )
 
 
 def format_option(func: F) -> F:
@@ -278,6 +289,12 @@ def cli(ctx: click.Context, db: str | None) -> None:
 @click.option("--queue", "queue_name", help="Named queue (default 'default').")
 @click.option("--env", "env", type=KeyValue(), multiple=True, help="Environment for the job.")
 @click.option("--label", "labels", type=KeyValue(), multiple=True, help="Label the job.")
+@click.option(
+    "--cwd",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run in this directory (default: where enqueue runs; a spec's relative cwd is "
+    "resolved against it).",
+)
 @pass_app
 def enqueue_cmd(
     app: App,
@@ -291,11 +308,15 @@ def enqueue_cmd(
     queue_name: str | None,
     env: tuple[tuple[str, str], ...],
     labels: tuple[tuple[str, str], ...],
+    cwd: Path | None,
 ) -> None:
     """Enqueue a job: a command string, a JSON job object, or - for JSON/YAML on stdin.
 
-    Prints each new job id on its own line. Re-submitting an identical job with
-    the same id is a no-op that prints the id; a different spec is a conflict.
+    SPEC is JSON when it parses as a JSON object or array (or starts with {" or [");
+    anything else is a shell command, so '[ -f x ] && y' works. Jobs without a cwd
+    run in the directory enqueue was run in. Prints each new job id on its own line.
+    Re-submitting an identical job with the same id is a no-op that prints the id; a
+    different spec is a conflict.
 
     \b
     Examples:
@@ -321,9 +342,13 @@ def enqueue_cmd(
         overrides["env"] = dict(env)
     if labels:
         overrides["labels"] = dict(labels)
-    loaded = spec.inline_specs(job_spec, sys.stdin.buffer, overrides)
+    here = os.getcwd()
+    if cwd is not None:
+        overrides["cwd"] = os.path.join(here, cwd)
+    loaded = spec.inline_specs(job_spec, sys.stdin.buffer, overrides, cwd=here)
     results = app.queue().enqueue([item.spec for item in loaded], delay_ms=delay or 0)
-    click.echo("\n".join(result.id for result in results))
+    for result in results:
+        click.echo(result.id)
 
 
 @cli.command(name="list")
@@ -339,18 +364,26 @@ def list_cmd(
     queue_name: str | None,
     labels: tuple[tuple[str, str], ...],
     limit: int,
+    newest: bool,
     fmt: str,
 ) -> None:
-    """List jobs, oldest first.
+    """List jobs, oldest first (--newest: newest first).
+
+    At most --limit jobs; when more match, a line on stderr says so.
 
     \b
     Example:
         queuectl list --state failed --label team=data --format table
+        queuectl list --newest --limit 20
     """
-    jobs = app.queue().list_jobs(
-        state=JobState(state) if state else None, queue=queue_name, labels=dict(labels), limit=limit
+    jobs, more = app.queue().list_page(
+        state=JobState(state) if state else None,
+        queue=queue_name,
+        labels=dict(labels),
+        limit=limit,
+        newest=newest,
     )
-    emit_jobs(jobs, fmt)
+    emit_page(jobs, more, fmt, newest=newest)
 
 
 @cli.command(name="show")
@@ -492,14 +525,17 @@ def dlq_group() -> None:
 @limit_option
 @format_option
 @pass_app
-def dlq_list_cmd(app: App, limit: int, fmt: str) -> None:
-    """List dead jobs, oldest first.
+def dlq_list_cmd(app: App, limit: int, newest: bool, fmt: str) -> None:
+    """List dead jobs, oldest first (--newest: newest first).
+
+    At most --limit jobs; when more are dead, a line on stderr says so.
 
     \b
     Example:
         queuectl dlq list --format table
     """
-    emit_jobs(app.queue().dlq_list(limit=limit), fmt)
+    jobs, more = app.queue().list_page(state=JobState.DEAD, limit=limit, newest=newest)
+    emit_page(jobs, more, fmt, newest=newest)
 
 
 @dlq_group.command(name="retry")
@@ -647,6 +683,11 @@ def _passthrough(poll_interval: int | None, queues: Sequence[str], drain: bool) 
     "--drain", is_flag=True, help="Exit 0 once nothing is processing, due, or waiting for a retry."
 )
 @click.option(
+    "--fail-on-dead",
+    is_flag=True,
+    help="With --drain: exit 1 when a job ended dead during the drain (for CI).",
+)
+@click.option(
     "--spool",
     "spool_dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -659,6 +700,7 @@ def worker_run_cmd(
     poll_interval: int | None,
     queues: tuple[str, ...],
     drain: bool,
+    fail_on_dead: bool,
     spool_dir: Path | None,
 ) -> None:
     """Run workers in the foreground (for containers, systemd and CI).
@@ -675,6 +717,8 @@ def worker_run_cmd(
     from .workers import bind_to_supervisor
 
     bind_to_supervisor()  # a supervisor's child stops when its supervisor dies
+    if fail_on_dead and not drain:
+        raise click.UsageError("--fail-on-dead needs --drain: a worker that never ends cannot fail")
     if spool_dir is not None and drain:
         raise click.UsageError(
             "--spool watches until stopped, so it cannot --drain: "
@@ -695,8 +739,11 @@ def worker_run_cmd(
             log=lambda line: click.echo(line, err=True),
             spool=spool_dir.absolute() if spool_dir else None,
         )
+        before = queue.drain_counts() if drain else None
         with _signals(lambda signum: supervisor.forward(signum)):
             code = supervisor.run()
+        if before is not None and code == 0:
+            _drain_summary(queue, before, fail_on_dead=fail_on_dead)
         sys.exit(code)
 
     from .runner import Runner
@@ -717,8 +764,25 @@ def worker_run_cmd(
         else:
             runner.stop()
 
+    before = app.queue().drain_counts() if drain else None
     with _signals(on_signal):
         runner.run(drain=drain)
+    if before is not None:
+        _drain_summary(app.queue(), before, fail_on_dead=fail_on_dead)
+
+
+def _drain_summary(queue: Queue, before: DrainCounts, *, fail_on_dead: bool) -> None:
+    """The one line a drain ends with; with fail_on_dead, exit 1 when a job died."""
+    summary = queue.drain_counts().since(before)
+    click.echo(
+        f"drained: {summary.completed} completed, {summary.dead} dead, "
+        f"{summary.failed} still failing",
+        err=True,
+    )
+    if fail_on_dead and summary.dead:
+        raise click.ClickException(
+            f"{summary.dead} job(s) ended dead during the drain: see `queuectl dlq list`"
+        )
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
@@ -824,9 +888,10 @@ def emit_problems(problems: Sequence[Problem], fmt: str) -> None:
     elif fmt == "github":
         for p in problems:
             text = f"{p.field}: {p.message}" if p.field else p.message
+            # A file-level problem (line 0) has no position: GitHub wants none, not 0.
+            where = f",line={p.line},col={p.column}" if p.line else ""
             click.echo(
-                f"::error file={_github_escape(p.source, prop=True)},line={p.line},"
-                f"col={p.column}::{_github_escape(text)}"
+                f"::error file={_github_escape(p.source, prop=True)}{where}::{_github_escape(text)}"
             )
     else:
         for p in problems:

@@ -131,7 +131,13 @@ def normalize_key(key: str) -> str:
     """Map `max-retries` or `MAX_RETRIES` to `max_retries`; unknown keys raise ConfigInvalid."""
     name = key.strip().lower().replace("-", "_")
     if name not in KEYS:
-        raise ConfigInvalid(f"unknown config key {key!r}: use one of {', '.join(KEYS)}")
+        import difflib
+
+        close = difflib.get_close_matches(name, list(KEYS), n=1)
+        hint = f"did you mean {close[0]!r}? (keys: " if close else "use one of "
+        raise ConfigInvalid(
+            f"unknown config key {key!r}: {hint}{', '.join(KEYS)}{')' if close else ''}"
+        )
     return name
 
 

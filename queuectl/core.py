@@ -67,6 +67,24 @@ def format_number(value: config_mod.Number) -> str:
     return str(value)
 
 
+@dataclass(frozen=True)
+class DrainCounts:
+    """Jobs completed and dead so far, and failed now: a drain's outcome is the difference.
+
+    Counted from the store (kept by triggers, so cheap), which covers every worker
+    process of a drain; a job another worker finishes meanwhile is counted too.
+    """
+
+    completed: int
+    dead: int
+    failed: int
+
+    def since(self, before: DrainCounts) -> DrainCounts:
+        # max: a `dlq purge` during the drain must not make a count negative
+        completed = max(0, self.completed - before.completed)
+        return DrainCounts(completed, max(0, self.dead - before.dead), self.failed)
+
+
 class Queue:
     """The job queue on one store."""
 
@@ -112,8 +130,27 @@ class Queue:
         queue: str | None = None,
         labels: Mapping[str, str] | None = None,
         limit: int | None = None,
+        newest: bool = False,
     ) -> list[Job]:
-        return self.store.list_jobs(state=state, queue=queue, labels=labels, limit=limit)
+        return self.store.list_jobs(
+            state=state, queue=queue, labels=labels, limit=limit, newest=newest
+        )
+
+    def list_page(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        limit: int,
+        newest: bool = False,
+    ) -> tuple[list[Job], bool]:
+        """At most `limit` jobs, and whether more matched (SPEC section 14: never truncate
+        silently). One row past the limit tells, without counting the whole table."""
+        jobs = self.list_jobs(
+            state=state, queue=queue, labels=labels, limit=limit + 1, newest=newest
+        )
+        return jobs[:limit], len(jobs) > limit
 
     def wait(self, job_ids: Sequence[str], *, timeout_s: float | None = None) -> list[Job]:
         """Block until every job is completed, dead or canceled; return them in the given order.
@@ -180,6 +217,12 @@ class Queue:
             "store": redact_url(self.store.url),
         }
 
+    def drain_counts(self) -> DrainCounts:
+        counts = self.store.count_by_state()
+        return DrainCounts(
+            counts[JobState.COMPLETED], counts[JobState.DEAD], counts[JobState.FAILED]
+        )
+
     def live_workers(self) -> list[WorkerInfo]:
         """Workers whose lease holds, less those of this host, boot and PID namespace whose
         process is gone (a worker killed with SIGKILL cannot deregister; its lease would
@@ -223,8 +266,8 @@ class Queue:
 
     # -- dead letter queue ---------------------------------------------------------
 
-    def dlq_list(self, *, limit: int | None = None) -> list[Job]:
-        return self.list_jobs(state=JobState.DEAD, limit=limit)
+    def dlq_list(self, *, limit: int | None = None, newest: bool = False) -> list[Job]:
+        return self.list_jobs(state=JobState.DEAD, limit=limit, newest=newest)
 
     def dlq_retry(self, job_ids: Sequence[str] | None) -> list[str]:
         """Move dead jobs (all of them when job_ids is None) back to pending with attempts 0."""
@@ -252,4 +295,9 @@ class Queue:
 
     def config_list(self) -> dict[str, config_mod.Number]:
         config = self.config()
-        return {name: config[name] for name in config_mod.KEYS}
+        # 2, not 2.0: as `config get` shows it and as it was set
+        return {
+            name: int(value) if isinstance(value, float) and value.is_integer() else value
+            for name in config_mod.KEYS
+            for value in (config[name],)
+        }

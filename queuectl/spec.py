@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from .errors import Problem, SpecInvalid, UsageProblem
 from .models import JobSpec
@@ -36,19 +37,33 @@ MAX_NUMBER_CHARS = 40  # far beyond any field's range; Python refuses 4300+ digi
 ALIAS_NODES_PER_BYTE = 2
 ALIAS_NODES_FLOOR = 10_000
 
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+# RFC 3339 section 5.6 exactly: a `T` separator (not a space) and offset minutes 00-59.
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)$"
+)
+RFC3339_EXAMPLE = "2026-01-31T02:00:00Z"
+
+
+def rfc3339_problem(text: str) -> str | None:
+    """Why `text` is not a usable RFC 3339 date-time with offset, or None when it is one."""
+    if not _RFC3339.match(text):
+        return f"is not an RFC 3339 date-time with offset, e.g. {RFC3339_EXAMPLE}"
+    try:
+        value = datetime.fromisoformat(text.upper())
+    except ValueError:
+        return f"is not a real date and time (check the day and hour), e.g. {RFC3339_EXAMPLE}"
+    try:
+        value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is an instant before year 1 in UTC
+        return "is before 0001-01-01T00:00:00Z, the earliest instant a job can hold"
+    return None
 
 
 def parse_rfc3339(text: str) -> datetime | None:
     """Parse an RFC 3339 date-time with an offset; None when it is not one."""
-    if not _RFC3339.match(text):
+    if rfc3339_problem(text) is not None:
         return None
-    try:
-        value = datetime.fromisoformat(text.upper().replace(" ", "T"))
-        value.astimezone(UTC)  # 0001-01-01T00:00+01:00 is a date only before UTC
-    except (ValueError, OverflowError):
-        return None
-    return value
+    return datetime.fromisoformat(text.upper())
 
 
 @functools.cache
@@ -188,6 +203,9 @@ class Document:
     line: int = 1  # where the document starts
     _positions: dict[PathTuple, tuple[int, int]] | None = None
     _key_positions: dict[PathTuple, tuple[int, int]] = field(default_factory=dict)
+    # YAML plain scalars that were typed (2030, 1.10, yes) as the user wrote them
+    written: dict[PathTuple, str] = field(default_factory=dict)
+    base_dir: str | None = None  # what a relative `cwd` is relative to (the file's directory)
     _locate: Callable[[], None] | None = None
 
     def position(self, path: Sequence[str | int], *, key: bool = False) -> tuple[int, int]:
@@ -223,13 +241,18 @@ def _construct(
     positions = doc._positions if doc._positions is not None else {}
     doc._positions = positions
     positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if node.tag not in (_PLAIN, _STR, _MAP, _SEQ):
+        raise _Bad(node, f"explicit YAML tag {node.tag!r} is not allowed: use plain values")
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _Bad(key_node, "mapping keys must be strings, not lists or mappings")
             key = _construct(key_node, doc, (*path, "<key>"), budget, problems)
-            if isinstance(key, list | dict):
-                raise _Bad(key_node, "mapping keys must be scalars")
-            key = key if isinstance(key, str) else str(key)
+            if not isinstance(key, str):
+                # YAML 1.2 reads `~`, `3.10` or `true` as null, a number or a boolean: a
+                # key that is not text would be renamed silently, so it is refused.
+                raise _Bad(key_node, f"mapping key {_as_read(key_node.value, key)}")
             if key in result:
                 line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
                 problems.append(
@@ -250,32 +273,62 @@ def _construct(
         return [
             _construct(item, doc, (*path, i), budget, problems) for i, item in enumerate(node.value)
         ]
-    return _scalar(node)
+    if node.tag == _STR:
+        return node.value
+    value = _core_scalar(node)
+    if not isinstance(value, str):
+        doc.written[path] = node.value  # for "quote it" hints that show the value as written
+    return value
 
 
-def _scalar(node: yaml.Node) -> Any:
-    constructor = _yaml_constructor()
-    tag = node.tag
-    if tag in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:timestamp"):
-        return node.value  # timestamps stay text: run_at is checked as RFC 3339 text
-    if tag == "tag:yaml.org,2002:int":
-        if len(node.value) > MAX_NUMBER_CHARS:
-            raise _Bad(node, f"number longer than {MAX_NUMBER_CHARS} characters: not a job field")
-        return constructor.construct_yaml_int(node)
-    if tag == "tag:yaml.org,2002:float":
-        return constructor.construct_yaml_float(node)
-    if tag == "tag:yaml.org,2002:bool":
-        return constructor.construct_yaml_bool(node)
-    if tag == "tag:yaml.org,2002:null":
+# Tags the loader gives untagged nodes: a node carrying any other tag had it written
+# explicitly, which SPEC section 10 refuses on every node.
+_PLAIN = "queuectl:plain"
+_STR = "queuectl:quoted"  # not yaml.org's str tag, which `!!str` sets explicitly
+_MAP = "queuectl:map"
+_SEQ = "queuectl:seq"
+
+# The YAML 1.2 core schema (https://yaml.org/spec/1.2.2/#1032-tag-resolution), the
+# rules of yaml-language-server and check-jsonschema; pyyaml alone applies YAML 1.1's
+# (`on` is true, `010` is 8, `1:30` is 90).
+_CORE_NULL = re.compile(r"~|null|Null|NULL|")
+_CORE_BOOL = {
+    "true": True,
+    "True": True,
+    "TRUE": True,
+    "false": False,
+    "False": False,
+    "FALSE": False,
+}
+_CORE_INT = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")
+_CORE_FLOAT = re.compile(
+    r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)"
+)
+
+
+def _core_scalar(node: yaml.Node) -> Any:
+    """A plain scalar's value under the YAML 1.2 core schema."""
+    text: str = node.value
+    if _CORE_NULL.fullmatch(text):
         return None
-    raise _Bad(node, f"unsupported YAML tag {tag!r}: use plain values")
-
-
-@functools.cache
-def _yaml_constructor() -> Any:
-    import yaml
-
-    return yaml.constructor.SafeConstructor()
+    if text in _CORE_BOOL:
+        return _CORE_BOOL[text]
+    if _CORE_INT.fullmatch(text):
+        if len(text) > MAX_NUMBER_CHARS:  # Python refuses 4300+ digit ints; none is a field
+            raise _Bad(node, f"number longer than {MAX_NUMBER_CHARS} characters: not a job field")
+        if text.startswith(("0o", "0x")):
+            return int(text[2:], 8 if text[1] == "o" else 16)
+        return int(text)
+    if _CORE_FLOAT.fullmatch(text):
+        return float(
+            text.replace(".inf", "inf")
+            .replace(".Inf", "inf")
+            .replace(".INF", "inf")
+            .replace(".nan", "nan")
+            .replace(".NaN", "nan")
+            .replace(".NAN", "nan")
+        )
+    return text
 
 
 class _TooBig(Exception):
@@ -297,10 +350,21 @@ def _dotted(path: Iterable[str | int]) -> str:
     return ".".join(str(p) for p in path)
 
 
+@functools.cache
 def _yaml_loader() -> type:
     import yaml
 
-    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    base: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class Loader(base):  # type: ignore[misc]
+        """Marks untagged nodes for _construct, which types them by YAML 1.2 rules."""
+
+        def resolve(self, kind: type, value: Any, implicit: Any) -> str:
+            if kind is yaml.ScalarNode:
+                return _PLAIN if implicit[0] else _STR
+            return _MAP if kind is yaml.MappingNode else _SEQ
+
+    return Loader
 
 
 def load_yaml(text: str, source: str) -> list[Document]:
@@ -312,8 +376,8 @@ def load_yaml(text: str, source: str) -> list[Document]:
     problems: list[Problem] = []
     try:
         for node in yaml.compose_all(text, Loader=_yaml_loader()):
-            if node is None:
-                continue
+            if node is None or (node.tag == _PLAIN and node.value == ""):
+                continue  # an empty document (`---` alone) holds no job
             doc = Document(source, None, line=node.start_mark.line + 1, _positions={})
             doc.data = _construct(node, doc, (), budget, problems)
             docs.append(doc)
@@ -364,13 +428,12 @@ def _bounded_int(text: str) -> int:
 
 def load_json(text: str, source: str) -> Document:
     """Parse JSON as JSON (fast for big batches); positions are found only if needed."""
-    duplicates: list[str] = []
+    duplicates = False
 
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal duplicates
         result = dict(pairs)
-        if len(result) != len(pairs):
-            seen: set[str] = set()
-            duplicates.extend(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        duplicates = duplicates or len(result) != len(pairs)
         return result
 
     try:
@@ -379,8 +442,10 @@ def load_json(text: str, source: str) -> Document:
         raise SpecInvalid(
             [Problem(source, exc.lineno, exc.colno, "", f"invalid JSON: {exc.msg}")]
         ) from None
-    except ValueError as exc:  # from _bounded_int
-        raise SpecInvalid([Problem(source, 1, 1, "", f"invalid JSON: {exc}")]) from None
+    except ValueError as exc:  # from _bounded_int: the YAML reading of the text has positions
+        raise SpecInvalid(
+            _positioned_problems(text, source) or [Problem(source, 1, 1, "", str(exc))]
+        ) from None
     except RecursionError:
         raise SpecInvalid(
             [
@@ -389,24 +454,34 @@ def load_json(text: str, source: str) -> Document:
                 )
             ]
         ) from None
+    if duplicates:  # rare: composing the text as YAML finds each duplicate key's position
+        raise SpecInvalid(_positioned_problems(text, source))
     doc = Document(source, data)
     doc._locate = functools.partial(_locate_json, doc, text)
-    if duplicates:
-        line, col = doc.position(())
-        raise SpecInvalid(
-            [Problem(source, line, col, k, "duplicate key: remove one of them") for k in duplicates]
-        )
     return doc
+
+
+def _as_yaml(text: str) -> str:
+    # YAML refuses lone surrogate escapes that JSON allows; a same-length stand-in keeps
+    # every position where it was.
+    return re.sub(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}", r"\\u003f", text)
+
+
+def _positioned_problems(text: str, source: str) -> list[Problem]:
+    """The problems the YAML reading of JSON text finds (duplicate keys, huge numbers),
+    each at its token."""
+    try:
+        load_yaml(_as_yaml(text), source)
+    except SpecInvalid as exc:
+        return list(exc.problems)
+    return []
 
 
 def _locate_json(doc: Document, text: str) -> None:
     """Find node positions in JSON text by composing it as YAML (only on the error path)."""
     doc._positions = {}
-    # YAML refuses lone surrogate escapes that JSON allows; a same-length stand-in keeps
-    # every position where it was.
-    text = re.sub(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}", r"\\u003f", text)
     try:
-        (located,) = load_yaml(text, doc.source)
+        (located,) = load_yaml(_as_yaml(text), doc.source)
     except (SpecInvalid, ValueError):
         return
     doc._positions, doc._key_positions = located._positions or {}, located._key_positions
@@ -448,16 +523,45 @@ def job_entries(doc: Document) -> Iterator[tuple[PathTuple, Any]]:
         yield (), doc.data
 
 
-def validate_documents(docs: Sequence[Document], *, source: str = "<input>") -> list[LoadedSpec]:
-    """Validate every job in the documents; raise SpecInvalid listing every problem."""
+RelativeCwd = Literal["keep", "resolve", "refuse"]
+
+
+def validate_documents(
+    docs: Sequence[Document], *, source: str = "<input>", relative_cwd: RelativeCwd = "keep"
+) -> list[LoadedSpec]:
+    """Validate every job in the documents; raise SpecInvalid listing every problem.
+
+    A relative `cwd` is kept, resolved against its document's base_dir (SPEC section
+    10: against the spec file's directory, or where `enqueue` ran), or refused (the
+    spool, whose files have no directory of their own).
+    """
     fast = _fast_check()
     problems: list[Problem] = []
     loaded: list[LoadedSpec] = []
+    places: list[tuple[Document, PathTuple]] = []  # where each loaded job's id stands
     for doc in docs:
         for prefix, data in job_entries(doc):
+            cwd = data.get("cwd") if isinstance(data, dict) else None
+            if isinstance(cwd, str) and cwd and not os.path.isabs(cwd) and relative_cwd != "keep":
+                if relative_cwd == "refuse" or doc.base_dir is None:
+                    line, col = doc.position((*prefix, "cwd"))
+                    problems.append(
+                        Problem(
+                            doc.source,
+                            line,
+                            col,
+                            "cwd",
+                            f"{cwd!r} is a relative path: a spool file has no directory to "
+                            "resolve it against; use an absolute path",
+                        )
+                    )
+                    continue
+                data["cwd"] = os.path.normpath(os.path.join(doc.base_dir, cwd))
+            places.append((doc, prefix))
             bad = _surrogate_path(data)
             if bad is not None:
                 problems.append(_surrogate_problem(doc, prefix, bad))
+                places.pop()
                 continue
             if fast is not None and fast(data):
                 line, col = (doc.line, 1) if doc._locate else doc.position(prefix)
@@ -481,17 +585,13 @@ def validate_documents(docs: Sequence[Document], *, source: str = "<input>") -> 
                 ]
             if found:
                 problems.extend(found)
+                places.pop()
             else:  # the fast checker was stricter than jsonschema: trust jsonschema
                 line, col = doc.position(prefix)
                 loaded.append(LoadedSpec(_to_spec(data), doc.source, line, col))
-    problems.extend(_duplicate_ids(loaded))
+    problems.extend(_duplicate_ids(loaded, places))
     if problems:
         raise SpecInvalid(problems)
-    if not loaded:
-        source = docs[0].source if docs else source
-        raise SpecInvalid(
-            [Problem(source, 1, 1, "", "no job found: expected a job mapping or a list of jobs")]
-        )
     return loaded
 
 
@@ -546,6 +646,9 @@ def _problems(doc: Document, prefix: PathTuple, data: Any) -> Iterator[Problem]:
     for err in errors:
         path = tuple(err.absolute_path)
         field_name, message, key = _describe(err, data)
+        written = doc.written.get(prefix + path)
+        if written is not None and _wants_string(err.schema):
+            message = _as_read(written, err.instance)
         line, col = doc.position(prefix + path + ((field_name,) if key else ()), key=key)
         yield Problem(doc.source, line, col, field_name or _dotted(path), message)
 
@@ -568,12 +671,8 @@ def _describe(err: Any, data: dict[str, Any]) -> tuple[str, str, bool]:
     shown = _shown(err.instance)
     if expected:
         return "", f"{shown} is not valid: use {expected}", False
-    if err.validator == "format":
-        return (
-            "",
-            f"{shown} is not an RFC 3339 date-time with offset, e.g. 2026-01-31T02:00:00Z",
-            False,
-        )
+    if err.validator == "format" and isinstance(err.instance, str):
+        return "", f"{shown} {rfc3339_problem(err.instance)}", False
     return "", err.message.replace(repr(err.instance), shown), False
 
 
@@ -596,30 +695,49 @@ def _parent_expected(err: Any) -> str | None:
     return str(expected) if expected else None
 
 
+def _as_read(written: str, value: Any) -> str:
+    """A typed YAML scalar shown as the user wrote it, and the fix (quoting)."""
+    kind = "null" if value is None else "a boolean" if isinstance(value, bool) else "a number"
+    return f'{written} is read by YAML as {kind}: quote it ("{written}") to make it text'
+
+
+def _wants_string(node: dict[str, Any]) -> bool:
+    """Whether a string is one of the things this schema node accepts."""
+    kind = node.get("type")
+    if kind == "string" or (isinstance(kind, list) and "string" in kind):
+        return True
+    return any(_wants_string(option) for option in node.get("oneOf", ()))
+
+
 def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(
         type(value), type(value).__name__
     )
 
 
-def _duplicate_ids(loaded: Sequence[LoadedSpec]) -> Iterator[Problem]:
-    first: dict[str, LoadedSpec] = {}
-    for item in loaded:
+def _duplicate_ids(
+    loaded: Sequence[LoadedSpec], places: Sequence[tuple[Document, PathTuple]]
+) -> Iterator[Problem]:
+    """Ids declared twice, each at its `id` value (positions are looked up only here)."""
+    first: dict[str, tuple[Document, PathTuple]] = {}
+    for item, (doc, prefix) in zip(loaded, places, strict=True):
         job_id = item.spec.id
         if job_id is None:
             continue
         if job_id in first:
-            seen = first[job_id]
+            seen_doc, seen_prefix = first[job_id]
+            seen_line, _ = seen_doc.position((*seen_prefix, "id"))
+            line, col = doc.position((*prefix, "id"))
             yield Problem(
                 item.source,
-                item.line,
-                item.column,
+                line,
+                col,
                 "id",
-                f"duplicate id {job_id!r} (first declared at {seen.source}:{seen.line}): "
+                f"duplicate id {job_id!r} (first declared at {seen_doc.source}:{seen_line}): "
                 "ids must be unique",
             )
         else:
-            first[job_id] = item
+            first[job_id] = (doc, prefix)
 
 
 def _to_spec(data: dict[str, Any]) -> JobSpec:
@@ -703,7 +821,10 @@ def read_spec_file(path: Path) -> list[Document]:
             raw = read_limited(f, str(path))
     except OSError as exc:
         raise SpecInvalid([Problem(str(path), 0, 0, "", f"cannot read: {exc.strerror}")]) from None
-    return parse_spec_bytes(raw, str(path), is_json=path.suffix.lower() == ".json")
+    docs = parse_spec_bytes(raw, str(path), is_json=path.suffix.lower() == ".json")
+    for doc in docs:
+        doc.base_dir = str(path.absolute().parent)
+    return docs
 
 
 def parse_spec_bytes(raw: bytes, source: str, *, is_json: bool | None) -> list[Document]:
@@ -746,7 +867,7 @@ def validate_paths(paths: Iterable[Path]) -> Validation:
     specs: list[LoadedSpec] = []
     if docs:
         try:
-            specs = validate_documents(docs)
+            specs = validate_documents(docs, relative_cwd="resolve")
         except SpecInvalid as exc:
             problems.extend(exc.problems)
     if not files:
@@ -760,21 +881,29 @@ def validate_paths(paths: Iterable[Path]) -> Validation:
     return Validation(specs, problems, len(files))
 
 
-def inline_specs(arg: str, stdin: BinaryIO, overrides: dict[str, Any]) -> list[LoadedSpec]:
+def inline_specs(
+    arg: str, stdin: BinaryIO, overrides: dict[str, Any], *, cwd: str
+) -> list[LoadedSpec]:
     """The jobs of `queuectl enqueue ARG`: JSON, a plain command string, or `-` for stdin.
 
     `overrides` (from command-line options) replace fields of every job; `env` and
-    `labels` are merged into the job's own.
+    `labels` are merged into the job's own. A job without `cwd` runs in `cwd` (where
+    `enqueue` ran, as with at(1)), and a relative one is resolved against it.
     """
     source = "<stdin>" if arg == "-" else "<argument>"
     if arg == "-":
         docs = parse_spec_bytes(read_limited(stdin, source), source, is_json=None)
-    elif arg.lstrip()[:1] in ("{", "["):
+    elif _looks_like_json(arg):
         docs = [load_json(arg, "<argument>")]
         data = docs[0].data
         if isinstance(data, list) and data and all(isinstance(x, str) for x in data):
             docs[0].data = {"command": data}  # an argv array: exec'd without a shell
     else:
+        if Path(arg).suffix.lower() in SPEC_SUFFIXES and Path(arg).is_file():
+            raise UsageProblem(
+                f"{arg!r} is a spec file, not a command: enqueue its jobs with "
+                f"`queuectl enqueue - < {arg}`, or declare them with `queuectl apply {arg}`"
+            )
         docs = [Document("<argument>", {"command": arg}, line=0, _positions={})]
     jobs = [data for doc in docs for _, data in job_entries(doc)]
     if "id" in overrides and len(jobs) > 1:
@@ -789,4 +918,23 @@ def inline_specs(arg: str, stdin: BinaryIO, overrides: dict[str, Any]) -> list[L
                 data[key] = {**data[key], **value}
             else:
                 data[key] = value
-    return validate_documents(docs, source=source)
+        data.setdefault("cwd", cwd)
+    for doc in docs:
+        doc.base_dir = cwd
+    return validate_documents(docs, source=source, relative_cwd="resolve")
+
+
+def _looks_like_json(arg: str) -> bool:
+    """Whether `enqueue ARG` means JSON (SPEC "Inline enqueue"): a JSON object or array, or
+    text that starts like one (`{"`, `["`), whose error is then a JSON error. Anything
+    else is a shell command: `[ -f x ] && y`, `[[ -n $A ]]`, `{ a; b; } > out`."""
+    text = arg.lstrip()
+    if text[:1] not in ("{", "["):
+        return False
+    if re.match(r"[{\[]\s*\"", text):
+        return True
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True

@@ -531,7 +531,7 @@ class Spool:
             raise SpecInvalid([claim.problem(f"more than spool_max_bytes ({limit})")])
         is_json = claim.name.lower().endswith(".json")
         docs = spec.parse_spec_bytes(raw, claim.shown, is_json=is_json)
-        loaded = spec.validate_documents(docs, source=claim.shown)
+        loaded = spec.validate_documents(docs, source=claim.shown, relative_cwd="refuse")
         source = Source(Origin.SPOOL, claim.shown)
         jobs = [
             NewJob.build(item.spec, source=source, now=now, default_max_retries=config.max_retries)

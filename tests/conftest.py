@@ -151,6 +151,7 @@ def run(home: Path, backend: str, db_url: str, monkeypatch: pytest.MonkeyPatch) 
         input: str | bytes | None = None,
         env: dict[str, str] | None = None,
         timeout: float = 60,
+        cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         raw = subprocess.run(
             [QUEUECTL, *args],
@@ -158,6 +159,7 @@ def run(home: Path, backend: str, db_url: str, monkeypatch: pytest.MonkeyPatch) 
             capture_output=True,
             timeout=timeout,
             env={**os.environ, **(env or {})},
+            cwd=cwd,
         )
         return subprocess.CompletedProcess(
             raw.args,

@@ -250,7 +250,7 @@ BAD_INPUT = [
         ["-"],
         "- id: d\n  command: a\n- id: d\n  command: b\n",
         1,
-        "Error: <stdin>:3:3: id: duplicate id 'd' (first declared at <stdin>:1): ids must be "
+        "Error: <stdin>:3:7: id: duplicate id 'd' (first declared at <stdin>:1): ids must be "
         "unique",
     ),
     (
@@ -265,8 +265,8 @@ BAD_INPUT = [
         ['{"command": "x", "run_at": "0001-01-01T00:00:00+01:00"}'],
         None,
         1,
-        "Error: <argument>:1:28: run_at: '0001-01-01T00:00:00+01:00' is not an RFC 3339 date-time "
-        "with offset, e.g. 2026-01-31T02:00:00Z",
+        "Error: <argument>:1:28: run_at: '0001-01-01T00:00:00+01:00' is before "
+        "0001-01-01T00:00:00Z, the earliest instant a job can hold",
     ),
     (
         ["x", "--delay", "99999999999d"],
@@ -493,3 +493,131 @@ def test_logs_follow_prints_output_until_the_job_ends(run: Run, tmp_path: Path) 
         follower.wait()
         if follower.stdout is not None:
             follower.stdout.close()
+
+
+# -- inline enqueue, as a shell user expects (SPEC "Inline enqueue") ---------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["[ -f /etc/passwd ] && echo yes > out", "{ echo a; } > out", '[[ -n "$HOME" ]]'],
+)
+def test_enqueue_shell_commands_starting_with_brackets_are_commands(
+    run: Run, run_json: Any, tmp_path: Path, command: str
+) -> None:
+    here = tmp_path / "here"
+    here.mkdir()
+    result = run("enqueue", command, cwd=here)
+    assert result.returncode == 0, result.stderr
+    assert run_json("show", result.stdout.strip())["command"] == command
+    if command.endswith("> out"):  # `[[` is bash's; the job runs in /bin/sh
+        assert run("worker", "run", "--drain").returncode == 0
+        assert (here / "out").read_text().strip() in ("yes", "a")
+
+
+@pytest.mark.parametrize("arg", ['{"command": ', '[ "echo", 1'])
+def test_enqueue_text_starting_like_json_is_a_json_error(run: Run, arg: str) -> None:
+    result = run("enqueue", arg)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: <argument>:1:") and "invalid JSON" in result.stderr
+
+
+def test_enqueue_refuses_a_spec_file_path_with_a_hint(run: Run, tmp_path: Path) -> None:
+    (tmp_path / "jobs.yaml").write_text("command: echo hi\n")
+    result = run("enqueue", "jobs.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "Error: 'jobs.yaml' is a spec file, not a command: enqueue its jobs with "
+        "`queuectl enqueue - < jobs.yaml`, or declare them with `queuectl apply jobs.yaml`\n"
+    )
+    assert run("list").stdout.strip() == "[]"
+
+
+def test_inline_jobs_run_in_the_directory_enqueue_ran_in(
+    run: Run, run_json: Any, tmp_path: Path
+) -> None:
+    ops = tmp_path / "ops"
+    ops.mkdir()
+    script = ops / "run.sh"
+    script.write_text("#!/bin/sh\npwd > where\n")
+    script.chmod(0o755)
+    (plain,) = enqueue_ok_in(run, ops, "./run.sh")
+    (chosen,) = enqueue_ok_in(run, tmp_path, "pwd > where", "--cwd", "ops")
+    (relative,) = enqueue_ok_in(run, tmp_path, '{"command": "true", "cwd": "ops/sub"}')
+    (piped,) = enqueue_ok_in(run, ops, "-", input="command: 'true'\n")
+    assert run_json("show", plain)["cwd"] == str(ops)
+    assert run_json("show", chosen)["cwd"] == str(ops)
+    assert run_json("show", relative)["cwd"] == str(ops / "sub")
+    assert run_json("show", piped)["cwd"] == str(ops)
+    assert run("worker", "run", "--drain").returncode == 0
+    assert run_json("show", plain)["state"] == "completed"
+    assert (ops / "where").read_text().strip() == str(ops)
+
+
+def enqueue_ok_in(run: Run, where: Path, *args: str, input: str | None = None) -> list[str]:
+    result = run("enqueue", *args, input=input, cwd=where)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_apply_resolves_a_relative_cwd_against_the_spec_file(
+    run: Run, run_json: Any, tmp_path: Path
+) -> None:
+    jobs = tmp_path / "repo" / "jobs"
+    jobs.mkdir(parents=True)
+    (jobs / "a.yaml").write_text("id: a\ncommand: 'true'\ncwd: ../scripts\n")
+    result = run("apply", str(jobs), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert run_json("show", "a")["cwd"] == str(tmp_path / "repo" / "scripts")
+
+
+# -- list and dlq list never truncate silently (SPEC section 14) -------------------------
+
+
+def test_list_says_on_stderr_when_rows_were_left_out_and_newest_comes_first(
+    run: Run, run_json: Any
+) -> None:
+    ids = enqueue_ok(run, "-", input="".join(f"- {{id: j{i}, command: x}}\n" for i in range(5)))
+    result = run("list", "--limit", "3")
+    assert [job["id"] for job in json.loads(result.stdout)] == ids[:3]
+    assert result.stderr == (
+        "showing the oldest 3 job(s); more match: raise --limit, narrow with "
+        "--state/--queue/--label, or use --newest\n"
+    )
+    newest = run("list", "--limit", "2", "--newest")
+    assert [job["id"] for job in json.loads(newest.stdout)] == ids[:-3:-1]
+    assert "showing the newest 2 job(s)" in newest.stderr
+    complete = run("list", "--limit", "5")
+    assert len(json.loads(complete.stdout)) == 5 and complete.stderr == ""
+
+
+def test_dlq_list_says_on_stderr_when_rows_were_left_out(run: Run) -> None:
+    enqueue_ok(
+        run,
+        "-",
+        input="".join(f"- {{id: d{i}, command: 'false', max_retries: 0}}\n" for i in range(3)),
+    )
+    assert run("worker", "run", "--drain").returncode == 0
+    result = run("dlq", "list", "--limit", "2", "--newest")
+    assert [job["id"] for job in json.loads(result.stdout)] == ["d2", "d1"]
+    assert result.stderr.startswith("showing the newest 2 job(s); more match")
+
+
+# -- worker run --drain ends with a summary; CI can fail on dead jobs -------------------
+
+
+@pytest.mark.parametrize("count", ["1", "2"])
+def test_drain_ends_with_a_summary_and_fail_on_dead_exits_1(run: Run, count: str) -> None:
+    enqueue_ok(run, "-", input="- {command: 'true'}\n- {command: 'exit 3', max_retries: 0}\n")
+    result = run("worker", "run", "--drain", "--count", count)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[-1] == "drained: 1 completed, 1 dead, 0 still failing"
+    enqueue_ok(run, "-", input="{command: 'exit 3', max_retries: 0}\n")
+    result = run("worker", "run", "--drain", "--count", count, "--fail-on-dead")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-2:] == [
+        "drained: 0 completed, 1 dead, 0 still failing",
+        "Error: 1 job(s) ended dead during the drain: see `queuectl dlq list`",
+    ]
+    enqueue_ok(run, "true")
+    assert run("worker", "run", "--drain", "--count", count, "--fail-on-dead").returncode == 0

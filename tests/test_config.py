@@ -115,3 +115,16 @@ def test_list_shows_effective_values(run: Run, run_json: Any) -> None:
 def test_resolve_rejects_a_bad_stored_value_by_name() -> None:
     with pytest.raises(ConfigInvalid, match="max_retries"):
         Config.resolve({"max_retries": "-3"}, environ={})
+
+
+def test_set_unknown_key_suggests_the_close_one(run: Run) -> None:
+    result = run("config", "set", "max_retry", "5")
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "Error: unknown config key 'max_retry': did you mean 'max_retries'? (keys: max_retries, "
+    )
+
+
+def test_config_list_shows_numbers_as_they_were_set(run: Run) -> None:
+    assert run("config", "set", "backoff_base", "2").returncode == 0
+    assert '"backoff_base": 2,' in run("config", "list").stdout

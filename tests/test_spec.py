@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,11 @@ def test_schema_errors_point_at_the_node_at_every_depth() -> None:
         "  priority: high\n"
     )
     assert problems_of(text) == [
-        "f.yaml:5:10: env.BAD: 3 is not of type 'string'",
+        'f.yaml:5:10: env.BAD: 3 is read by YAML as a number: quote it ("3") to make it text',
         "f.yaml:7:12: command: ['echo', 4] is not valid: use a non-empty command string, "
         "or a non-empty array of at most 4096 strings "
         "(no NUL bytes; at most 131072 characters each)",
-        "f.yaml:8:18: labels.team: 7 is not of type 'string'",
+        'f.yaml:8:18: labels.team: 7 is read by YAML as a number: quote it ("7") to make it text',
         "f.yaml:9:13: priority: 'high' is not of type 'integer'",
     ]
 
@@ -71,10 +72,10 @@ def test_duplicate_keys_and_unsupported_tags_are_rejected() -> None:
         "f.yaml:2:1: command: duplicate key: remove one of them"
     ]
     assert problems_of('{"command": "a", "command": "b"}', "f.json", is_json=True) == [
-        "f.json:1:1: command: duplicate key: remove one of them"
+        "f.json:1:18: command: duplicate key: remove one of them"
     ]
     (problem,) = problems_of("command: !!python/object:os.system echo\n")
-    assert "unsupported YAML tag" in problem
+    assert "explicit YAML tag 'tag:yaml.org,2002:python/object:os.system' is not allowed" in problem
 
 
 def test_yaml_timestamps_stay_text_and_are_checked_as_rfc3339() -> None:
@@ -159,7 +160,7 @@ def test_validate_reports_every_problem_across_files(run: Run, tmp_path: Path, h
     ] or result.stdout.splitlines() == [
         f"{jobs}/c.json:1:13: invalid JSON: Expecting value",
         f"{jobs}/sub/b.yml:3:1: priorty: unknown field: did you mean 'priority'?",
-        f"{jobs}/sub/b.yml:1:1: id: duplicate id 'same' (first declared at {jobs}/a.yaml:1): "
+        f"{jobs}/sub/b.yml:1:5: id: duplicate id 'same' (first declared at {jobs}/a.yaml:1): "
         "ids must be unique",
     ]
     assert result.stderr.strip().endswith("in 3 file(s)")
@@ -172,7 +173,7 @@ def test_validate_duplicate_ids_across_files(run: Run, tmp_path: Path) -> None:
     result = run("validate", str(a), str(b))
     assert result.returncode == 1
     assert result.stdout.strip() == (
-        f"{b}:2:1: id: duplicate id 'same' (first declared at {a}:1): ids must be unique"
+        f"{b}:2:5: id: duplicate id 'same' (first declared at {a}:1): ids must be unique"
     )
 
 
@@ -263,3 +264,138 @@ def test_a_huge_value_is_cut_short_in_the_message(tmp_path: Path) -> None:
     (problem,) = spec.validate_paths([path]).problems
     assert len(problem.message) < 300
     assert "(1 items) is not valid: use a non-empty command string" in problem.message
+
+
+# -- YAML 1.2, as editors and check-jsonschema read it (SPEC section 10) -----------------
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "value"),
+    [
+        ("priority: 010", "priority", 10),  # YAML 1.1: octal 8
+        ("priority: 0o17", "priority", 15),  # YAML 1.1: a string, rejected
+        ("priority: 0x1F", "priority", 31),
+        ("priority: -3", "priority", -3),
+        ("labels: {t: 1:30}", "labels", {"t": "1:30"}),  # YAML 1.1: sexagesimal 90
+        ("env: {DEBUG: yes}", "env", {"DEBUG": "yes"}),  # YAML 1.1: a boolean, rejected
+        ("env: {ON: '1'}", "env", {"ON": "1"}),  # YAML 1.1: the key True
+        ("queue: off", "queue", "off"),  # YAML 1.1: a boolean, rejected
+        ("labels: {when: 2030-01-01}", "labels", {"when": "2030-01-01"}),
+    ],
+)
+def test_yaml_is_read_with_the_1_2_core_schema(line: str, field: str, value: Any) -> None:
+    (loaded,) = spec.parse_specs(f"command: x\n{line}\n", "f.yaml")
+    assert getattr(loaded.spec, field) == value
+
+
+@pytest.mark.parametrize(
+    ("line", "shown"),
+    [("env: {~: v}", "~"), ("labels: {3.10: py}", "3.10"), ("env: {true: v}", "true")],
+)
+def test_mapping_keys_that_are_not_text_say_to_quote_them(line: str, shown: str) -> None:
+    kind = {"~": "null", "3.10": "a number", "true": "a boolean"}[shown]
+    column = line.index("{") + 2
+    assert problems_of(f"command: x\n{line}\n") == [
+        f'f.yaml:2:{column}: mapping key {shown} is read by YAML as {kind}: quote it ("{shown}") '
+        "to make it text"
+    ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'command: !!python/object/apply:os.system ["echo pwned"]',
+        "command: !!seq [echo, hi]",
+        "env: !!map {A: b}",
+        "env: !!omap [{A: b}]",
+        "id: !!str abc",
+    ],
+)
+def test_explicit_tags_are_rejected_on_every_node(line: str) -> None:
+    (problem,) = problems_of(f"{line}\n" if line.startswith("command") else f"command: x\n{line}\n")
+    assert "explicit YAML tag" in problem and "is not allowed: use plain values" in problem
+
+
+def test_yaml_typed_values_say_to_quote_them_as_written() -> None:
+    text = "id: 2030\ncommand: x\nenv: {PORT: 8080}\nlabels: {version: 1.10}\n"
+    assert problems_of(text) == [
+        'f.yaml:1:5: id: 2030 is read by YAML as a number: quote it ("2030") to make it text',
+        'f.yaml:3:13: env.PORT: 8080 is read by YAML as a number: quote it ("8080") '
+        "to make it text",
+        'f.yaml:4:19: labels.version: 1.10 is read by YAML as a number: quote it ("1.10") '
+        "to make it text",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("run_at", "reason"),
+    [
+        ('"2030-01-01 02:00:00Z"', "is not an RFC 3339 date-time with offset"),
+        ("2030-01-01T02:00:00+05:60", "is not an RFC 3339 date-time with offset"),
+        ("2030-01-01T02:00:00+24:00", "is not an RFC 3339 date-time with offset"),
+        ("2030-02-30T02:00:00Z", "is not a real date and time"),
+        ("0001-01-01T00:00:00+01:00", "is before 0001-01-01T00:00:00Z"),
+    ],
+)
+def test_run_at_follows_rfc3339_exactly(run_at: str, reason: str) -> None:
+    (problem,) = problems_of(f"command: x\nrun_at: {run_at}\n")
+    written = run_at.strip('"')
+    assert problem.startswith(f"f.yaml:2:9: run_at: '{written}' {reason}")
+
+
+def test_run_at_with_offset_minutes_is_accepted() -> None:
+    (loaded,) = spec.parse_specs("command: x\nrun_at: 2030-01-01T02:00:00+05:59\n", "f.yaml")
+    assert loaded.spec.run_at is not None and loaded.spec.run_at.utcoffset() is not None
+
+
+@pytest.mark.parametrize(
+    ("command", "valid"),
+    [("\u001f", True), ("\u0085", True), ("\ufeff", False), ("\u00a0 \t", False)],
+)
+def test_command_whitespace_means_what_ecma_262_means(command: str, valid: bool) -> None:
+    # JSON Schema patterns are ECMA-262: \s holds U+FEFF but not U+001F or U+0085.
+    text = json.dumps({"command": command})
+    if valid:
+        assert spec.parse_specs(text, "f.json", is_json=True)[0].spec.command == command
+    else:
+        assert problems_of(text, "f.json", is_json=True)[0].startswith("f.json:1:13: command:")
+
+
+def test_json_problems_point_at_the_offending_token() -> None:
+    text = '[\n  {"id": "a", "command": "x"},\n  {"id": "a", "command": "y"}\n]'
+    assert problems_of(text, "f.json", is_json=True) == [
+        "f.json:3:10: id: duplicate id 'a' (first declared at f.json:2): ids must be unique"
+    ]
+    text = '{"command": "x",\n "env": {"A": "1", "A": "2"}}'
+    assert problems_of(text, "f.json", is_json=True) == [
+        "f.json:2:20: env.A: duplicate key: remove one of them"
+    ]
+    text = '{"command": "x",\n "priority": ' + "1" * 45 + "}"
+    assert problems_of(text, "f.json", is_json=True) == [
+        "f.json:2:14: number longer than 40 characters: not a job field"
+    ]
+
+
+def test_a_file_holding_only_a_document_marker_is_empty_at_line_1(run: Run, tmp_path: Path) -> None:
+    path = write(tmp_path / "marker.yaml", "---\n")
+    result = run("validate", str(path))
+    assert result.returncode == 1
+    assert result.stdout == f"{path}:1:1: no job found: the input is empty\n"
+
+
+def test_an_empty_list_is_valid_alone_and_beside_another_file(run: Run, tmp_path: Path) -> None:
+    empty = write(tmp_path / "empty.yaml", "[]\n")
+    other = write(tmp_path / "other.yaml", "command: x\n")
+    for paths in ([empty], [empty, other]):
+        result = run("validate", *map(str, paths))
+        assert result.returncode == 0, result.stderr
+    assert run("validate", str(empty)).stderr == "ok: 0 job(s) in 1 file(s)\n"
+
+
+def test_github_format_leaves_out_the_position_of_file_level_problems(
+    run: Run, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    result = run("validate", "--format", "github", str(fifo))
+    assert result.stdout == f"::error file={fifo}::not a regular file\n"

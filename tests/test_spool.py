@@ -360,3 +360,14 @@ def test_worker_run_with_a_spool_watcher_in_the_same_supervisor(
     assert supervisor.returncode == 0, stderr
     assert "ingested job.yaml" in stderr
     assert run("worker", "run", "--spool", str(spool_dir), "--drain").returncode == 2
+
+
+def test_a_relative_cwd_in_the_spool_is_rejected(spool_dir: Path, sqlite_store: Store) -> None:
+    drop(spool_dir, "a.yaml", "command: 'true'\ncwd: scripts\n")
+    with Spool(spool_dir, sqlite_store) as spool:
+        (handled,) = spool.scan_once()
+    assert not handled.ingested
+    assert handled.reason == (
+        "a.yaml:2:6: cwd: 'scripts' is a relative path: a spool file has no directory to "
+        "resolve it against; use an absolute path"
+    )

@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
@@ -432,10 +433,10 @@ def test_an_unexpected_error_in_one_file_rejects_only_that_file(
 ) -> None:
     validate = spec.validate_documents
 
-    def validator_with_a_bug(docs: list[spec.Document], *, source: str) -> object:
+    def validator_with_a_bug(docs: list[spec.Document], *, source: str, **kw: Any) -> object:
         if source == "buggy.yaml":
             raise RuntimeError("a bug the parser did not expect")
-        return validate(docs, source=source)
+        return validate(docs, source=source, **kw)
 
     monkeypatch.setattr(spec, "validate_documents", validator_with_a_bug)
     drop(spool_dir, "buggy.yaml", "command: echo a\n")

@@ -292,3 +292,12 @@ def test_the_counts_migration_counts_existing_jobs(db_path: Path) -> None:
     store = open_store(f"sqlite:///{db_path}")
     assert store.count_by_state()[JobState.PENDING] == 5
     store.close()
+
+
+def test_list_jobs_oldest_or_newest_first(store: Store, clock: FakeClock) -> None:
+    store.insert_jobs([new_job("old", clock)], clock())
+    clock.advance(1)
+    store.insert_jobs([new_job("b-new", clock), new_job("a-new", clock)], clock())
+    assert [j.id for j in store.list_jobs()] == ["old", "a-new", "b-new"]
+    assert [j.id for j in store.list_jobs(newest=True)] == ["b-new", "a-new", "old"]
+    assert [j.id for j in store.list_jobs(newest=True, limit=1)] == ["b-new"]

@@ -109,8 +109,9 @@ class Store(Protocol):
         labels: Mapping[str, str] | None = None,
         origin: Origin | None = None,
         limit: int | None = None,
+        newest: bool = False,
     ) -> list[Job]:
-        """Jobs oldest first (created_at, then id)."""
+        """Jobs oldest first (created_at, then id), or newest first."""
         ...
 
     def count_by_state(self) -> dict[JobState, int]: ...

@@ -117,6 +117,17 @@ class Dialect(Protocol):
 #   {stopping}     the partial index of canceled jobs still stopping
 
 
+_LIST_JOBS = """
+SELECT * FROM jobs
+ WHERE (:state{{text}} IS NULL OR state = :state)
+   AND (:queue{{text}} IS NULL OR queue = :queue)
+   AND (:origin{{text}} IS NULL OR origin = :origin)
+   AND {{labels_match}}
+ ORDER BY {order}
+ LIMIT coalesce(:limit{{int}}, 9223372036854775807)
+"""
+
+
 @dataclass(frozen=True)
 class Statements:
     """Every statement of the store. Defaults are the templates; `render` fills them in."""
@@ -159,15 +170,9 @@ VALUES (:claim_id, :name, :content_hash, :job_ids, :now)
     forget_spool_files: str = "DELETE FROM spool_files WHERE ingested_at < :before"
     get_job: str = "SELECT * FROM jobs WHERE id = :id"
     get_jobs: str = "SELECT * FROM jobs WHERE id IN ({each}(:ids{json}))"
-    list_jobs: str = """
-SELECT * FROM jobs
- WHERE (:state{text} IS NULL OR state = :state)
-   AND (:queue{text} IS NULL OR queue = :queue)
-   AND (:origin{text} IS NULL OR origin = :origin)
-   AND {labels_match}
- ORDER BY created_at, id
- LIMIT coalesce(:limit{int}, 9223372036854775807)
-"""
+    list_jobs: str = _LIST_JOBS.format(order="created_at, id")
+    # A second statement, not a CASE in ORDER BY, so that both directions read the index.
+    list_jobs_newest: str = _LIST_JOBS.format(order="created_at DESC, id DESC")
     # Counters kept by triggers (migrations 0004 and 0006): never a scan of the jobs.
     count_by_state: str = "SELECT state, sum(n) AS n FROM job_counts GROUP BY state"
     fold_counts: str = "{fold_counts}"  # empty where the counters need no folding
@@ -541,6 +546,7 @@ class SqlStore:
         labels: Mapping[str, str] | None = None,
         origin: Origin | None = None,
         limit: int | None = None,
+        newest: bool = False,
     ) -> list[Job]:
         params = {
             "state": state.value if state else None,
@@ -549,7 +555,8 @@ class SqlStore:
             "labels": self.d.json(dict(labels or {})),
             "limit": limit,
         }
-        rows = self.d.read(lambda conn: conn.execute(self.sql.list_jobs, params).fetchall())
+        statement = self.sql.list_jobs_newest if newest else self.sql.list_jobs
+        rows = self.d.read(lambda conn: conn.execute(statement, params).fetchall())
         return [self._job(row) for row in rows]
 
     def count_by_state(self) -> dict[JobState, int]:
