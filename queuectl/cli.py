@@ -716,7 +716,7 @@ def worker_run_cmd(
     """
     from .workers import bind_to_supervisor
 
-    bind_to_supervisor()  # a supervisor's child stops when its supervisor dies
+    supervised = bind_to_supervisor()  # a supervisor's child stops when its supervisor dies
     if fail_on_dead and not drain:
         raise click.UsageError("--fail-on-dead needs --drain: a worker that never ends cannot fail")
     if spool_dir is not None and drain:
@@ -764,7 +764,8 @@ def worker_run_cmd(
         else:
             runner.stop()
 
-    before = app.queue().drain_counts() if drain else None
+    # The supervisor of `--count N` sums up the drain once, for all its children.
+    before = app.queue().drain_counts() if drain and not supervised else None
     with _signals(on_signal):
         runner.run(drain=drain)
     if before is not None:

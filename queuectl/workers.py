@@ -62,22 +62,24 @@ def worker_environment(url: str) -> dict[str, str]:
     return env
 
 
-def bind_to_supervisor() -> None:
+def bind_to_supervisor() -> bool:
     """In a child of a Supervisor, get SIGTERM (a graceful stop) when the supervisor dies,
     so a SIGKILLed supervisor leaves no orphans behind, nor a restarted one duplicates (#14).
+    True in such a child.
 
     Does nothing in a process no Supervisor started. Removes the marker from the
     environment, so jobs (and workers they start) never inherit it.
     """
     raw = os.environ.pop(SUPERVISOR_PID_ENV, None)
     if raw is None or not raw.isdigit():
-        return
+        return False
     supervisor = int(raw)
     if not _parent_death_signal(signal.SIGTERM):
         threading.Thread(target=_watch_parent, args=(supervisor,), daemon=True).start()
     # The supervisor may have died before prctl took effect: we were re-parented already.
     if os.getppid() != supervisor:
         os.kill(os.getpid(), signal.SIGTERM)
+    return True
 
 
 def _parent_death_signal(sig: int) -> bool:
