@@ -447,6 +447,20 @@ def cancel_cmd(app: App, job_id: str, kill: bool) -> None:
     click.echo(f"canceled {job.id}")
 
 
+def warn_unserved(jobs: Sequence[Job]) -> None:
+    """One stderr line per queue: these jobs wait for a worker that does not exist."""
+    by_queue: dict[str, list[str]] = {}
+    for job in jobs:
+        by_queue.setdefault(job.queue, []).append(job.id)
+    for name, ids in by_queue.items():
+        only = "" if name == "default" else f" --queue {name}"
+        click.echo(
+            f"warning: job {first_few(ids, 3)} waits on queue {name!r}, which no live worker "
+            f"serves: start one with `queuectl worker start{only}` (or `worker run{only}`)",
+            err=True,
+        )
+
+
 @cli.command(name="wait")
 @click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
 @click.option(
@@ -473,7 +487,7 @@ def wait_cmd(app: App, job_ids: tuple[str, ...], timeout: int | None, fmt: str) 
         if not job_ids:
             raise UsageProblem("wait -: no job ids on stdin: pipe in the output of `enqueue`")
     timeout_s = None if timeout is None else timeout / 1000
-    jobs = app.queue().wait(job_ids, timeout_s=timeout_s)
+    jobs = app.queue().wait(job_ids, timeout_s=timeout_s, on_unserved=warn_unserved)
     emit_jobs(jobs, fmt)
     unfinished = [f"{job.id} ({job.state})" for job in jobs if job.state != JobState.COMPLETED]
     if unfinished:
@@ -499,7 +513,7 @@ def logs_cmd(app: App, job_id: str, follow: bool) -> None:
     """
     queue = app.queue()
     if follow:
-        for chunk in queue.follow_output(job_id):
+        for chunk in queue.follow_output(job_id, on_unserved=warn_unserved):
             click.echo(chunk, nl=False)
         return
     output = queue.output(job_id)

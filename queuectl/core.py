@@ -152,14 +152,34 @@ class Queue:
         )
         return jobs[:limit], len(jobs) > limit
 
-    def wait(self, job_ids: Sequence[str], *, timeout_s: float | None = None) -> list[Job]:
+    def unserved(self, jobs: Iterable[Job]) -> list[Job]:
+        """The jobs waiting to run (pending, or failed and due for a retry) on a queue that no
+        live worker serves: nothing will ever run them until a worker starts."""
+        waiting = [job for job in jobs if job.state in (JobState.PENDING, JobState.FAILED)]
+        if not waiting:
+            return []
+        workers = self.live_workers()
+        if any(not worker.queues for worker in workers):  # a worker serving every queue
+            return []
+        served = {name for worker in workers for name in worker.queues}
+        return [job for job in waiting if job.queue not in served]
+
+    def wait(
+        self,
+        job_ids: Sequence[str],
+        *,
+        timeout_s: float | None = None,
+        on_unserved: Callable[[list[Job]], None] | None = None,
+    ) -> list[Job]:
         """Block until every job is completed, dead or canceled; return them in the given order.
 
         Polls, starting at 50 ms and backing off to 1 s, so that a long wait costs the store
         next to nothing. Raises WaitTimedOut, naming the jobs still going, after timeout_s.
+        `on_unserved` is told, once per job, of jobs that no live worker would run.
         """
         wanted = list(dict.fromkeys(job_ids))
         ended: dict[str, Job] = {}
+        told: set[str] = set()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         interval = 0.05
         first_look = True
@@ -177,6 +197,11 @@ class Queue:
             going = [job_id for job_id in wanted if job_id not in ended]
             if not going:
                 return [ended[job_id] for job_id in wanted]
+            if on_unserved is not None:
+                untold = [found[job_id] for job_id in going if job_id not in told]
+                if lost := self.unserved(untold):
+                    told.update(job.id for job in lost)
+                    on_unserved(lost)
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimedOut(
                     f"timed out after {timeout_s:.3f}".rstrip("0").rstrip(".")
@@ -245,14 +270,26 @@ class Queue:
             return JobOutput([job.output_tail], "store")
         return JobOutput([], "none")
 
-    def follow_output(self, job_id: str, *, poll_s: float = FOLLOW_POLL_S) -> Iterator[str]:
-        """The log file's content as it grows, until the job reaches an end state."""
+    def follow_output(
+        self,
+        job_id: str,
+        *,
+        poll_s: float = FOLLOW_POLL_S,
+        on_unserved: Callable[[list[Job]], None] | None = None,
+    ) -> Iterator[str]:
+        """The log file's content as it grows, until the job reaches an end state.
+
+        `on_unserved` is told once if the job waits on a queue no live worker serves."""
         path = job_log_path(job_id)
         log: BinaryIO | None = None
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
             while True:
-                done = self.get(job_id).ended  # read before the file: no lost tail
+                job = self.get(job_id)
+                done = job.ended  # read before the file: no lost tail
+                if on_unserved is not None and (lost := self.unserved([job])):
+                    on_unserved(lost)
+                    on_unserved = None  # said once
                 log = log or open_log(path)
                 while log is not None and (chunk := log.read(LOG_CHUNK_BYTES)):
                     yield decoder.decode(chunk)

@@ -621,3 +621,43 @@ def test_drain_ends_with_a_summary_and_fail_on_dead_exits_1(run: Run, count: str
     ]
     enqueue_ok(run, "true")
     assert run("worker", "run", "--drain", "--count", count, "--fail-on-dead").returncode == 0
+
+
+# -- waiting on a job nobody will run says so (issue 15) --------------------------------
+
+UNSERVED = (
+    "warning: job {id} waits on queue 'ci', which no live worker serves: "
+    "start one with `queuectl worker start --queue ci` (or `worker run --queue ci`)"
+)
+
+
+def test_wait_on_a_queue_no_worker_serves_says_so_once(run: Run) -> None:
+    (job_id,) = enqueue_ok(run, "true", "--queue", "ci")
+    result = run("wait", job_id, "--timeout", "1s")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        UNSERVED.format(id=job_id),
+        f"Error: timed out after 1 s with 1 job(s) not ended: {job_id}; raise --timeout, "
+        "or check the workers with `queuectl status`",
+    ]
+
+
+def test_logs_follow_on_a_queue_no_worker_serves_says_so_once(run: Run, tmp_path: Path) -> None:
+    import subprocess
+
+    from .conftest import QUEUECTL, wait_for
+
+    (job_id,) = enqueue_ok(run, "echo done", "--queue", "ci")
+    err = tmp_path / "stderr"
+    with err.open("wb") as sink:
+        follower = subprocess.Popen([QUEUECTL, "logs", job_id, "--follow"], stderr=sink)
+    try:
+        wait_for(lambda: err.read_text(), what="the warning")
+        assert follower.poll() is None  # still following
+        # a worker for the queue makes the job run, and the follower end
+        assert run("worker", "run", "--drain", "--queue", "ci").returncode == 0
+        assert follower.wait(timeout=30) == 0
+    finally:
+        follower.kill()
+        follower.wait()
+    assert err.read_text().splitlines() == [UNSERVED.format(id=job_id)]

@@ -136,3 +136,33 @@ def test_dead_local_worker_is_recovered_without_waiting_for_its_lease(
     assert runner.recover_lost_jobs() == 1
     job = queue.get("orphan")
     assert (job.state, job.last_error) == (JobState.DEAD, "worker lost (process died)")
+
+
+def test_unserved_names_jobs_whose_queue_no_live_worker_serves(
+    queue: Queue, store: Store, clock: FakeClock
+) -> None:
+    from queuectl.models import WorkerInfo, new_worker_id
+
+    (job,) = queue.enqueue([JobSpec(command="true", queue="ci")])
+    waiting = [queue.get(job.id)]
+    assert [j.id for j in queue.unserved(waiting)] == [job.id]  # no worker at all
+
+    def register(*queues: str) -> None:
+        now = clock()
+        store.register_worker(
+            WorkerInfo(
+                new_worker_id(),
+                os.getpid(),
+                "here",
+                now,
+                now,
+                now + timedelta(minutes=1),
+                None,
+                queues,
+            )
+        )
+
+    register("other")
+    assert [j.id for j in queue.unserved(waiting)] == [job.id]
+    register("ci")
+    assert queue.unserved(waiting) == []
