@@ -754,6 +754,8 @@ def worker_run_cmd(
             spool=spool_dir.absolute() if spool_dir else None,
         )
         before = queue.drain_counts() if drain else None
+        if drain:
+            _warn_empty_queues(queue, queues)
         with _signals(lambda signum: supervisor.forward(signum)):
             code = supervisor.run()
         if before is not None and code == 0:
@@ -779,10 +781,29 @@ def worker_run_cmd(
             runner.stop()
 
     before = app.queue().drain_counts() if drain else None
+    if drain:
+        _warn_empty_queues(app.queue(), queues)
     with _signals(on_signal):
         runner.run(drain=drain)
     if before is not None:
         _drain_summary(app.queue(), before, fail_on_dead=fail_on_dead)
+
+
+def _warn_empty_queues(queue: Queue, queues: Sequence[str]) -> None:
+    """A drain of a queue no job was ever on is most likely a typo (`--queue cii`): say so."""
+    import difflib
+
+    if not queues:  # serving every queue
+        return
+    empty, known = queue.queues_without_jobs(queues)
+    for name in empty:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        click.echo(
+            f"warning: no job in this store is on queue {name!r}{hint}; queues with jobs: "
+            f"{', '.join(known) or 'none'}",
+            err=True,
+        )
 
 
 def _drain_summary(queue: Queue, before: DrainCounts, *, fail_on_dead: bool) -> None:

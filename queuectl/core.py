@@ -242,6 +242,11 @@ class Queue:
             "store": redact_url(self.store.url),
         }
 
+    def queues_without_jobs(self, names: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Of `names`, the queues no job in the store is on; and every queue that has jobs."""
+        known = self.store.queue_names()
+        return [name for name in names if name not in known], known
+
     def drain_counts(self) -> DrainCounts:
         counts = self.store.count_by_state()
         return DrainCounts(

@@ -661,3 +661,15 @@ def test_logs_follow_on_a_queue_no_worker_serves_says_so_once(run: Run, tmp_path
         follower.kill()
         follower.wait()
     assert err.read_text().splitlines() == [UNSERVED.format(id=job_id)]
+
+
+def test_drain_of_a_queue_no_job_is_on_warns_with_the_queues_there_are(run: Run) -> None:
+    enqueue_ok(run, "true", "--queue", "ci")
+    result = run("worker", "run", "--drain", "--queue", "cii")
+    assert result.returncode == 0
+    assert result.stderr.splitlines()[0] == (
+        "warning: no job in this store is on queue 'cii' (did you mean 'ci'?); queues with jobs: ci"
+    )
+    result = run("worker", "run", "--drain", "--queue", "ci")
+    assert result.returncode == 0
+    assert "warning" not in result.stderr
