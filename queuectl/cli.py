@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import click
 
 from . import __version__, spec
+from . import config as config_mod
 from .core import DrainCounts, Queue
 from .errors import Problem, QueuectlError, SpecInvalid, UsageProblem, first_few
 from .models import Job, JobState
@@ -267,6 +268,9 @@ def cli(ctx: click.Context, db: str | None) -> None:
         queuectl worker run --drain
         queuectl status --format table
     """
+    if "QUEUECTL_SUPERVISOR_PID" not in os.environ:  # else the supervisor has warned already
+        for line in config_mod.unknown_env_warnings(os.environ):
+            click.echo(line, err=True)
     app = App(db)
     ctx.obj = app
     ctx.call_on_close(app.close)
