@@ -429,26 +429,42 @@ def status_cmd(app: App, fmt: str) -> None:
 
 
 @cli.command(name="cancel")
-@click.argument("job_id", metavar="ID")
+@click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
 @click.option(
     "--kill", is_flag=True, help="Also cancel a running job: its worker stops it and moves on."
 )
 @pass_app
-def cancel_cmd(app: App, job_id: str, kill: bool) -> None:
-    """Cancel a pending or failed job; with --kill, a running one too.
+def cancel_cmd(app: App, job_ids: tuple[str, ...], kill: bool) -> None:
+    """Cancel pending or failed jobs; with --kill, running ones too.
 
-    A running job canceled with --kill is canceled at once and gets SIGTERM: from here
-    when its worker is on this host, else from its worker within lease_ms / 3. Its
-    worker SIGKILLs whatever is left of it 3 s later, records nothing for that attempt
-    and moves on; until then `wait` and `apply --replace` treat it as still running.
+    Each id is canceled on its own: `canceled ID` on stdout for each one that was,
+    an `Error:` line on stderr for each one that could not be, and exit 1 if any
+    could not. A running job canceled with --kill is canceled at once and gets
+    SIGTERM: from here when its worker is on this host, else from its worker within
+    lease_ms / 3. Its worker SIGKILLs whatever is left of it 3 s later, records
+    nothing for that attempt and moves on; until then `wait` and `apply --replace`
+    treat it as still running.
 
     \b
     Example:
         queuectl cancel nightly-backup
-        queuectl cancel --kill runaway-job
+        queuectl cancel --kill runaway-job other-job
     """
-    job = app.queue().cancel(job_id, kill=kill)
-    click.echo(f"canceled {job.id}")
+    queue = app.queue()
+    ids = list(dict.fromkeys(job_ids))
+    failed = 0
+    for job_id in ids:
+        try:
+            job = queue.cancel(job_id, kill=kill)
+        except QueuectlError as exc:
+            if len(ids) == 1:  # the error alone says it all
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            failed += 1
+        else:
+            click.echo(f"canceled {job.id}")
+    if failed:
+        raise click.ClickException(f"{failed} of {len(ids)} job(s) not canceled")
 
 
 def warn_unserved(jobs: Sequence[Job]) -> None:

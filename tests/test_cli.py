@@ -673,3 +673,23 @@ def test_drain_of_a_queue_no_job_is_on_warns_with_the_queues_there_are(run: Run)
     result = run("worker", "run", "--drain", "--queue", "ci")
     assert result.returncode == 0
     assert "warning" not in result.stderr
+
+
+def test_cancel_several_ids_reports_each_and_exits_1_if_any_failed(run: Run, run_json: Any) -> None:
+    enqueue_ok(run, "true", "--id", "a")
+    enqueue_ok(run, "true", "--id", "b")
+    assert run("cancel", "b").returncode == 0
+    result = run("cancel", "a", "ghost", "b", "a")
+    assert result.returncode == 1
+    assert result.stdout == "canceled a\n"
+    assert result.stderr.splitlines() == [
+        "Error: job 'ghost' not found: check the id with `queuectl list`",
+        "Error: job 'b' is canceled: only pending, failed or (with --kill) processing jobs "
+        "can be canceled",
+        "Error: 2 of 3 job(s) not canceled",
+    ]
+    assert run_json("show", "a")["state"] == "canceled"
+    enqueue_ok(run, "true", "--id", "c")
+    enqueue_ok(run, "true", "--id", "d")
+    result = run("cancel", "c", "d")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "canceled c\ncanceled d\n", "")
