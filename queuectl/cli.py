@@ -136,7 +136,7 @@ class KeyValue(_ParamType):
 
 
 class Duration(_ParamType):
-    """30s, 5m, 2h, 1d, 250ms, or plain seconds; converted to milliseconds."""
+    """30s, 5m, 1m30s, 1h30m, 1d, 250ms, or plain seconds; converted to milliseconds."""
 
     name = "DURATION"
     MAX_MS = 3650 * 86_400_000
@@ -146,16 +146,24 @@ class Duration(_ParamType):
         "m": 60_000,
         "h": 3_600_000,
         "d": 86_400_000,
-        "": 1000,
     }
+    PART = r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, int):
             return value
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|)\s*", str(value))
-        if not match:
-            self.fail(f"{value!r} is not a duration: use e.g. 30s, 5m, 2h, 1d or 250ms", param, ctx)
-        ms = int(float(match[1]) * self.UNITS[match[2]])
+        text = str(value)
+        if re.fullmatch(r"\s*\d+(?:\.\d+)?\s*", text):  # plain seconds
+            ms = int(float(text) * 1000)
+        elif re.fullmatch(rf"\s*(?:{self.PART}\s*)+", text):  # compound: 1h30m, 1m30s
+            parts = re.findall(self.PART, text)
+            ms = int(sum(float(n) * self.UNITS[unit] for n, unit in parts))
+        else:
+            self.fail(
+                f"{value!r} is not a duration: use e.g. 30s, 5m, 1m30s, 2h, 1d or 250ms",
+                param,
+                ctx,
+            )
         if ms > self.MAX_MS:
             hint = ": use --run-at for a far date" if param and param.name == "delay" else ""
             self.fail(f"{value!r} is more than 3650 days{hint}", param, ctx)
@@ -283,7 +291,7 @@ def cli(ctx: click.Context, db: str | None) -> None:
     "--priority", type=click.IntRange(-INT32, INT32 - 1), help="Higher runs first (default 0)."
 )
 @click.option("--run-at", type=DateTime(), help="Not before this RFC 3339 instant.")
-@click.option("--delay", type=Duration(), help="Not before this long from now: 30s, 5m, 2h.")
+@click.option("--delay", type=Duration(), help="Not before this long from now: 30s, 5m, 1h30m.")
 @click.option(
     "--max-retries", type=click.IntRange(0, INT32 - 1), help="Retries after the first run."
 )
@@ -484,7 +492,7 @@ def warn_unserved(jobs: Sequence[Job]) -> None:
 @cli.command(name="wait")
 @click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
 @click.option(
-    "--timeout", type=Duration(), help="Give up after this long: 30s, 5m, 2h (default: never)."
+    "--timeout", type=Duration(), help="Give up after this long: 30s, 5m, 1m30s (default: never)."
 )
 @format_option
 @pass_app

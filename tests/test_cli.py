@@ -96,8 +96,9 @@ def test_enqueue_options_override_the_spec(run: Run, run_json: Any) -> None:
     assert job["labels"] == {"k": "v=w"}
 
 
-def test_enqueue_delay_sets_available_at_in_the_future(run: Run, run_json: Any) -> None:
-    (job_id,) = enqueue_ok(run, "true", "--delay", "90s")
+@pytest.mark.parametrize("delay", ["90s", "1m30s", "1m 30s", "1.5m"])
+def test_enqueue_delay_sets_available_at_in_the_future(run: Run, run_json: Any, delay: str) -> None:
+    (job_id,) = enqueue_ok(run, "true", "--delay", delay)
     job = run_json("show", job_id)
     assert job["run_at"] is None
     from datetime import datetime
@@ -236,8 +237,8 @@ BAD_INPUT = [
         ["x", "--delay", "soon"],
         None,
         2,
-        "Error: Invalid value for '--delay': 'soon' is not a duration: use e.g. 30s, 5m, 2h, 1d "
-        "or 250ms (see 'queuectl enqueue --help')",
+        "Error: Invalid value for '--delay': 'soon' is not a duration: use e.g. 30s, 5m, 1m30s, "
+        "2h, 1d or 250ms (see 'queuectl enqueue --help')",
     ),
     (
         ["x", "--run-at", "2030-01-01T00:00:00Z", "--delay", "1s"],
@@ -693,3 +694,38 @@ def test_cancel_several_ids_reports_each_and_exits_1_if_any_failed(run: Run, run
     enqueue_ok(run, "true", "--id", "d")
     result = run("cancel", "c", "d")
     assert (result.returncode, result.stdout, result.stderr) == (0, "canceled c\ncanceled d\n", "")
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("30", 30_000),
+        ("250ms", 250),
+        ("1m30s", 90_000),
+        ("1h30m", 5_400_000),
+        ("1d2h", 93_600_000),
+        ("2m 500ms", 120_500),
+    ],
+)
+def test_durations_accept_compound_forms(text: str, ms: int) -> None:
+    from queuectl.cli import Duration
+
+    assert Duration().convert(text, None, None) == ms
+
+
+@pytest.mark.parametrize("text", ["1m30", "m30s", "1x", "1m-30s", ""])
+def test_durations_refuse_what_is_not_one(text: str) -> None:
+    import click
+
+    from queuectl.cli import Duration
+
+    with pytest.raises(click.BadParameter, match="is not a duration"):
+        Duration().convert(text, None, None)
+
+
+def test_wait_timeout_takes_a_compound_duration(run: Run) -> None:
+    (job_id,) = enqueue_ok(run, "true")
+    assert run("cancel", job_id).returncode == 0
+    result = run("wait", job_id, "--timeout", "1m30s")
+    assert result.returncode == 1  # ended, but canceled: not a usage error
+    assert result.stderr.startswith("Error: 1 of 1 job(s) did not complete")
