@@ -729,3 +729,9 @@ def test_wait_timeout_takes_a_compound_duration(run: Run) -> None:
     result = run("wait", job_id, "--timeout", "1m30s")
     assert result.returncode == 1  # ended, but canceled: not a usage error
     assert result.stderr.startswith("Error: 1 of 1 job(s) did not complete")
+
+
+def test_a_too_long_id_is_counted_as_written(run: Run) -> None:
+    result = run("enqueue", "true", "--id", "a" * 130)
+    assert result.returncode == 1
+    assert "… (130 characters) is not valid: use letters" in result.stderr
