@@ -549,7 +549,14 @@ def logs_cmd(app: App, job_id: str, follow: bool) -> None:
         click.echo(f"job {job_id} has no output yet", err=True)
     elif output.origin == "store":
         click.echo(
-            "(the last 4 KiB kept in the store; the full log is on the worker's host)", err=True
+            f"(the last 4 KiB kept in the store; the full log is on {output.host}, "
+            "the host that ran the job)",
+            err=True,
+        )
+    elif output.origin == "gone":
+        click.echo(
+            f"(the log file {output.path} is gone; here are the last 4 KiB kept in the store)",
+            err=True,
         )
     for chunk in output.chunks:
         click.echo(chunk, nl=False)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from . import config as config_mod
@@ -41,10 +42,14 @@ class Enqueued:
 @dataclass(frozen=True)
 class JobOutput:
     """A job's output: the full local log file, or the tail kept in the store, as chunks
-    (a log can be far larger than memory)."""
+    (a log can be far larger than memory). The tail comes from the store either because
+    the job ran on another host (`store`, `host` names it) or because the log file that
+    should be here is gone (`gone`, deleted by hand or with its home)."""
 
     chunks: Iterable[str]
-    origin: Literal["file", "store", "none"]
+    origin: Literal["file", "store", "gone", "none"]
+    path: Path | None = None
+    host: str | None = None
 
     @property
     def text(self) -> str:
@@ -268,12 +273,21 @@ class Queue:
     def output(self, job_id: str) -> JobOutput:
         """The job's output: the local log file if this machine has it, else the stored tail."""
         job = self.get(job_id)
-        log = open_log(job_log_path(job_id))
+        path = job_log_path(job_id)
+        log = open_log(path)
         if log is not None:
-            return JobOutput(_decoded(log), "file")
+            return JobOutput(_decoded(log), "file", path)
         if job.output_tail:
-            return JobOutput([job.output_tail], "store")
-        return JobOutput([], "none")
+            import socket
+
+            host = worker_host_pid(job.worker_id)[0] if job.worker_id else None
+            # SQLite: every worker writes its logs beside the one database (hosts sharing it
+            # share a volume), so a missing file was deleted, wherever the job ran.
+            elsewhere = host not in (None, socket.gethostname()) and not self.store.url.startswith(
+                "sqlite"
+            )
+            return JobOutput([job.output_tail], "store" if elsewhere else "gone", path, host)
+        return JobOutput([], "none", path)
 
     def follow_output(
         self,

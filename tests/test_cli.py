@@ -735,3 +735,16 @@ def test_a_too_long_id_is_counted_as_written(run: Run) -> None:
     result = run("enqueue", "true", "--id", "a" * 130)
     assert result.returncode == 1
     assert "… (130 characters) is not valid: use letters" in result.stderr
+
+
+def test_logs_says_the_log_file_is_gone_when_it_was_deleted(run: Run, home: Path) -> None:
+    (job_id,) = enqueue_ok(run, "echo kept in the store")
+    assert run("worker", "run", "--drain").returncode == 0
+    log = home / "logs" / f"job-{job_id}.log"
+    log.unlink()
+    result = run("logs", job_id)
+    assert result.returncode == 0
+    assert result.stderr == (
+        f"(the log file {log} is gone; here are the last 4 KiB kept in the store)\n"
+    )
+    assert "kept in the store\n" in result.stdout
