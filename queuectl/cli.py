@@ -216,26 +216,28 @@ def format_option(func: F) -> F:
     )(func)
 
 
-def emit(data: Any, fmt: str, columns: Sequence[str] = ()) -> None:
-    """Print data as JSON, or as an aligned table of `columns` (list of dicts) / key-value rows."""
+def emit(data: Any, fmt: str, columns: Sequence[str] = (), *, cut: bool = True) -> None:
+    """Print data as JSON, or as an aligned table of `columns` (list of dicts) / key-value rows.
+
+    With cut, long cells (commands, errors) are shortened to keep rows on one line."""
     if fmt == "json":
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
     rows = data if isinstance(data, list) else [{"key": k, "value": v} for k, v in data.items()]
     columns = columns or ["key", "value"]
-    table = [[_cell(row.get(c)) for c in columns] for row in rows]
+    table = [[_cell(row.get(c), 60 if cut else None) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(columns)]
     click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for r in table:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
-def _cell(value: Any, width: int = 60) -> str:
+def _cell(value: Any, width: int | None) -> str:
     if value is None:
         return "-"
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     text = text.replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
 
 
 JOB_COLUMNS = (
@@ -1044,7 +1046,10 @@ def apply_cmd(
         raise click.ClickException(
             f"nothing applied: fix the {len(exc.problems)} problem(s) above"
         ) from exc
-    emit([e.to_dict() for e in result.entries], fmt, ("id", "action", "source", "reason"))
+    # Nothing cut: a plan's reason and source are what a person reads the table for.
+    emit(
+        [e.to_dict() for e in result.entries], fmt, ("id", "action", "source", "reason"), cut=False
+    )
     counts = {
         a: sum(e.action == a for e in result.entries)
         for a in ("create", "update", "replace", "prune", "unchanged", "conflict")
