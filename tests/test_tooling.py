@@ -1,4 +1,4 @@
-"""The pre-commit hook's default `files:` takes job specs, not every YAML/JSON file."""
+"""What other tools read: the pre-commit hook's default `files:`, the editor modelines."""
 
 from __future__ import annotations
 
@@ -55,3 +55,16 @@ def test_every_example_spec_matches_the_default_pattern() -> None:
     assert specs
     for spec in specs:
         assert hook_pattern().search(spec.relative_to(ROOT).as_posix()), spec
+
+
+MODELINE = "# yaml-language-server: $schema=../../schemas/job-file.schema.json"
+
+
+def test_every_document_of_the_example_files_carries_the_editor_modeline() -> None:
+    # yaml-language-server reads the modeline per document: one at the top covers only
+    # the first document of a file (issue 15).
+    for spec in (ROOT / "examples" / "jobs").glob("*.yaml"):
+        documents = re.split(r"^---\s*$", spec.read_text(), flags=re.MULTILINE)
+        for number, document in enumerate(documents, 1):
+            comments = [line for line in document.strip().splitlines() if line.startswith("#")]
+            assert MODELINE in comments, f"{spec.name}: document {number}"
