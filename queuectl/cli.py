@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import click
 
 from . import __version__, spec
+from . import config as config_mod
 from .core import DrainCounts, Queue
 from .errors import Problem, QueuectlError, SpecInvalid, UsageProblem, first_few
 from .models import Job, JobState
@@ -135,7 +136,7 @@ class KeyValue(_ParamType):
 
 
 class Duration(_ParamType):
-    """30s, 5m, 2h, 1d, 250ms, or plain seconds; converted to milliseconds."""
+    """30s, 5m, 1m30s, 1h30m, 1d, 250ms, or plain seconds; converted to milliseconds."""
 
     name = "DURATION"
     MAX_MS = 3650 * 86_400_000
@@ -145,16 +146,24 @@ class Duration(_ParamType):
         "m": 60_000,
         "h": 3_600_000,
         "d": 86_400_000,
-        "": 1000,
     }
+    PART = r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, int):
             return value
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|)\s*", str(value))
-        if not match:
-            self.fail(f"{value!r} is not a duration: use e.g. 30s, 5m, 2h, 1d or 250ms", param, ctx)
-        ms = int(float(match[1]) * self.UNITS[match[2]])
+        text = str(value)
+        if re.fullmatch(r"\s*\d+(?:\.\d+)?\s*", text):  # plain seconds
+            ms = int(float(text) * 1000)
+        elif re.fullmatch(rf"\s*(?:{self.PART}\s*)+", text):  # compound: 1h30m, 1m30s
+            parts = re.findall(self.PART, text)
+            ms = int(sum(float(n) * self.UNITS[unit] for n, unit in parts))
+        else:
+            self.fail(
+                f"{value!r} is not a duration: use e.g. 30s, 5m, 1m30s, 2h, 1d or 250ms",
+                param,
+                ctx,
+            )
         if ms > self.MAX_MS:
             hint = ": use --run-at for a far date" if param and param.name == "delay" else ""
             self.fail(f"{value!r} is more than 3650 days{hint}", param, ctx)
@@ -207,26 +216,28 @@ def format_option(func: F) -> F:
     )(func)
 
 
-def emit(data: Any, fmt: str, columns: Sequence[str] = ()) -> None:
-    """Print data as JSON, or as an aligned table of `columns` (list of dicts) / key-value rows."""
+def emit(data: Any, fmt: str, columns: Sequence[str] = (), *, cut: bool = True) -> None:
+    """Print data as JSON, or as an aligned table of `columns` (list of dicts) / key-value rows.
+
+    With cut, long cells (commands, errors) are shortened to keep rows on one line."""
     if fmt == "json":
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
     rows = data if isinstance(data, list) else [{"key": k, "value": v} for k, v in data.items()]
     columns = columns or ["key", "value"]
-    table = [[_cell(row.get(c)) for c in columns] for row in rows]
+    table = [[_cell(row.get(c), 60 if cut else None) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(columns)]
     click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for r in table:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
-def _cell(value: Any, width: int = 60) -> str:
+def _cell(value: Any, width: int | None) -> str:
     if value is None:
         return "-"
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     text = text.replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
 
 
 JOB_COLUMNS = (
@@ -267,6 +278,9 @@ def cli(ctx: click.Context, db: str | None) -> None:
         queuectl worker run --drain
         queuectl status --format table
     """
+    if "QUEUECTL_SUPERVISOR_PID" not in os.environ:  # else the supervisor has warned already
+        for line in config_mod.unknown_env_warnings(os.environ):
+            click.echo(line, err=True)
     app = App(db)
     ctx.obj = app
     ctx.call_on_close(app.close)
@@ -279,7 +293,7 @@ def cli(ctx: click.Context, db: str | None) -> None:
     "--priority", type=click.IntRange(-INT32, INT32 - 1), help="Higher runs first (default 0)."
 )
 @click.option("--run-at", type=DateTime(), help="Not before this RFC 3339 instant.")
-@click.option("--delay", type=Duration(), help="Not before this long from now: 30s, 5m, 2h.")
+@click.option("--delay", type=Duration(), help="Not before this long from now: 30s, 5m, 1h30m.")
 @click.option(
     "--max-retries", type=click.IntRange(0, INT32 - 1), help="Retries after the first run."
 )
@@ -425,32 +439,62 @@ def status_cmd(app: App, fmt: str) -> None:
 
 
 @cli.command(name="cancel")
-@click.argument("job_id", metavar="ID")
+@click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
 @click.option(
     "--kill", is_flag=True, help="Also cancel a running job: its worker stops it and moves on."
 )
 @pass_app
-def cancel_cmd(app: App, job_id: str, kill: bool) -> None:
-    """Cancel a pending or failed job; with --kill, a running one too.
+def cancel_cmd(app: App, job_ids: tuple[str, ...], kill: bool) -> None:
+    """Cancel pending or failed jobs; with --kill, running ones too.
 
-    A running job canceled with --kill is canceled at once and gets SIGTERM: from here
-    when its worker is on this host, else from its worker within lease_ms / 3. Its
-    worker SIGKILLs whatever is left of it 3 s later, records nothing for that attempt
-    and moves on; until then `wait` and `apply --replace` treat it as still running.
+    Each id is canceled on its own: `canceled ID` on stdout for each one that was,
+    an `Error:` line on stderr for each one that could not be, and exit 1 if any
+    could not. A running job canceled with --kill is canceled at once and gets
+    SIGTERM: from here when its worker is on this host, else from its worker within
+    lease_ms / 3. Its worker SIGKILLs whatever is left of it 3 s later, records
+    nothing for that attempt and moves on; until then `wait` and `apply --replace`
+    treat it as still running.
 
     \b
     Example:
         queuectl cancel nightly-backup
-        queuectl cancel --kill runaway-job
+        queuectl cancel --kill runaway-job other-job
     """
-    job = app.queue().cancel(job_id, kill=kill)
-    click.echo(f"canceled {job.id}")
+    queue = app.queue()
+    ids = list(dict.fromkeys(job_ids))
+    failed = 0
+    for job_id in ids:
+        try:
+            job = queue.cancel(job_id, kill=kill)
+        except QueuectlError as exc:
+            if len(ids) == 1:  # the error alone says it all
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            failed += 1
+        else:
+            click.echo(f"canceled {job.id}")
+    if failed:
+        raise click.ClickException(f"{failed} of {len(ids)} job(s) not canceled")
+
+
+def warn_unserved(jobs: Sequence[Job]) -> None:
+    """One stderr line per queue: these jobs wait for a worker that does not exist."""
+    by_queue: dict[str, list[str]] = {}
+    for job in jobs:
+        by_queue.setdefault(job.queue, []).append(job.id)
+    for name, ids in by_queue.items():
+        only = "" if name == "default" else f" --queue {name}"
+        click.echo(
+            f"warning: job {first_few(ids, 3)} waits on queue {name!r}, which no live worker "
+            f"serves: start one with `queuectl worker start{only}` (or `worker run{only}`)",
+            err=True,
+        )
 
 
 @cli.command(name="wait")
 @click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
 @click.option(
-    "--timeout", type=Duration(), help="Give up after this long: 30s, 5m, 2h (default: never)."
+    "--timeout", type=Duration(), help="Give up after this long: 30s, 5m, 1m30s (default: never)."
 )
 @format_option
 @pass_app
@@ -473,7 +517,7 @@ def wait_cmd(app: App, job_ids: tuple[str, ...], timeout: int | None, fmt: str) 
         if not job_ids:
             raise UsageProblem("wait -: no job ids on stdin: pipe in the output of `enqueue`")
     timeout_s = None if timeout is None else timeout / 1000
-    jobs = app.queue().wait(job_ids, timeout_s=timeout_s)
+    jobs = app.queue().wait(job_ids, timeout_s=timeout_s, on_unserved=warn_unserved)
     emit_jobs(jobs, fmt)
     unfinished = [f"{job.id} ({job.state})" for job in jobs if job.state != JobState.COMPLETED]
     if unfinished:
@@ -499,7 +543,7 @@ def logs_cmd(app: App, job_id: str, follow: bool) -> None:
     """
     queue = app.queue()
     if follow:
-        for chunk in queue.follow_output(job_id):
+        for chunk in queue.follow_output(job_id, on_unserved=warn_unserved):
             click.echo(chunk, nl=False)
         return
     output = queue.output(job_id)
@@ -507,7 +551,14 @@ def logs_cmd(app: App, job_id: str, follow: bool) -> None:
         click.echo(f"job {job_id} has no output yet", err=True)
     elif output.origin == "store":
         click.echo(
-            "(the last 4 KiB kept in the store; the full log is on the worker's host)", err=True
+            f"(the last 4 KiB kept in the store; the full log is on {output.host}, "
+            "the host that ran the job)",
+            err=True,
+        )
+    elif output.origin == "gone":
+        click.echo(
+            f"(the log file {output.path} is gone; here are the last 4 KiB kept in the store)",
+            err=True,
         )
     for chunk in output.chunks:
         click.echo(chunk, nl=False)
@@ -740,6 +791,8 @@ def worker_run_cmd(
             spool=spool_dir.absolute() if spool_dir else None,
         )
         before = queue.drain_counts() if drain else None
+        if drain:
+            _warn_empty_queues(queue, queues)
         with _signals(lambda signum: supervisor.forward(signum)):
             code = supervisor.run()
         if before is not None and code == 0:
@@ -764,12 +817,32 @@ def worker_run_cmd(
         else:
             runner.stop()
 
-    # The supervisor of `--count N` sums up the drain once, for all its children.
+    # The supervisor of `--count N` sums up (and warns about) the drain once, for all its
+    # children.
     before = app.queue().drain_counts() if drain and not supervised else None
+    if before is not None:
+        _warn_empty_queues(app.queue(), queues)
     with _signals(on_signal):
         runner.run(drain=drain)
     if before is not None:
         _drain_summary(app.queue(), before, fail_on_dead=fail_on_dead)
+
+
+def _warn_empty_queues(queue: Queue, queues: Sequence[str]) -> None:
+    """A drain of a queue no job was ever on is most likely a typo (`--queue cii`): say so."""
+    import difflib
+
+    if not queues:  # serving every queue
+        return
+    empty, known = queue.queues_without_jobs(queues)
+    for name in empty:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        click.echo(
+            f"warning: no job in this store is on queue {name!r}{hint}; queues with jobs: "
+            f"{', '.join(known) or 'none'}",
+            err=True,
+        )
 
 
 def _drain_summary(queue: Queue, before: DrainCounts, *, fail_on_dead: bool) -> None:
@@ -975,7 +1048,10 @@ def apply_cmd(
         raise click.ClickException(
             f"nothing applied: fix the {len(exc.problems)} problem(s) above"
         ) from exc
-    emit([e.to_dict() for e in result.entries], fmt, ("id", "action", "source", "reason"))
+    # Nothing cut: a plan's reason and source are what a person reads the table for.
+    emit(
+        [e.to_dict() for e in result.entries], fmt, ("id", "action", "source", "reason"), cut=False
+    )
     counts = {
         a: sum(e.action == a for e in result.entries)
         for a in ("create", "update", "replace", "prune", "unchanged", "conflict")

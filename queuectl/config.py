@@ -127,6 +127,59 @@ KEYS: dict[str, Key] = {
 }
 
 
+# QUEUECTL_* names queuectl reads besides QUEUECTL_<KEY>: its own, those it sets for jobs
+# and for a supervisor's workers (a job that runs queuectl inherits them), those of the
+# Dockerfile, compose.yaml, contrib/systemd and .ci scripts, and the test suite's prefixes.
+OTHER_ENV_NAMES = frozenset(
+    {
+        "QUEUECTL_HOME",
+        "QUEUECTL_DATABASE_URL",
+        "QUEUECTL_JOB_ID",
+        "QUEUECTL_ATTEMPT",
+        "QUEUECTL_WORKER_ID",
+        "QUEUECTL_SUPERVISOR_PID",
+        "QUEUECTL_UID",
+        "QUEUECTL_STOP_GRACE",
+        "QUEUECTL_WORKERS_PER_CONTAINER",
+        "QUEUECTL_SPOOL_DIR",
+        "QUEUECTL_WORKER_ARGS",
+        "QUEUECTL_IMAGE",
+        "QUEUECTL_IMAGE_BASE",
+        "QUEUECTL_IMAGE_INSTALL",
+    }
+)
+OTHER_ENV_PREFIXES = ("QUEUECTL_TEST_", "QUEUECTL_REQUIRE_")
+
+
+def unknown_env_warnings(environ: Mapping[str, str]) -> list[str]:
+    """One line per QUEUECTL_* variable queuectl does not read (a typo is otherwise silently
+    ignored: QUEUECTL_MAX_RETRYS=9), with the name it most likely meant."""
+    known = {f"QUEUECTL_{name.upper()}" for name in KEYS} | OTHER_ENV_NAMES
+    unknown = sorted(
+        name
+        for name in environ
+        if name.startswith("QUEUECTL_")
+        and name not in known
+        and not name.startswith(OTHER_ENV_PREFIXES)
+    )
+    if not unknown:
+        return []
+    import difflib
+
+    # Compared without the common prefix, which would make every name look alike.
+    suffixes = sorted(name.removeprefix("QUEUECTL_") for name in known)
+    lines = []
+    for name in unknown:
+        close = difflib.get_close_matches(name.upper().removeprefix("QUEUECTL_"), suffixes, n=1)
+        hint = (
+            f"did you mean QUEUECTL_{close[0]}?"
+            if close
+            else "config keys are read as QUEUECTL_<KEY> (see `queuectl config list`)"
+        )
+        lines.append(f"warning: {name} is not a queuectl variable and is ignored: {hint}")
+    return lines
+
+
 def normalize_key(key: str) -> str:
     """Map `max-retries` or `MAX_RETRIES` to `max_retries`; unknown keys raise ConfigInvalid."""
     name = key.strip().lower().replace("-", "_")

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from . import config as config_mod
@@ -41,10 +42,14 @@ class Enqueued:
 @dataclass(frozen=True)
 class JobOutput:
     """A job's output: the full local log file, or the tail kept in the store, as chunks
-    (a log can be far larger than memory)."""
+    (a log can be far larger than memory). The tail comes from the store either because
+    the job ran on another host (`store`, `host` names it) or because the log file that
+    should be here is gone (`gone`, deleted by hand or with its home)."""
 
     chunks: Iterable[str]
-    origin: Literal["file", "store", "none"]
+    origin: Literal["file", "store", "gone", "none"]
+    path: Path | None = None
+    host: str | None = None
 
     @property
     def text(self) -> str:
@@ -152,14 +157,34 @@ class Queue:
         )
         return jobs[:limit], len(jobs) > limit
 
-    def wait(self, job_ids: Sequence[str], *, timeout_s: float | None = None) -> list[Job]:
+    def unserved(self, jobs: Iterable[Job]) -> list[Job]:
+        """The jobs waiting to run (pending, or failed and due for a retry) on a queue that no
+        live worker serves: nothing will ever run them until a worker starts."""
+        waiting = [job for job in jobs if job.state in (JobState.PENDING, JobState.FAILED)]
+        if not waiting:
+            return []
+        workers = self.live_workers()
+        if any(not worker.queues for worker in workers):  # a worker serving every queue
+            return []
+        served = {name for worker in workers for name in worker.queues}
+        return [job for job in waiting if job.queue not in served]
+
+    def wait(
+        self,
+        job_ids: Sequence[str],
+        *,
+        timeout_s: float | None = None,
+        on_unserved: Callable[[list[Job]], None] | None = None,
+    ) -> list[Job]:
         """Block until every job is completed, dead or canceled; return them in the given order.
 
         Polls, starting at 50 ms and backing off to 1 s, so that a long wait costs the store
         next to nothing. Raises WaitTimedOut, naming the jobs still going, after timeout_s.
+        `on_unserved` is told, once per job, of jobs that no live worker would run.
         """
         wanted = list(dict.fromkeys(job_ids))
         ended: dict[str, Job] = {}
+        told: set[str] = set()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         interval = 0.05
         first_look = True
@@ -177,6 +202,11 @@ class Queue:
             going = [job_id for job_id in wanted if job_id not in ended]
             if not going:
                 return [ended[job_id] for job_id in wanted]
+            if on_unserved is not None:
+                untold = [found[job_id] for job_id in going if job_id not in told]
+                if lost := self.unserved(untold):
+                    told.update(job.id for job in lost)
+                    on_unserved(lost)
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimedOut(
                     f"timed out after {timeout_s:.3f}".rstrip("0").rstrip(".")
@@ -217,6 +247,11 @@ class Queue:
             "store": redact_url(self.store.url),
         }
 
+    def queues_without_jobs(self, names: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Of `names`, the queues no job in the store is on; and every queue that has jobs."""
+        known = self.store.queue_names()
+        return [name for name in names if name not in known], known
+
     def drain_counts(self) -> DrainCounts:
         counts = self.store.count_by_state()
         return DrainCounts(
@@ -238,21 +273,42 @@ class Queue:
     def output(self, job_id: str) -> JobOutput:
         """The job's output: the local log file if this machine has it, else the stored tail."""
         job = self.get(job_id)
-        log = open_log(job_log_path(job_id))
+        path = job_log_path(job_id)
+        log = open_log(path)
         if log is not None:
-            return JobOutput(_decoded(log), "file")
+            return JobOutput(_decoded(log), "file", path)
         if job.output_tail:
-            return JobOutput([job.output_tail], "store")
-        return JobOutput([], "none")
+            import socket
 
-    def follow_output(self, job_id: str, *, poll_s: float = FOLLOW_POLL_S) -> Iterator[str]:
-        """The log file's content as it grows, until the job reaches an end state."""
+            host = worker_host_pid(job.worker_id)[0] if job.worker_id else None
+            # SQLite: every worker writes its logs beside the one database (hosts sharing it
+            # share a volume), so a missing file was deleted, wherever the job ran.
+            elsewhere = host not in (None, socket.gethostname()) and not self.store.url.startswith(
+                "sqlite"
+            )
+            return JobOutput([job.output_tail], "store" if elsewhere else "gone", path, host)
+        return JobOutput([], "none", path)
+
+    def follow_output(
+        self,
+        job_id: str,
+        *,
+        poll_s: float = FOLLOW_POLL_S,
+        on_unserved: Callable[[list[Job]], None] | None = None,
+    ) -> Iterator[str]:
+        """The log file's content as it grows, until the job reaches an end state.
+
+        `on_unserved` is told once if the job waits on a queue no live worker serves."""
         path = job_log_path(job_id)
         log: BinaryIO | None = None
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
             while True:
-                done = self.get(job_id).ended  # read before the file: no lost tail
+                job = self.get(job_id)
+                done = job.ended  # read before the file: no lost tail
+                if on_unserved is not None and (lost := self.unserved([job])):
+                    on_unserved(lost)
+                    on_unserved = None  # said once
                 log = log or open_log(path)
                 while log is not None and (chunk := log.read(LOG_CHUNK_BYTES)):
                     yield decoder.decode(chunk)

@@ -681,7 +681,11 @@ def _shown(value: Any, limit: int = 60) -> str:
     text = repr(value)
     if len(text) <= limit:
         return text
-    size = f"{len(value)} items" if isinstance(value, list | dict) else f"{len(text)} characters"
+    # The value's own length: its repr adds quotes and escapes.
+    if isinstance(value, list | dict):
+        size = f"{len(value)} items"
+    else:
+        size = f"{len(value) if isinstance(value, str) else len(text)} characters"
     return f"{text[: limit - 20]}… ({size})"
 
 

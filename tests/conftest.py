@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,27 @@ from queuectl.core import Queue
 from queuectl.store import Store, open_store
 
 QUEUECTL = str(Path(sys.executable).with_name("queuectl"))
-PG_URL = os.environ.get("QUEUECTL_TEST_DATABASE_URL", "")
+LOCAL_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REQUIRE_PG = os.environ.get("QUEUECTL_REQUIRE_POSTGRES") == "1"
+# Every PostgreSQL skip starts so: the report folds them into one line (see below).
+PG_SKIP = "PostgreSQL tests skipped: "
+
+
+@functools.cache
+def pg_url() -> str:
+    """The PostgreSQL server to test against: QUEUECTL_TEST_DATABASE_URL ("" for none), else
+    the local server when one answers (as `.ci/run` uses it), else none. Asked once."""
+    if "QUEUECTL_TEST_DATABASE_URL" in os.environ:
+        return os.environ["QUEUECTL_TEST_DATABASE_URL"]
+    try:
+        import psycopg
+    except ImportError:  # installed without the postgres extra
+        return ""
+    try:
+        psycopg.connect(LOCAL_PG_URL, connect_timeout=2).close()
+    except psycopg.Error:
+        return ""
+    return LOCAL_PG_URL
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -43,27 +63,51 @@ def backend() -> str:
 
 def postgres_schema_url() -> Iterator[str]:
     """A fresh schema in the test server, as a URL whose search_path selects it; dropped after."""
-    if not PG_URL:
-        reason = "QUEUECTL_TEST_DATABASE_URL is not set: no PostgreSQL server to test against"
+    url = pg_url()
+    if not url:
+        reason = (
+            f"no server answered at {LOCAL_PG_URL} and QUEUECTL_TEST_DATABASE_URL is not set: "
+            "start one there, or set QUEUECTL_TEST_DATABASE_URL=postgresql://..."
+        )
+        if "QUEUECTL_TEST_DATABASE_URL" in os.environ:
+            reason = "QUEUECTL_TEST_DATABASE_URL is empty: set it to postgresql://... to run them"
         if REQUIRE_PG:
             pytest.fail(reason + " (QUEUECTL_REQUIRE_POSTGRES=1)")
-        pytest.skip(reason)
+        pytest.skip(PG_SKIP + reason)
     import psycopg
 
     try:
-        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
+        admin = psycopg.connect(url, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
         if REQUIRE_PG:
-            pytest.fail(f"PostgreSQL at {PG_URL} is required but unreachable: {exc}")
-        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable: {exc}")
+            pytest.fail(f"PostgreSQL at {url} is required but unreachable: {exc}")
+        # The error stays out of the reason, so that the skips fold into one line.
+        pytest.skip(PG_SKIP + f"{url} is unreachable: check the server, or unset the variable")
     schema = f"qt_{uuid.uuid4().hex[:16]}"
     admin.execute(f"CREATE SCHEMA {schema}")
-    separator = "&" if "?" in PG_URL else "?"
+    separator = "&" if "?" in url else "?"
     try:
-        yield f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
+        yield f"{url}{separator}options=-csearch_path%3D{schema}"
     finally:
         admin.execute(f"DROP SCHEMA {schema} CASCADE")
         admin.close()
+
+
+_PG_SKIP_LINE = postgres_schema_url.__code__.co_firstlineno - 1  # 0-based, as reports hold it
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Report every PostgreSQL skip at one place, so that `-rs` folds them into one line
+    ("SKIPPED [80] tests/conftest.py:...: PostgreSQL tests skipped: ... how to run them")
+    instead of a line per test; other skips keep their own lines."""
+    report = yield
+    longrepr = report.longrepr
+    if report.skipped and isinstance(longrepr, tuple) and PG_SKIP in str(longrepr[2]):
+        report.longrepr = (__file__, _PG_SKIP_LINE, longrepr[2])
+    return report
 
 
 class FakeClock:

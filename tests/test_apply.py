@@ -70,6 +70,12 @@ def test_conflict_after_a_run_and_replace(run: Run, run_json: Any, tmp_path: Pat
     }
     assert result.stderr.strip().endswith("Error: 1 conflict(s) left alone: see the plan's reasons")
     assert run_json("show", "a")["command"] == "true"
+    table = run("apply", "--dry-run", "--format", "table", str(spec)).stdout.splitlines()
+    assert table[1].split(None, 3)[1:] == [  # nothing cut (issue 15)
+        "conflict",
+        str(spec),
+        "the job is completed and has run: use --replace to enqueue it afresh",
+    ]
     replaced = run("apply", "--replace", str(spec))
     assert (replaced.returncode, plan_of(replaced)) == (0, {"a": "replace"})
     job = run_json("show", "a")

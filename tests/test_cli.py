@@ -96,8 +96,9 @@ def test_enqueue_options_override_the_spec(run: Run, run_json: Any) -> None:
     assert job["labels"] == {"k": "v=w"}
 
 
-def test_enqueue_delay_sets_available_at_in_the_future(run: Run, run_json: Any) -> None:
-    (job_id,) = enqueue_ok(run, "true", "--delay", "90s")
+@pytest.mark.parametrize("delay", ["90s", "1m30s", "1m 30s", "1.5m"])
+def test_enqueue_delay_sets_available_at_in_the_future(run: Run, run_json: Any, delay: str) -> None:
+    (job_id,) = enqueue_ok(run, "true", "--delay", delay)
     job = run_json("show", job_id)
     assert job["run_at"] is None
     from datetime import datetime
@@ -236,8 +237,8 @@ BAD_INPUT = [
         ["x", "--delay", "soon"],
         None,
         2,
-        "Error: Invalid value for '--delay': 'soon' is not a duration: use e.g. 30s, 5m, 2h, 1d "
-        "or 250ms (see 'queuectl enqueue --help')",
+        "Error: Invalid value for '--delay': 'soon' is not a duration: use e.g. 30s, 5m, 1m30s, "
+        "2h, 1d or 250ms (see 'queuectl enqueue --help')",
     ),
     (
         ["x", "--run-at", "2030-01-01T00:00:00Z", "--delay", "1s"],
@@ -623,3 +624,129 @@ def test_drain_ends_with_a_summary_and_fail_on_dead_exits_1(run: Run, count: str
     ]
     enqueue_ok(run, "true")
     assert run("worker", "run", "--drain", "--count", count, "--fail-on-dead").returncode == 0
+
+
+# -- waiting on a job nobody will run says so (issue 15) --------------------------------
+
+UNSERVED = (
+    "warning: job {id} waits on queue 'ci', which no live worker serves: "
+    "start one with `queuectl worker start --queue ci` (or `worker run --queue ci`)"
+)
+
+
+def test_wait_on_a_queue_no_worker_serves_says_so_once(run: Run) -> None:
+    (job_id,) = enqueue_ok(run, "true", "--queue", "ci")
+    result = run("wait", job_id, "--timeout", "1s")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        UNSERVED.format(id=job_id),
+        f"Error: timed out after 1 s with 1 job(s) not ended: {job_id}; raise --timeout, "
+        "or check the workers with `queuectl status`",
+    ]
+
+
+def test_logs_follow_on_a_queue_no_worker_serves_says_so_once(run: Run, tmp_path: Path) -> None:
+    import subprocess
+
+    from .conftest import QUEUECTL, wait_for
+
+    (job_id,) = enqueue_ok(run, "echo done", "--queue", "ci")
+    err = tmp_path / "stderr"
+    with err.open("wb") as sink:
+        follower = subprocess.Popen([QUEUECTL, "logs", job_id, "--follow"], stderr=sink)
+    try:
+        wait_for(lambda: err.read_text(), what="the warning")
+        assert follower.poll() is None  # still following
+        # a worker for the queue makes the job run, and the follower end
+        assert run("worker", "run", "--drain", "--queue", "ci").returncode == 0
+        assert follower.wait(timeout=30) == 0
+    finally:
+        follower.kill()
+        follower.wait()
+    assert err.read_text().splitlines() == [UNSERVED.format(id=job_id)]
+
+
+def test_drain_of_a_queue_no_job_is_on_warns_with_the_queues_there_are(run: Run) -> None:
+    enqueue_ok(run, "true", "--queue", "ci")
+    result = run("worker", "run", "--drain", "--queue", "cii")
+    assert result.returncode == 0
+    assert result.stderr.splitlines()[0] == (
+        "warning: no job in this store is on queue 'cii' (did you mean 'ci'?); queues with jobs: ci"
+    )
+    result = run("worker", "run", "--drain", "--queue", "ci")
+    assert result.returncode == 0
+    assert "warning" not in result.stderr
+
+
+def test_cancel_several_ids_reports_each_and_exits_1_if_any_failed(run: Run, run_json: Any) -> None:
+    enqueue_ok(run, "true", "--id", "a")
+    enqueue_ok(run, "true", "--id", "b")
+    assert run("cancel", "b").returncode == 0
+    result = run("cancel", "a", "ghost", "b", "a")
+    assert result.returncode == 1
+    assert result.stdout == "canceled a\n"
+    assert result.stderr.splitlines() == [
+        "Error: job 'ghost' not found: check the id with `queuectl list`",
+        "Error: job 'b' is canceled: only pending, failed or (with --kill) processing jobs "
+        "can be canceled",
+        "Error: 2 of 3 job(s) not canceled",
+    ]
+    assert run_json("show", "a")["state"] == "canceled"
+    enqueue_ok(run, "true", "--id", "c")
+    enqueue_ok(run, "true", "--id", "d")
+    result = run("cancel", "c", "d")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "canceled c\ncanceled d\n", "")
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("30", 30_000),
+        ("250ms", 250),
+        ("1m30s", 90_000),
+        ("1h30m", 5_400_000),
+        ("1d2h", 93_600_000),
+        ("2m 500ms", 120_500),
+    ],
+)
+def test_durations_accept_compound_forms(text: str, ms: int) -> None:
+    from queuectl.cli import Duration
+
+    assert Duration().convert(text, None, None) == ms
+
+
+@pytest.mark.parametrize("text", ["1m30", "m30s", "1x", "1m-30s", ""])
+def test_durations_refuse_what_is_not_one(text: str) -> None:
+    import click
+
+    from queuectl.cli import Duration
+
+    with pytest.raises(click.BadParameter, match="is not a duration"):
+        Duration().convert(text, None, None)
+
+
+def test_wait_timeout_takes_a_compound_duration(run: Run) -> None:
+    (job_id,) = enqueue_ok(run, "true")
+    assert run("cancel", job_id).returncode == 0
+    result = run("wait", job_id, "--timeout", "1m30s")
+    assert result.returncode == 1  # ended, but canceled: not a usage error
+    assert result.stderr.startswith("Error: 1 of 1 job(s) did not complete")
+
+
+def test_a_too_long_id_is_counted_as_written(run: Run) -> None:
+    result = run("enqueue", "true", "--id", "a" * 130)
+    assert result.returncode == 1
+    assert "… (130 characters) is not valid: use letters" in result.stderr
+
+
+def test_logs_says_the_log_file_is_gone_when_it_was_deleted(run: Run, home: Path) -> None:
+    (job_id,) = enqueue_ok(run, "echo kept in the store")
+    assert run("worker", "run", "--drain").returncode == 0
+    log = home / "logs" / f"job-{job_id}.log"
+    log.unlink()
+    result = run("logs", job_id)
+    assert result.returncode == 0
+    assert result.stderr == (
+        f"(the log file {log} is gone; here are the last 4 KiB kept in the store)\n"
+    )
+    assert "kept in the store\n" in result.stdout

@@ -128,3 +128,51 @@ def test_set_unknown_key_suggests_the_close_one(run: Run) -> None:
 def test_config_list_shows_numbers_as_they_were_set(run: Run) -> None:
     assert run("config", "set", "backoff_base", "2").returncode == 0
     assert '"backoff_base": 2,' in run("config", "list").stdout
+
+
+def test_unknown_queuectl_variables_warn_once_with_a_did_you_mean(run: Run) -> None:
+    env = {
+        "QUEUECTL_MAX_RETRYS": "9",
+        "QUEUECTL_COLOUR": "1",
+        "QUEUECTL_TEST_ANYTHING": "1",  # the test suite's own
+        "QUEUECTL_REQUIRE_POSTGRES": "0",
+        "QUEUECTL_JOB_ID": "a-job-that-runs-queuectl",
+    }
+    result = run("config", "get", "max_retries", env=env)
+    assert (result.returncode, result.stdout) == (0, "3\n")
+    assert result.stderr.splitlines() == [
+        "warning: QUEUECTL_COLOUR is not a queuectl variable and is ignored: config keys are "
+        "read as QUEUECTL_<KEY> (see `queuectl config list`)",
+        "warning: QUEUECTL_MAX_RETRYS is not a queuectl variable and is ignored: "
+        "did you mean QUEUECTL_MAX_RETRIES?",
+    ]
+    # once per command: a supervisor's workers do not repeat it
+    drained = run("worker", "run", "--drain", "--count", "2", env={"QUEUECTL_MAX_RETRYS": "9"})
+    assert drained.returncode == 0
+    assert drained.stderr.count("QUEUECTL_MAX_RETRYS") == 1
+
+
+def test_every_queuectl_variable_the_project_reads_is_known() -> None:
+    import re
+    from pathlib import Path
+
+    from queuectl.config import unknown_env_warnings
+
+    root = Path(__file__).parent.parent
+    files = [
+        *(p for p in (root / "queuectl").rglob("*.py") if p.name != "config.py"),
+        *(root / "contrib").rglob("*"),
+        *(root / ".ci").rglob("*"),
+        root / "Dockerfile",
+        root / "compose.yaml",
+        root / "Makefile",
+        root / "tests" / "conftest.py",
+    ]
+    names = {
+        name
+        for path in files
+        if path.is_file()
+        for name in re.findall(r"\bQUEUECTL_[A-Z0-9_]*[A-Z0-9]\b", path.read_text())
+    }
+    assert "QUEUECTL_WORKER_ARGS" in names  # the scan found the deployment files' names
+    assert unknown_env_warnings(dict.fromkeys(names, "1")) == []

@@ -33,9 +33,9 @@ def pg_url(db_url: str) -> str:
 def admin(sql: str, *args: Any) -> list[Any]:
     import psycopg
 
-    from .conftest import PG_URL
+    from .conftest import pg_url
 
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
+    with psycopg.connect(pg_url(), autocommit=True) as conn:
         cur = conn.execute(sql, args)
         return cur.fetchall() if cur.description else []
 

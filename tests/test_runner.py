@@ -100,7 +100,25 @@ def test_output_tail_is_kept_in_the_store(
     assert "5000\n" in tail
     os.remove(home / "logs" / "job-chatty.log")
     output = queue.output("chatty")
-    assert (output.origin, output.text) == ("store", tail)
+    # it ran here, so the file is gone, not elsewhere (issue 15)
+    assert (output.origin, output.text) == ("gone", tail)
+    assert output.path == home / "logs" / "job-chatty.log"
+
+
+def test_the_tail_of_a_job_another_host_ran_is_named_as_such(
+    store: Store, queue: Queue, clock: FakeClock, home: Path, backend: str
+) -> None:
+    from queuectl.store import Transition
+
+    queue.enqueue([JobSpec(command="true", id="far")])
+    store.claim_next("elsewhere:4242:beef", (), clock(), clock() + timedelta(seconds=30), "tok")
+    done = Transition(JobState.COMPLETED, 0, clock(), 0, None, "far away\n")
+    assert store.finish("far", "tok", done, clock())
+    output = queue.output("far")
+    assert output.text == "far away\n"
+    # SQLite: the logs live beside the one database file, so the file was deleted
+    expected = ("gone", "elsewhere") if backend == "sqlite" else ("store", "elsewhere")
+    assert (output.origin, output.host) == expected
 
 
 def test_expired_lease_of_another_host_is_recovered_as_a_failed_attempt(
@@ -136,3 +154,33 @@ def test_dead_local_worker_is_recovered_without_waiting_for_its_lease(
     assert runner.recover_lost_jobs() == 1
     job = queue.get("orphan")
     assert (job.state, job.last_error) == (JobState.DEAD, "worker lost (process died)")
+
+
+def test_unserved_names_jobs_whose_queue_no_live_worker_serves(
+    queue: Queue, store: Store, clock: FakeClock
+) -> None:
+    from queuectl.models import WorkerInfo, new_worker_id
+
+    (job,) = queue.enqueue([JobSpec(command="true", queue="ci")])
+    waiting = [queue.get(job.id)]
+    assert [j.id for j in queue.unserved(waiting)] == [job.id]  # no worker at all
+
+    def register(*queues: str) -> None:
+        now = clock()
+        store.register_worker(
+            WorkerInfo(
+                new_worker_id(),
+                os.getpid(),
+                "here",
+                now,
+                now,
+                now + timedelta(minutes=1),
+                None,
+                queues,
+            )
+        )
+
+    register("other")
+    assert [j.id for j in queue.unserved(waiting)] == [job.id]
+    register("ci")
+    assert queue.unserved(waiting) == []

@@ -301,3 +301,10 @@ def test_list_jobs_oldest_or_newest_first(store: Store, clock: FakeClock) -> Non
     assert [j.id for j in store.list_jobs()] == ["old", "a-new", "b-new"]
     assert [j.id for j in store.list_jobs(newest=True)] == ["b-new", "a-new", "old"]
     assert [j.id for j in store.list_jobs(newest=True, limit=1)] == ["b-new"]
+
+
+def test_queue_names_are_the_distinct_queues_of_the_jobs(queue: Queue, store: Store) -> None:
+    assert store.queue_names() == []
+    queue.enqueue([JobSpec(command="a", queue="ci"), JobSpec(command="b"), JobSpec(command="c")])
+    assert store.queue_names() == ["ci", "default"]
+    assert queue.queues_without_jobs(["cii", "ci"]) == (["cii"], ["ci", "default"])

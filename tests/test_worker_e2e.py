@@ -746,9 +746,9 @@ def test_wait_times_out_naming_the_jobs_still_going(run: Run, enqueue: Callable[
     job_id = enqueue("true")  # no worker runs: it stays pending
     result = run("wait", job_id, "--timeout", "200ms")
     assert result.returncode == 1
-    assert result.stderr.startswith(
-        f"Error: timed out after 0.2 s with 1 job(s) not ended: {job_id};"
-    )
+    warning, error = result.stderr.splitlines()
+    assert warning.startswith(f"warning: job {job_id} waits on queue 'default', which no live")
+    assert error.startswith(f"Error: timed out after 0.2 s with 1 job(s) not ended: {job_id};")
     assert result.stdout == ""
 
 

@@ -116,6 +116,10 @@ class Store(Protocol):
 
     def count_by_state(self) -> dict[JobState, int]: ...
 
+    def queue_names(self) -> list[str]:
+        """Every queue some job in the store is on, sorted."""
+        ...
+
     def cancel_job(self, job_id: str, now: datetime, *, running: bool = False) -> Job:
         """pending/failed (and processing, when running) -> canceled; returns the job as it
         was before. A processing job keeps its claim token, which no longer lets its worker

@@ -173,6 +173,8 @@ VALUES (:claim_id, :name, :content_hash, :job_ids, :now)
     list_jobs: str = _LIST_JOBS.format(order="created_at, id")
     # A second statement, not a CASE in ORDER BY, so that both directions read the index.
     list_jobs_newest: str = _LIST_JOBS.format(order="created_at DESC, id DESC")
+    # A scan, but only for a warning: `worker run --drain --queue` of a queue with no jobs.
+    queue_names: str = "SELECT DISTINCT queue FROM jobs ORDER BY queue"
     # Counters kept by triggers (migrations 0004 and 0006): never a scan of the jobs.
     count_by_state: str = "SELECT state, sum(n) AS n FROM job_counts GROUP BY state"
     fold_counts: str = "{fold_counts}"  # empty where the counters need no folding
@@ -558,6 +560,10 @@ class SqlStore:
         statement = self.sql.list_jobs_newest if newest else self.sql.list_jobs
         rows = self.d.read(lambda conn: conn.execute(statement, params).fetchall())
         return [self._job(row) for row in rows]
+
+    def queue_names(self) -> list[str]:
+        rows = self.d.read(lambda conn: conn.execute(self.sql.queue_names).fetchall())
+        return [str(row["queue"]) for row in rows]
 
     def count_by_state(self) -> dict[JobState, int]:
         counts = dict.fromkeys(JobState, 0)
