@@ -26,6 +26,7 @@ from queuectl.runner import Runner
 from queuectl.store import Store, open_store
 
 from .conftest import QUEUECTL, Run, wait_for
+from .test_worker_e2e import read_pid
 
 LEASE_MS = 200  # the shortest lease the config allows: pauses past it stay short
 LINUX = sys.platform.startswith("linux")
@@ -134,14 +135,6 @@ def process_state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0].decode()
     except (OSError, IndexError):
         return ""
-
-
-def read_pid(path: Path) -> int | None:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    return int(text) if text.endswith("\n") and text.strip().isdigit() else None
 
 
 @pytest.fixture
