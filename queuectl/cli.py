@@ -123,6 +123,23 @@ pass_app = click.make_pass_decorator(App)
 # -- parameter types and shared options ------------------------------------------------
 
 
+class Text(_ParamType):
+    """A name typed on the command line (a job id, a queue): it must be text. Bytes that are
+    not UTF-8 reach Python as lone surrogates, which no store can hold or look up."""
+
+    name = "TEXT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value)
+        if not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text):
+            shown = os.fsencode(text).decode("utf-8", "backslashreplace")  # the bytes as typed
+            self.fail(f"'{shown}' is not valid UTF-8 text", param, ctx)
+        return text
+
+
+TEXT = Text()
+
+
 class KeyValue(_ParamType):
     name = "KEY=VALUE"
 
@@ -367,7 +384,7 @@ def enqueue_cmd(
 
 @cli.command(name="list")
 @click.option("--state", type=click.Choice([s.value for s in JobState]), help="Only this state.")
-@click.option("--queue", "queue_name", help="Only this queue.")
+@click.option("--queue", "queue_name", type=TEXT, help="Only this queue.")
 @click.option("--label", "labels", type=KeyValue(), multiple=True, help="Only jobs with label.")
 @limit_option
 @format_option
@@ -401,7 +418,7 @@ def list_cmd(
 
 
 @cli.command(name="show")
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", type=TEXT)
 @format_option
 @pass_app
 def show_cmd(app: App, job_id: str, fmt: str) -> None:
@@ -439,7 +456,7 @@ def status_cmd(app: App, fmt: str) -> None:
 
 
 @cli.command(name="cancel")
-@click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
+@click.argument("job_ids", metavar="ID...", nargs=-1, required=True, type=TEXT)
 @click.option(
     "--kill", is_flag=True, help="Also cancel a running job: its worker stops it and moves on."
 )
@@ -492,7 +509,7 @@ def warn_unserved(jobs: Sequence[Job]) -> None:
 
 
 @cli.command(name="wait")
-@click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
+@click.argument("job_ids", metavar="ID...", nargs=-1, required=True, type=TEXT)
 @click.option(
     "--timeout", type=Duration(), help="Give up after this long: 30s, 5m, 1m30s (default: never)."
 )
@@ -528,7 +545,7 @@ def wait_cmd(app: App, job_ids: tuple[str, ...], timeout: int | None, fmt: str) 
 
 
 @cli.command(name="logs")
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", type=TEXT)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing output until the job ends.")
 @pass_app
 def logs_cmd(app: App, job_id: str, follow: bool) -> None:
@@ -590,7 +607,7 @@ def dlq_list_cmd(app: App, limit: int, newest: bool, fmt: str) -> None:
 
 
 @dlq_group.command(name="retry")
-@click.argument("job_ids", metavar="[ID]...", nargs=-1)
+@click.argument("job_ids", metavar="[ID]...", nargs=-1, type=TEXT)
 @click.option("--all", "retry_all", is_flag=True, help="Retry every dead job.")
 @pass_app
 def dlq_retry_cmd(app: App, job_ids: tuple[str, ...], retry_all: bool) -> None:

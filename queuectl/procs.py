@@ -75,7 +75,7 @@ def pidfd(pid: int) -> int | None:
         return None
     try:
         return os.pidfd_open(pid)
-    except OSError:
+    except (OSError, OverflowError):  # OverflowError: no pid is that large
         return None
 
 
@@ -168,7 +168,7 @@ def pid_alive(pid: int) -> bool:
     """True while the process exists and is not a zombie awaiting its reaper."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: no pid is that large
         return False
     except PermissionError:
         return True

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from . import procs, spec
 from .config import Config
-from .errors import Problem, QueuectlError, SpecInvalid, one_line
+from .errors import Problem, QueuectlError, SpecInvalid, StoreReplaced, one_line
 from .models import NewJob, Origin, Source, format_time, utcnow
 from .paths import home_dir
 from .store import SpoolFile, Store
@@ -242,6 +242,7 @@ class Spool:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._lock_name, dir_fd=self._processing_fd)
         self._close_fds()
+        self._wake.close()
 
     def _close_fds(self) -> None:
         while self._fds:
@@ -650,6 +651,8 @@ class Spool:
                 ready.difference_update(names)
                 try:
                     self.scan_once(ready=names)
+                except StoreReplaced:
+                    raise  # retrying cannot help: the process must open the new file
                 except QueuectlError as exc:  # the store is busy or down: claims stay, retry
                     self.log(f"ingest failed, retrying in {RESCAN_S:g} s: {exc}")
                 settle = self.next_settle_s()

@@ -299,9 +299,12 @@ def _not_ours(seen: _Seen) -> str | None:
     return None
 
 
+PID_MAX = 2**22  # Linux's limit (pid_max): a larger "pid" in pids.json is garbage
+
+
 def _entry_pid(entry: dict[str, Any]) -> int:
     pid = entry.get("pid")
-    return pid if isinstance(pid, int) and pid > 0 else 0
+    return pid if type(pid) is int and 0 < pid <= PID_MAX else 0  # not bool: True is no pid
 
 
 def _entry_problem(entry: dict[str, Any], seen: _Seen) -> str | None:

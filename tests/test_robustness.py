@@ -205,3 +205,50 @@ def test_worker_run_refuses_an_unsafe_spool_before_starting_anything(
         f"Error: spool directory {str(spool)!r} is group-writable, so its group could tamper "
         f"with the spool: run `chmod g-w,o-w {spool}`"
     )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["show"], ["logs"], ["cancel"], ["dlq", "retry"], ["wait"], ["list", "--queue"]],
+    ids=lambda c: " ".join(c),
+)
+def test_names_that_are_not_utf8_are_usage_errors(home: Path, command: list[str]) -> None:
+    raw = subprocess.run(
+        [QUEUECTL, *command, b"ab\xff"], capture_output=True, timeout=60, env=os.environ
+    )
+    assert raw.returncode == 2
+    line = one_error_line(raw.stderr.decode())
+    assert "'ab\\xff' is not valid UTF-8 text" in line
+
+
+def test_a_pid_no_process_can_have_in_pids_json_is_dropped(run: Run, home: Path) -> None:
+    assert run("status").returncode == 0
+    (home / "pids.json").write_text('{"workers": [{"pid": 99999999999}, {"pid": true}]}')
+    result = run("worker", "stop")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout.strip() == "stopped 0 worker(s)"
+
+
+def test_a_spool_watcher_whose_database_file_was_replaced_exits(
+    run: Run, home: Path, tmp_path: Path
+) -> None:
+    assert run("status").returncode == 0
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    watcher = subprocess.Popen(
+        [QUEUECTL, "spool", "watch", str(spool)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert watcher.stderr is not None
+        wait_for(lambda: "watching" in watcher.stderr.readline(), what="the watcher to start")
+        other = tmp_path / "other-home"
+        assert run("status", env={"QUEUECTL_HOME": str(other)}).returncode == 0
+        os.replace(other / "queue.db", home / "queue.db")
+        (spool / "job.yaml").write_text("command: 'true'\n")
+        assert watcher.wait(timeout=30) == 1  # a supervisor restarts it on the new file
+        rest = watcher.stderr.read()
+    finally:
+        watcher.kill()
+        watcher.communicate()
+    assert "the database file was replaced or removed" in rest

@@ -148,10 +148,17 @@ class PostgresDialect:
         """
         delay, deadline = 0.1, time.monotonic() + RECONNECT_FOR_S
         retrying = False
+        skew: timedelta | None = None
         while True:
             try:
-                if time.monotonic() - self._skew_measured > SKEW_EVERY_S:
-                    self._measure_skew(self.conn)  # clocks get stepped (NTP after boot)
+                if skew is None:
+                    if time.monotonic() - self._skew_measured > SKEW_EVERY_S:
+                        self._measure_skew(self.conn)  # clocks get stepped (NTP after boot)
+                    skew = self._skew
+                else:
+                    # A retry keeps the first try's clock (reconnecting measured it anew):
+                    # already_done compares the instants the first try wrote.
+                    self._skew = skew
                 if retrying and already_done is not None:
                     done = already_done(self.conn)
                     if done is not None:

@@ -596,6 +596,8 @@ class SqlStore:
         return self.d.write(op, already_done=done)
 
     def retry_dead(self, job_ids: Sequence[str] | None, now: datetime) -> list[str]:
+        if job_ids is not None:
+            job_ids = list(dict.fromkeys(job_ids))  # `dlq retry a a` retries a once
         params = {"ids": self._ids(job_ids), "now": self.d.time(now)}
 
         def op(conn: Conn) -> list[str]:
@@ -611,9 +613,8 @@ class SqlStore:
 
         def done(conn: Conn) -> list[str] | None:
             retried = [row["id"] for row in conn.execute(self.sql.retried_at, params)]
-            return (
-                retried if retried and (job_ids is None or len(retried) == len(job_ids)) else None
-            )
+            complete = job_ids is None or len(retried) == len(job_ids)
+            return retried if retried and complete else None
 
         return self.d.write(op, already_done=done)
 
@@ -624,7 +625,8 @@ class SqlStore:
             params = {"ids": self._ids(ids)}
             self.d.write(lambda conn: conn.execute(self.sql.purge_dead, params), single=True)
         # Whatever of them is gone now was deleted, by this call or a concurrent one.
-        return [job_id for job_id in ids if job_id not in self.get_jobs(ids)]
+        left = self.get_jobs(ids)
+        return [job_id for job_id in ids if job_id not in left]
 
     # -- config ----------------------------------------------------------------------
 

@@ -4,6 +4,10 @@
 -- append one row per state per statement, a change of state two rows), and
 -- queuectl_fold_job_counts() folds the appended rows into one per state (workers call it
 -- with each heartbeat, and after a big insert). A state's count is the sum of its rows.
+-- Writers of an older queuectl do not take the migration lock: keep them out until the
+-- triggers exist, so no change falls between the first count and the first trigger.
+LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE;
+
 CREATE TABLE job_counts (
     state text NOT NULL,
     n     bigint NOT NULL
