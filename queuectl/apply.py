@@ -17,7 +17,7 @@ from typing import Any
 from . import spec
 from .config import Config
 from .errors import Problem, SpecInvalid
-from .models import Job, JobState, NewJob, Origin, Source, utcnow
+from .models import Job, JobSpec, JobState, NewJob, Origin, Source, utcnow
 from .store import Change, Store
 
 
@@ -135,6 +135,7 @@ def load_declared(paths: Iterable[Path]) -> list[spec.LoadedSpec]:
             )
     if problems:
         raise SpecInvalid(problems)
+    spec.jobs_only(validation.specs, "apply")
     return validation.specs
 
 
@@ -159,6 +160,8 @@ def plan(
         if item.source not in sources:
             file = Path(item.source).resolve()
             sources[item.source] = Source(Origin.APPLY, str(file), source_commit(file))
+        if not isinstance(item.spec, JobSpec):
+            continue  # load_declared refused schedules
         new = NewJob.build(
             item.spec,
             source=sources[item.source],

@@ -377,7 +377,7 @@ def enqueue_cmd(
     if cwd is not None:
         overrides["cwd"] = os.path.join(here, cwd)
     loaded = spec.inline_specs(job_spec, sys.stdin.buffer, overrides, cwd=here)
-    results = app.queue().enqueue([item.spec for item in loaded], delay_ms=delay or 0)
+    results = app.queue().enqueue(spec.jobs_only(loaded, "enqueue"), delay_ms=delay or 0)
     for result in results:
         click.echo(result.id)
 

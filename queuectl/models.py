@@ -172,6 +172,65 @@ class NewJob:
         )
 
 
+class Catchup(enum.StrEnum):
+    """Which slots a scheduler creates when it finds them late (SPEC 11)."""
+
+    NONE = "none"
+    LATEST = "latest"
+    ALL = "all"
+
+
+class Overlap(enum.StrEnum):
+    """What a slot does while the previous run has not ended (SPEC 11)."""
+
+    ALLOW = "allow"
+    SKIP = "skip"
+    QUEUE = "queue"
+    REPLACE = "replace"
+
+
+DEFAULT_TIMEZONE = "UTC"
+DEFAULT_CATCHUP_WINDOW_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A schedule as declared: when its slots fall, and the job spec of every run."""
+
+    id: str
+    template: JobSpec
+    cron: tuple[str, ...] = ()
+    every_ms: int | None = None
+    timezone: str = DEFAULT_TIMEZONE
+    catchup: Catchup = Catchup.LATEST
+    catchup_window_ms: int = DEFAULT_CATCHUP_WINDOW_MS
+    overlap: Overlap = Overlap.SKIP
+    jitter_ms: int = 0
+    suspend: bool = False
+    expect_success_within_ms: int | None = None
+
+    def declared(self) -> dict[str, Any]:
+        """The schedule fields as a JSON-ready dict, defaults filled in."""
+        return {
+            "cron": list(self.cron) or None,
+            "every_ms": self.every_ms,
+            "timezone": self.timezone,
+            "catchup": self.catchup.value,
+            "catchup_window_ms": self.catchup_window_ms,
+            "overlap": self.overlap.value,
+            "jitter_ms": self.jitter_ms,
+            "suspend": self.suspend,
+            "expect_success_within_ms": self.expect_success_within_ms,
+        }
+
+    @property
+    def spec_hash(self) -> str:
+        """A hash of the whole declaration: equal hashes mean an identical re-submission."""
+        whole = {"schedule": self.declared(), "template": self.template.declared()}
+        canonical = json.dumps(whole, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
 @dataclass(frozen=True)
 class Job:
     """A job as stored, with its lifecycle fields."""

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from .errors import Problem, SpecInvalid, UsageProblem
-from .models import JobSpec
+from .models import Catchup, JobSpec, Overlap, ScheduleSpec
+from .schedules import cron_problem, duration_ms, zone_problem
 
 if TYPE_CHECKING:
     import yaml
@@ -178,6 +179,8 @@ def _compile_keyword(keyword: str, arg: Any, node: dict[str, Any]) -> Check:
     if keyword in _LIMITS:
         limit = _LIMITS[keyword]
         return lambda v: limit(v, arg)
+    if keyword == "enum":
+        return lambda v: any(type(v) is type(option) and v == option for option in arg)
     if keyword == "format" and arg == "date-time":
         return lambda v: not isinstance(v, str) or parse_rfc3339(v) is not None
     raise _Unsupported(keyword)
@@ -506,12 +509,33 @@ def load_text(text: str, source: str, *, is_json: bool | None = None) -> list[Do
 
 @dataclass(frozen=True)
 class LoadedSpec:
-    """A validated spec and where it was declared."""
+    """A validated spec (a job, or a schedule) and where it was declared."""
 
-    spec: JobSpec
+    spec: JobSpec | ScheduleSpec
     source: str
     line: int
     column: int
+
+
+def jobs_only(loaded: Sequence[LoadedSpec], where: str) -> list[JobSpec]:
+    """The job specs of `loaded`; raise SpecInvalid at every schedule, which `where`
+    (the spool, apply) does not take yet."""
+    schedules = [item for item in loaded if isinstance(item.spec, ScheduleSpec)]
+    if schedules:
+        raise SpecInvalid(
+            [
+                Problem(
+                    item.source,
+                    item.line,
+                    item.column,
+                    "schedule",
+                    f"{where} does not take schedules yet (issue 16): "
+                    "declare this one as a job, or wait for `queuectl schedule`",
+                )
+                for item in schedules
+            ]
+        )
+    return [item.spec for item in loaded if isinstance(item.spec, JobSpec)]
 
 
 def job_entries(doc: Document) -> Iterator[tuple[PathTuple, Any]]:
@@ -562,6 +586,15 @@ def validate_documents(
             if bad is not None:
                 problems.append(_surrogate_problem(doc, prefix, bad))
                 places.pop()
+                continue
+            if isinstance(data, dict) and "schedule" in data:
+                found = list(_problems(doc, prefix, data)) or _schedule_problems(doc, prefix, data)
+                if found:
+                    problems.extend(found)
+                    places.pop()
+                else:
+                    line, col = doc.position(prefix)
+                    loaded.append(LoadedSpec(_to_spec(data), doc.source, line, col))
                 continue
             if fast is not None and fast(data):
                 line, col = (doc.line, 1) if doc._locate else doc.position(prefix)
@@ -744,7 +777,66 @@ def _duplicate_ids(
             first[job_id] = (doc, prefix)
 
 
-def _to_spec(data: dict[str, Any]) -> JobSpec:
+def _schedule_problems(doc: Document, prefix: PathTuple, data: dict[str, Any]) -> list[Problem]:
+    """What the schema cannot say about a schema-valid schedule, each at its position."""
+    rule = data["schedule"]
+    found: list[Problem] = []
+
+    def problem(path: PathTuple, field_name: str, message: str) -> None:
+        line, col = doc.position(prefix + path)
+        found.append(Problem(doc.source, line, col, field_name, message))
+
+    if "id" not in data:
+        problem((), "id", "a schedule needs an id (its runs are named <id>@<slot>): add one")
+    if "run_at" in data:
+        problem(
+            ("run_at",),
+            "run_at",
+            "a schedule's runs start at their slots: remove run_at (use jitter to spread them)",
+        )
+    if ("cron" in rule) == ("every" in rule):
+        problem(("schedule",), "schedule", "give either cron or every (not both, not neither)")
+    crons = rule.get("cron", [])
+    for i, expr in enumerate([crons] if isinstance(crons, str) else crons):
+        why = cron_problem(expr)
+        if why is not None:
+            where = ("schedule", "cron") if isinstance(crons, str) else ("schedule", "cron", i)
+            problem(where, _dotted(where), f"{why}: fix the expression")
+    every_ms = duration_ms(rule["every"]) if "every" in rule else None
+    if every_ms is not None and (every_ms < 1000 or every_ms % 1000):
+        problem(
+            ("schedule", "every"),
+            "schedule.every",
+            f"{rule['every']!r}: use whole seconds, at least 1s (run ids name the second)",
+        )
+    zone = rule.get("timezone")
+    if zone is not None and (why := zone_problem(zone)) is not None:
+        problem(("schedule", "timezone"), "schedule.timezone", why)
+    return found
+
+
+def _to_spec(data: dict[str, Any]) -> JobSpec | ScheduleSpec:
+    if "schedule" in data:
+        rule = data["schedule"]
+        crons = rule.get("cron", ())
+        within = rule.get("expect_success_within")
+        return ScheduleSpec(
+            id=data["id"],
+            template=_to_job_spec({k: v for k, v in data.items() if k != "schedule"}),
+            cron=(crons,) if isinstance(crons, str) else tuple(crons),
+            every_ms=duration_ms(rule["every"]) if "every" in rule else None,
+            timezone=rule.get("timezone", "UTC"),
+            catchup=Catchup(rule.get("catchup", "latest")),
+            catchup_window_ms=duration_ms(rule.get("catchup_window", "1d")),
+            overlap=Overlap(rule.get("overlap", "skip")),
+            jitter_ms=duration_ms(rule.get("jitter", "0s")),
+            suspend=bool(rule.get("suspend", False)),
+            expect_success_within_ms=duration_ms(within) if within is not None else None,
+        )
+    return _to_job_spec(data)
+
+
+def _to_job_spec(data: dict[str, Any]) -> JobSpec:
     command = data["command"]
     run_at = data.get("run_at")
     return JobSpec(

@@ -535,8 +535,8 @@ class Spool:
         loaded = spec.validate_documents(docs, source=claim.shown, relative_cwd="refuse")
         source = Source(Origin.SPOOL, claim.shown)
         jobs = [
-            NewJob.build(item.spec, source=source, now=now, default_max_retries=config.max_retries)
-            for item in loaded
+            NewJob.build(job, source=source, now=now, default_max_retries=config.max_retries)
+            for job in spec.jobs_only(loaded, "the spool")
         ]
         return SpoolFile(claim.token, claim.shown, hashlib.sha256(raw).hexdigest(), jobs)
 

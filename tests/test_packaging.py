@@ -252,7 +252,7 @@ def test_wheel_installs_and_runs_in_a_fresh_venv_without_dev_dependencies(tmp_pa
         text=True,
     ).stdout
     names = {p["name"].lower() for p in json.loads(installed)}
-    assert {"queuectl", "click", "pyyaml", "jsonschema", "watchdog"} <= names
+    assert {"queuectl", "click", "pyyaml", "jsonschema", "watchdog", "cronsim", "tzdata"} <= names
     assert not names & {"pytest", "ruff", "mypy", "hypothesis", "psycopg"}, names
 
     home = tmp_path / "home"
