@@ -419,7 +419,8 @@ def _pids_locked() -> Iterator[list[dict[str, Any]]]:
 
 def _drop_entry(entry: dict[str, Any], why: str, log: Log) -> None:
     if why != NOT_RUNNING:  # a worker that exited: nothing worth saying
-        log(f"pids.json: dropped the entry of pid {_entry_pid(entry)}, not signalled: {why}")
+        pid = json.dumps(entry.get("pid"))[:40]  # as written: it may be no number at all
+        log(f"pids.json: dropped the entry of pid {pid}, not signalled: {why}")
 
 
 def start_detached(

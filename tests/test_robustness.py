@@ -228,6 +228,8 @@ def test_a_pid_no_process_can_have_in_pids_json_is_dropped(run: Run, home: Path)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout.strip() == "stopped 0 worker(s)"
+    assert "dropped the entry of pid 99999999999," in result.stderr
+    assert "dropped the entry of pid true," in result.stderr
 
 
 def test_a_spool_watcher_whose_database_file_was_replaced_exits(
