@@ -57,6 +57,16 @@ class ConcurrentChange(QueuectlError):
     """A job changed between planning and applying; nothing was written."""
 
 
+class NotRegularFile(QueuectlError):
+    """Something other than a regular file stands at a path where queuectl keeps one (a
+    job's log): a link, a FIFO, a directory; or it could not be opened (`strerror`)."""
+
+    def __init__(self, path: str, kind: str | None, strerror: str | None) -> None:
+        self.path, self.kind, self.strerror = path, kind, strerror
+        what = f"is {kind}" if kind else f"cannot be opened ({strerror})"
+        super().__init__(f"{path!r} {what}, not a regular file: remove it")
+
+
 class StoreError(QueuectlError):
     """The store cannot be opened or used."""
 

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import QueuectlError
+from .errors import NotRegularFile, QueuectlError
 from .models import ID_PATTERN
 
 _ID = re.compile(ID_PATTERN)
@@ -51,25 +51,58 @@ def pids_path() -> Path:
     return home_dir() / "pids.json"
 
 
+def open_regular(path: Path, flags: int, mode: int = 0o600) -> int:
+    """A descriptor on the regular file at `path` (blocking, as usual), opened without
+    following a symlink and without blocking: a FIFO planted there would hang the opener.
+
+    :raises FileNotFoundError: nothing is there (or its directory is gone).
+    :raises NotRegularFile: something else is there, or it could not be opened.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise NotRegularFile(str(path), _kind(path), exc.strerror) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotRegularFile(str(path), _kind(path) or "not a regular file", None)
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _kind(path: Path) -> str | None:
+    """What stands at `path`, in words, when it is not a regular file."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    kinds = (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISDIR, "a directory"),
+    )
+    if stat.S_ISREG(mode):
+        return None
+    return next((word for test, word in kinds if test(mode)), "a socket or device")
+
+
 def open_log(path: Path) -> BinaryIO | None:
     """A job's log file opened for reading, or None if there is none.
 
-    Never follows a symlink and never blocks: a FIFO planted at the path would hang
-    the reader, so anything but a regular file is refused.
+    :raises QueuectlError: something other than a regular file stands there.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_regular(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        raise QueuectlError(
-            f"cannot open the log {str(path)!r} ({exc.strerror}): remove whatever stands "
-            "there (a log is a regular file)"
-        ) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
+    except NotRegularFile as exc:
+        if exc.strerror:
+            raise QueuectlError(
+                f"cannot open the log {str(path)!r} ({exc.strerror}): remove whatever stands "
+                "there (a log is a regular file)"
+            ) from None
         raise QueuectlError(
             f"the log {str(path)!r} is not a regular file: remove it (a log is a regular file)"
-        )
-    os.set_blocking(fd, True)
+        ) from None
     return os.fdopen(fd, "rb")

@@ -13,7 +13,6 @@ import os
 import secrets
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from . import procs
 from .config import Config
+from .errors import NotRegularFile
 from .models import (
     OUTPUT_TAIL_BYTES,
     Job,
@@ -37,7 +37,7 @@ from .models import (
     worker_is_local,
     worker_namespace,
 )
-from .paths import job_log_path, logs_dir
+from .paths import job_log_path, logs_dir, open_regular
 from .store import Store, Transition, open_store
 
 Clock = Callable[[], datetime]
@@ -259,7 +259,7 @@ class Runner:
         try:
             procs.stop_job(job_id, self.worker_id)
             if not (self._lost_claim and self._lost_claim[0] == token):  # else _wait noted it
-                with contextlib.suppress(OSError, LogUnusable):
+                with contextlib.suppress(OSError, NotRegularFile):
                     fd = _open_log(job_log_path(job_id, self._logs))
                     try:
                         _append(fd, CANCELED_WHILE_RUNNING, self.clock())
@@ -296,8 +296,8 @@ class Runner:
             except FileNotFoundError:  # the logs directory was removed under us: make it again
                 self._logs = logs_dir()
                 log_fd = _open_log(log_path)
-        except LogUnusable as exc:
-            return Attempt(None, str(exc)), None
+        except NotRegularFile as exc:
+            return Attempt(None, _log_unusable(exc)), None
         try:
             attempt = self._attempt(job, token, log_fd)
             return attempt, _read_tail(log_fd) if attempt is not None else None
@@ -541,51 +541,21 @@ class Runner:
         return recovered
 
 
-class LogUnusable(Exception):
-    """Something other than a regular file stands at a job's log path."""
-
-
 def _open_log(path: Path) -> int:
     """The job's log, opened to append to (the job's output) and to read its tail back.
-
-    Never follows a symlink and never blocks: a FIFO planted at the path would hang the
-    worker while its heartbeat kept the lease alive (issue 14). Anything but a regular
-    file fails the attempt instead.
+    A symlink, FIFO or anything but a regular file fails the attempt: a FIFO would hang
+    the worker while its heartbeat kept the lease alive (issue 14).
 
     :raises FileNotFoundError: the logs directory is gone.
-    :raises LogUnusable: a symlink, FIFO, directory, socket or device is there.
+    :raises NotRegularFile: something else stands at the path.
     """
-    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise LogUnusable(_log_unusable(path, exc.strerror)) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise LogUnusable(_log_unusable(path, None))
-    os.set_blocking(fd, True)  # the job gets its output file as an ordinary one
-    return fd
+    return open_regular(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOCTTY)
 
 
-def _log_unusable(path: Path, strerror: str | None) -> str:
-    try:
-        mode = os.lstat(path).st_mode
-    except OSError:
-        mode = stat.S_IFREG
-    if stat.S_ISREG(mode):
-        return f"cannot open the job's log {path} ({strerror or 'not a regular file'})"
-    kind = (
-        "a symbolic link"
-        if stat.S_ISLNK(mode)
-        else "a FIFO"
-        if stat.S_ISFIFO(mode)
-        else "a directory"
-        if stat.S_ISDIR(mode)
-        else "a socket or device"
-    )
-    return f"the job's log {path} is {kind}, not a regular file: remove it"
+def _log_unusable(exc: NotRegularFile) -> str:
+    if exc.kind is None:
+        return f"cannot open the job's log {exc.path} ({exc.strerror or 'not a regular file'})"
+    return f"the job's log {exc.path} is {exc.kind}, not a regular file: remove it"
 
 
 def _append(log_fd: int, line: str, when: datetime) -> None:
