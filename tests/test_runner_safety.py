@@ -28,6 +28,8 @@ from queuectl.store import Store, open_store
 from .conftest import QUEUECTL, Run, wait_for
 from .test_worker_e2e import read_pid
 
+pytestmark = pytest.mark.e2e  # real worker processes and signals
+
 LEASE_MS = 200  # the shortest lease the config allows: pauses past it stay short
 LINUX = sys.platform.startswith("linux")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")

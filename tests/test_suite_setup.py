@@ -11,6 +11,8 @@ import pytest
 
 from .conftest import LOCAL_PG_URL
 
+pytestmark = pytest.mark.e2e  # real worker processes and signals
+
 TESTS = Path(__file__).parent
 
 
