@@ -11,7 +11,7 @@ import pytest
 
 from .conftest import LOCAL_PG_URL
 
-pytestmark = pytest.mark.e2e  # real worker processes and signals
+pytestmark = pytest.mark.e2e  # runs pytest itself in subprocesses
 
 TESTS = Path(__file__).parent
 
