@@ -704,18 +704,19 @@ class SqlStore:
             "source_commit": schedule.source.commit,
         }
 
-        def outcome(row: Any) -> str:
-            if row["updated_at"] != stamp:
-                return "unchanged"
-            return "created" if row["created_at"] == stamp else "updated"
-
         def op(conn: Conn) -> str:
+            before = conn.execute(self.sql.schedule_stamps, params).fetchone()
+            if before is not None and before["spec_hash"] == spec.spec_hash:
+                return "unchanged"
             conn.execute(self.sql.upsert_schedule, params)
-            return outcome(conn.execute(self.sql.schedule_stamps, params).fetchone())
+            return "created" if before is None else "updated"
 
         def done(conn: Conn) -> str | None:
+            # This spec, written at this very instant: the first try committed.
             row = conn.execute(self.sql.schedule_stamps, params).fetchone()
-            return outcome(row) if row and row["spec_hash"] == spec.spec_hash else None
+            if row is None or row["spec_hash"] != spec.spec_hash or row["updated_at"] != stamp:
+                return None
+            return "created" if row["created_at"] == stamp else "updated"
 
         return self.d.write(op, already_done=done)
 
