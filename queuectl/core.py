@@ -142,6 +142,18 @@ class Queue:
             Enqueued(job.id, was_created) for job, was_created in zip(jobs, created, strict=True)
         ]
 
+    def submit(
+        self, specs: Sequence[JobSpec | ScheduleSpec], *, delay_ms: int = 0
+    ) -> list[Enqueued]:
+        """Enqueue the jobs and store the schedules of one submission, in the given order."""
+        schedules = [s for s in specs if isinstance(s, ScheduleSpec)]
+        jobs = [s for s in specs if isinstance(s, JobSpec)]
+        if schedules and delay_ms:
+            raise UsageProblem("--delay applies to jobs, not schedules: their slots say when")
+        added = iter(self.add_schedules(schedules))
+        enqueued = iter(self.enqueue(jobs, delay_ms=delay_ms) if jobs else [])
+        return [next(added if isinstance(s, ScheduleSpec) else enqueued) for s in specs]
+
     def get(self, job_id: str) -> Job:
         job = self.store.get_job(job_id)
         if job is None:
@@ -438,10 +450,10 @@ class Queue:
             create: Sequence[datetime] = due.create
             skipped: Sequence[datetime] = ()
             if spec.overlap is Overlap.SKIP and create:
-                # One run at a time: the first slot runs unless a run is still going, and
-                # every later slot came while the one before it was pending.
-                keep = 0 if schedule.busy else 1
-                create, skipped = create[:keep], create[keep:]
+                # One run at a time: none while a run is still going, else only the newest
+                # of the slots due (the older ones are counted missed).
+                drop = len(create) - (0 if schedule.busy else 1)
+                create, skipped = create[drop:], create[:drop]
             missed_at = (s for s in (due.last_missed_at, *skipped) if s is not None)
             runs = [self._run(schedule, slot, now, retries) for slot in create]
             tick = Tick(

@@ -122,3 +122,13 @@ def test_overlap_queue_and_replace_are_refused_for_now(queue: Queue) -> None:
     with pytest.raises(UsageProblem, match="overlap 'replace' is not supported yet"):
         queue.add_schedules([replace(EVERY_MINUTE, overlap=Overlap.REPLACE)])
     assert queue.schedules() == []
+
+
+def test_overlap_skip_with_catchup_all_runs_only_the_newest_due_slot(
+    queue: Queue, clock: FakeClock
+) -> None:
+    queue.add_schedules([replace(EVERY_MINUTE, catchup=Catchup.ALL, overlap=Overlap.SKIP)])
+    clock.advance(3 * MINUTE)
+    [ticked] = queue.tick()
+    assert (ticked.created, ticked.missed) == (("beat@20260101T000300Z",), 2)
+    assert queue.schedule("beat").last_missed_at == clock() - timedelta(minutes=1)
