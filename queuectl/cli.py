@@ -25,7 +25,7 @@ from . import __version__, spec
 from . import config as config_mod
 from .core import DrainCounts, Queue
 from .errors import Problem, QueuectlError, SpecInvalid, UsageProblem, first_few
-from .models import Job, JobState
+from .models import Job, JobState, Schedule
 from .paths import default_db_url
 from .store import open_store
 
@@ -343,6 +343,8 @@ def enqueue_cmd(
 ) -> None:
     """Enqueue a job: a command string, a JSON job object, or - for JSON/YAML on stdin.
 
+    A spec with a `schedule` field declares a schedule (recurring runs) instead.
+
     SPEC is JSON when it parses as a JSON object or array (or starts with {" or [");
     anything else is a shell command, so '[ -f x ] && y' works. Jobs without a cwd
     run in the directory enqueue was run in. Prints each new job id on its own line.
@@ -377,7 +379,7 @@ def enqueue_cmd(
     if cwd is not None:
         overrides["cwd"] = os.path.join(here, cwd)
     loaded = spec.inline_specs(job_spec, sys.stdin.buffer, overrides, cwd=here)
-    results = app.queue().enqueue(spec.jobs_only(loaded, "enqueue"), delay_ms=delay or 0)
+    results = app.queue().submit([item.spec for item in loaded], delay_ms=delay or 0)
     for result in results:
         click.echo(result.id)
 
@@ -386,6 +388,7 @@ def enqueue_cmd(
 @click.option("--state", type=click.Choice([s.value for s in JobState]), help="Only this state.")
 @click.option("--queue", "queue_name", type=TEXT, help="Only this queue.")
 @click.option("--label", "labels", type=KeyValue(), multiple=True, help="Only jobs with label.")
+@click.option("--schedule", "schedule_id", type=TEXT, help="Only the runs of this schedule.")
 @limit_option
 @format_option
 @pass_app
@@ -394,6 +397,7 @@ def list_cmd(
     state: str | None,
     queue_name: str | None,
     labels: tuple[tuple[str, str], ...],
+    schedule_id: str | None,
     limit: int,
     newest: bool,
     fmt: str,
@@ -413,6 +417,7 @@ def list_cmd(
         labels=dict(labels),
         limit=limit,
         newest=newest,
+        schedule_id=schedule_id,
     )
     emit_page(jobs, more, fmt, newest=newest)
 
@@ -435,7 +440,7 @@ def show_cmd(app: App, job_id: str, fmt: str) -> None:
 @format_option
 @pass_app
 def status_cmd(app: App, fmt: str) -> None:
-    """Show job counts per state (counts.dead is the DLQ size) and the live workers.
+    """Show job counts per state (counts.dead is the DLQ size), schedules and live workers.
 
     \b
     Example:
@@ -446,6 +451,11 @@ def status_cmd(app: App, fmt: str) -> None:
         emit(status, fmt)
         return
     emit(status["counts"], fmt)
+    schedules = status["schedules"]
+    click.echo(
+        f"\n{schedules['active']} active schedule(s), {schedules['suspended']} suspended, "
+        f"{schedules['overdue']} overdue"
+    )
     click.echo(f"\n{len(status['workers'])} live worker(s)")
     if status["workers"]:
         emit(
@@ -636,6 +646,127 @@ def dlq_purge_cmd(app: App) -> None:
         queuectl dlq purge
     """
     click.echo(f"purged {len(app.queue().dlq_purge())} job(s)")
+
+
+# -- schedules ------------------------------------------------------------------------
+
+SCHEDULE_COLUMNS = ("id", "when", "timezone", "overlap", "suspended", "missed", "last_tick_at")
+
+
+def schedule_row(schedule: Schedule) -> dict[str, Any]:
+    """A schedule as `schedule list --format table` shows it: `when` is its cron or interval."""
+    spec = schedule.spec
+    when = " | ".join(spec.cron) if spec.cron else f"every {spec.every_ms} ms"
+    return {**schedule.to_dict(), "when": when, **spec.declared()}
+
+
+@cli.group(name="schedule", cls=QueuectlGroup)
+def schedule_group() -> None:
+    """Schedules: recurring jobs, declared with a `schedule` field and enqueued like jobs."""
+
+
+@schedule_group.command(name="list")
+@format_option
+@pass_app
+def schedule_list_cmd(app: App, fmt: str) -> None:
+    """List every schedule, by id.
+
+    \b
+    Example:
+        queuectl schedule list --format table
+    """
+    schedules = app.queue().schedules()
+    if fmt == "json":
+        emit([s.to_dict() for s in schedules], fmt)
+    else:
+        emit([schedule_row(s) for s in schedules], fmt, SCHEDULE_COLUMNS)
+
+
+@schedule_group.command(name="show")
+@click.argument("schedule_id", metavar="ID", type=TEXT)
+@format_option
+@pass_app
+def schedule_show_cmd(app: App, schedule_id: str, fmt: str) -> None:
+    """Show one schedule, with its next 5 slots in its time zone.
+
+    \b
+    Example:
+        queuectl schedule show nightly-backup
+    """
+    queue = app.queue()
+    schedule = queue.schedule(schedule_id)
+    emit({**schedule.to_dict(), "next_slots": queue.next_slots(schedule)}, fmt)
+
+
+@schedule_group.command(name="pause")
+@click.argument("schedule_id", metavar="ID", type=TEXT)
+@pass_app
+def schedule_pause_cmd(app: App, schedule_id: str) -> None:
+    """Stop creating runs of a schedule until `schedule resume`.
+
+    \b
+    Example:
+        queuectl schedule pause nightly-backup
+    """
+    app.queue().pause(schedule_id)
+    click.echo(f"paused {schedule_id}")
+
+
+@schedule_group.command(name="resume")
+@click.argument("schedule_id", metavar="ID", type=TEXT)
+@pass_app
+def schedule_resume_cmd(app: App, schedule_id: str) -> None:
+    """Resume a paused schedule; the slots it skipped are caught up as its `catchup` says.
+
+    \b
+    Example:
+        queuectl schedule resume nightly-backup
+    """
+    app.queue().resume(schedule_id)
+    click.echo(f"resumed {schedule_id}")
+
+
+@schedule_group.command(name="trigger")
+@click.argument("schedule_id", metavar="ID", type=TEXT)
+@pass_app
+def schedule_trigger_cmd(app: App, schedule_id: str) -> None:
+    """Create one run of a schedule now; prints its id (<id>@<now as a slot>).
+
+    \b
+    Example:
+        queuectl schedule trigger nightly-backup
+    """
+    click.echo(app.queue().trigger(schedule_id))
+
+
+@schedule_group.command(name="delete")
+@click.argument("schedule_id", metavar="ID", type=TEXT)
+@pass_app
+def schedule_delete_cmd(app: App, schedule_id: str) -> None:
+    """Delete a schedule; its runs waiting to start are canceled, the others kept.
+
+    \b
+    Example:
+        queuectl schedule delete nightly-backup
+    """
+    canceled = app.queue().delete_schedule(schedule_id)
+    click.echo(f"deleted {schedule_id}; canceled {len(canceled)} run(s) waiting to start")
+
+
+@schedule_group.command(name="tick")
+@format_option
+@pass_app
+def schedule_tick_cmd(app: App, fmt: str) -> None:
+    """Create the runs that are due now, count missed slots, and exit.
+
+    For hosts that drive queuectl from their own timer. Safe to run on many hosts at
+    once: each slot's run is created once. Prints what this pass did.
+
+    \b
+    Example:
+        queuectl schedule tick --format table
+    """
+    emit([t.to_dict() for t in app.queue().tick()], fmt, ("schedule", "created", "missed"))
 
 
 # -- config ---------------------------------------------------------------------------

@@ -6,27 +6,32 @@ import codecs
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from . import config as config_mod
 from .config import Config
-from .errors import JobNotFound, UsageProblem, WaitTimedOut, first_few
+from .errors import JobNotFound, ScheduleNotFound, UsageProblem, WaitTimedOut, first_few
 from .models import (
     INLINE,
     Job,
     JobSpec,
     JobState,
     NewJob,
+    Overlap,
+    Schedule,
+    ScheduleSpec,
+    Source,
     WorkerInfo,
     utcnow,
     worker_host_pid,
     worker_is_local,
 )
 from .paths import job_log_path, open_log
-from .store import Store, redact_url
+from .schedules import Timetable, due_slots, format_in_zone, jitter_for, run_id
+from .store import NewSchedule, Store, Tick, redact_url
 
 Clock = Callable[[], datetime]
 LOG_CHUNK_BYTES = 64 * 1024  # `logs` streams: memory stays flat whatever the log's size
@@ -37,6 +42,21 @@ FOLLOW_POLL_S = 0.2
 class Enqueued:
     id: str
     created: bool  # False: an identical job existed, nothing changed
+
+
+@dataclass(frozen=True)
+class Ticked:
+    """What one tick did for one schedule: the runs it created and the slots it missed."""
+
+    schedule_id: str
+    created: tuple[str, ...]
+    missed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schedule": self.schedule_id, "created": list(self.created), "missed": self.missed}
+
+
+NOT_YET_OVERLAP = (Overlap.QUEUE, Overlap.REPLACE)
 
 
 @dataclass(frozen=True)
@@ -122,6 +142,18 @@ class Queue:
             Enqueued(job.id, was_created) for job, was_created in zip(jobs, created, strict=True)
         ]
 
+    def submit(
+        self, specs: Sequence[JobSpec | ScheduleSpec], *, delay_ms: int = 0
+    ) -> list[Enqueued]:
+        """Enqueue the jobs and store the schedules of one submission, in the given order."""
+        schedules = [s for s in specs if isinstance(s, ScheduleSpec)]
+        jobs = [s for s in specs if isinstance(s, JobSpec)]
+        if schedules and delay_ms:
+            raise UsageProblem("--delay applies to jobs, not schedules: their slots say when")
+        added = iter(self.add_schedules(schedules))
+        enqueued = iter(self.enqueue(jobs, delay_ms=delay_ms) if jobs else [])
+        return [next(added if isinstance(s, ScheduleSpec) else enqueued) for s in specs]
+
     def get(self, job_id: str) -> Job:
         job = self.store.get_job(job_id)
         if job is None:
@@ -136,9 +168,15 @@ class Queue:
         labels: Mapping[str, str] | None = None,
         limit: int | None = None,
         newest: bool = False,
+        schedule_id: str | None = None,
     ) -> list[Job]:
         return self.store.list_jobs(
-            state=state, queue=queue, labels=labels, limit=limit, newest=newest
+            state=state,
+            queue=queue,
+            labels=labels,
+            limit=limit,
+            newest=newest,
+            schedule_id=schedule_id,
         )
 
     def list_page(
@@ -149,11 +187,17 @@ class Queue:
         labels: Mapping[str, str] | None = None,
         limit: int,
         newest: bool = False,
+        schedule_id: str | None = None,
     ) -> tuple[list[Job], bool]:
         """At most `limit` jobs, and whether more matched (SPEC section 14: never truncate
         silently). One row past the limit tells, without counting the whole table."""
         jobs = self.list_jobs(
-            state=state, queue=queue, labels=labels, limit=limit + 1, newest=newest
+            state=state,
+            queue=queue,
+            labels=labels,
+            limit=limit + 1,
+            newest=newest,
+            schedule_id=schedule_id,
         )
         return jobs[:limit], len(jobs) > limit
 
@@ -241,9 +285,16 @@ class Queue:
 
     def status(self) -> dict[str, Any]:
         counts = self.store.count_by_state()
+        schedules = self.store.list_schedules()
+        suspended = sum(s.suspended for s in schedules)
         return {
             "counts": {state.value: counts[state] for state in JobState},
             "workers": [w.to_dict() for w in self.live_workers()],
+            "schedules": {
+                "active": len(schedules) - suspended,
+                "suspended": suspended,
+                "overdue": 0,
+            },
             "store": redact_url(self.store.url),
         }
 
@@ -319,6 +370,120 @@ class Queue:
         finally:
             if log is not None:
                 log.close()
+
+    # -- schedules -----------------------------------------------------------------
+
+    def add_schedules(
+        self, specs: Sequence[ScheduleSpec], *, source: Source = INLINE
+    ) -> list[Enqueued]:
+        """Store schedules: new ones start with their first slot after now; another spec
+        for an existing id becomes the template of runs not yet created; an identical one
+        is a no-op (`created` False)."""
+        for schedule in specs:
+            if schedule.overlap in NOT_YET_OVERLAP:
+                raise UsageProblem(
+                    f"schedule {schedule.id!r}: overlap {schedule.overlap.value!r} is not "
+                    "supported yet: use skip or allow"
+                )
+        now = self.clock()
+        return [
+            Enqueued(s.id, self.store.upsert_schedule(NewSchedule(s, source), now) != "unchanged")
+            for s in specs
+        ]
+
+    def schedules(self) -> list[Schedule]:
+        return self.store.list_schedules()
+
+    def schedule(self, schedule_id: str) -> Schedule:
+        found = self.store.list_schedules(schedule_id)
+        if not found:
+            raise ScheduleNotFound(schedule_id)
+        return found[0]
+
+    def next_slots(self, schedule: Schedule, count: int = 5) -> list[str]:
+        """The next `count` slots after now, as RFC 3339 instants in the schedule's zone."""
+        slots = Timetable.of(schedule.spec).next_slots(self.clock(), count)
+        return format_in_zone(slots, schedule.spec.timezone)
+
+    def pause(self, schedule_id: str) -> None:
+        self.store.set_suspended(schedule_id, True, self.clock())
+
+    def resume(self, schedule_id: str) -> None:
+        """Resume a schedule; the slots it skipped are caught up as its `catchup` says."""
+        self.store.set_suspended(schedule_id, False, self.clock())
+
+    def delete_schedule(self, schedule_id: str) -> list[str]:
+        """Delete a schedule; its runs waiting to start are canceled (their ids returned)."""
+        return self.store.delete_schedule(schedule_id, self.clock())
+
+    def trigger(self, schedule_id: str) -> str:
+        """Create one run now, outside the timetable; its id names now as a slot."""
+        schedule = self.schedule(schedule_id)
+        now = self.clock()
+        retries = self.config().max_retries
+        run = self._run(schedule, now.replace(microsecond=0), now, retries, jitter=False)
+        self.store.insert_jobs([run], now)
+        return run.id
+
+    def tick(self) -> list[Ticked]:
+        """One scheduler pass: create every schedule's due runs and count its missed slots.
+
+        Safe to run on any number of hosts at once: each schedule's tick is a
+        compare-and-set on what this pass read, and a run's id is its slot.
+        """
+        now = self.clock()
+        retries = self.config().max_retries
+        done: list[Ticked] = []
+        for schedule in self.store.list_schedules():
+            if schedule.suspended:
+                continue  # its slots wait for resume, which catches up as `catchup` says
+            spec = schedule.spec
+            due = due_slots(
+                Timetable.of(spec),
+                last_tick=schedule.last_tick_at,
+                now=now,
+                catchup=spec.catchup,
+                catchup_window_ms=spec.catchup_window_ms,
+            )
+            if not due.create and not due.missed:
+                continue  # no slot since the last tick: nothing to write
+            create: Sequence[datetime] = due.create
+            skipped: Sequence[datetime] = ()
+            if spec.overlap is Overlap.SKIP and create:
+                # One run at a time: none while a run is still going, else only the newest
+                # of the slots due (the older ones are counted missed).
+                drop = len(create) - (0 if schedule.busy else 1)
+                create, skipped = create[drop:], create[:drop]
+            missed_at = (s for s in (due.last_missed_at, *skipped) if s is not None)
+            runs = [self._run(schedule, slot, now, retries) for slot in create]
+            tick = Tick(
+                schedule_id=spec.id,
+                spec_hash=spec.spec_hash,
+                last_tick_at=schedule.last_tick_at,
+                tick_at=now,
+                runs=runs,
+                missed=due.missed + len(skipped),
+                last_missed_at=max(missed_at, default=None),
+            )
+            if self.store.tick(tick, now):
+                done.append(Ticked(spec.id, tuple(r.id for r in runs), tick.missed))
+        return done
+
+    def _run(
+        self,
+        schedule: Schedule,
+        slot: datetime,
+        now: datetime,
+        retries: int,
+        *,
+        jitter: bool = True,
+    ) -> NewJob:
+        """The run of `slot`: the template, named after the slot, due at slot + jitter."""
+        spec = schedule.spec
+        start = slot + jitter_for(spec.id, slot, spec.jitter_ms) if jitter else slot
+        template = replace(spec.template, id=run_id(spec.id, slot), run_at=start)
+        run = NewJob.build(template, source=schedule.source, now=now, default_max_retries=retries)
+        return replace(run, schedule_id=spec.id)
 
     # -- dead letter queue ---------------------------------------------------------
 

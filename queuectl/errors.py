@@ -41,6 +41,13 @@ class JobNotFound(QueuectlError):
         )
 
 
+class ScheduleNotFound(QueuectlError):
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(
+            f"schedule {schedule_id!r} not found: check the id with `queuectl schedule list`"
+        )
+
+
 class WaitTimedOut(QueuectlError):
     """`wait` gave up before every job had ended."""
 

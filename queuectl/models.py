@@ -108,6 +108,23 @@ class JobSpec:
             "labels": dict(sorted(self.labels.items())),
         }
 
+    @classmethod
+    def from_declared(cls, data: Mapping[str, Any], *, id: str | None = None) -> JobSpec:
+        """The spec `declared()` wrote (as stored with a schedule)."""
+        command = data["command"]
+        return cls(
+            command=tuple(command) if isinstance(command, list) else command,
+            id=id,
+            priority=data["priority"],
+            run_at=None if data["run_at"] is None else datetime.fromisoformat(data["run_at"]),
+            max_retries=data["max_retries"],
+            timeout_ms=data["timeout_ms"],
+            env=dict(data["env"]),
+            cwd=data["cwd"],
+            queue=data["queue"],
+            labels=dict(data["labels"]),
+        )
+
     @property
     def spec_hash(self) -> str:
         """A hash of the declared spec: equal hashes mean an identical re-submission."""
@@ -149,6 +166,7 @@ class NewJob:
     max_retries: int
     available_at: datetime
     source: Source
+    schedule_id: str | None = None  # a schedule's run: the schedule it belongs to
 
     @classmethod
     def build(
@@ -209,6 +227,25 @@ class ScheduleSpec:
     suspend: bool = False
     expect_success_within_ms: int | None = None
 
+    @classmethod
+    def from_declared(
+        cls, schedule_id: str, fields: Mapping[str, Any], template: JobSpec
+    ) -> ScheduleSpec:
+        """The spec `declared()` wrote (as the store keeps it)."""
+        return cls(
+            id=schedule_id,
+            template=template,
+            cron=tuple(fields["cron"] or ()),
+            every_ms=fields["every_ms"],
+            timezone=fields["timezone"],
+            catchup=Catchup(fields["catchup"]),
+            catchup_window_ms=fields["catchup_window_ms"],
+            overlap=Overlap(fields["overlap"]),
+            jitter_ms=fields["jitter_ms"],
+            suspend=fields["suspend"],
+            expect_success_within_ms=fields["expect_success_within_ms"],
+        )
+
     def declared(self) -> dict[str, Any]:
         """The schedule fields as a JSON-ready dict, defaults filled in."""
         return {
@@ -260,6 +297,7 @@ class Job:
     lease_token: str | None = None
     lease_expires_at: datetime | None = None
     output_tail: str = ""
+    schedule_id: str | None = None
 
     @property
     def stopping(self) -> bool:
@@ -299,6 +337,43 @@ class Job:
             "source": str(self.source),
             "source_commit": self.source.commit,
             "spec_hash": self.spec_hash,
+            "schedule": self.schedule_id,
+        }
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A schedule as stored: its declaration, where it came from, and its tick state."""
+
+    spec: ScheduleSpec
+    source: Source
+    suspended: bool
+    last_tick_at: datetime  # every slot up to here is created or counted missed
+    missed: int
+    last_missed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    busy: bool  # a run is pending, processing or failed (waiting to retry)
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def to_dict(self) -> dict[str, Any]:
+        """The schedule as `schedule list` and `schedule show` print it (JSON-ready)."""
+        return {
+            "id": self.id,
+            "schedule": self.spec.declared(),
+            "template": self.spec.template.declared(),
+            "suspended": self.suspended,
+            "last_tick_at": format_time(self.last_tick_at),
+            "missed": self.missed,
+            "last_missed_at": format_time(self.last_missed_at),
+            "created_at": format_time(self.created_at),
+            "updated_at": format_time(self.updated_at),
+            "source": str(self.source),
+            "source_commit": self.source.commit,
+            "spec_hash": self.spec.spec_hash,
         }
 
 

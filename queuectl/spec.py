@@ -529,8 +529,8 @@ def jobs_only(loaded: Sequence[LoadedSpec], where: str) -> list[JobSpec]:
                     item.line,
                     item.column,
                     "schedule",
-                    f"{where} does not take schedules yet (only `validate` checks them "
-                    "so far): declare this one as a job for now",
+                    f"{where} does not take schedules yet: submit this one with "
+                    "`queuectl enqueue - < FILE`",
                 )
                 for item in schedules
             ]

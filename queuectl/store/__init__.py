@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConcurrentChange, InvalidState, JobConflict, StoreError
-from ..models import Job, JobState, NewJob, Origin, Source, WorkerInfo
+from ..models import Job, JobState, NewJob, Origin, Schedule, ScheduleSpec, Source, WorkerInfo
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,28 @@ class SpoolFile:
     name: str
     content_hash: str
     jobs: Sequence[NewJob]
+
+
+@dataclass(frozen=True)
+class NewSchedule:
+    """A validated schedule to store, and where it was declared."""
+
+    spec: ScheduleSpec
+    source: Source
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One scheduler's pass over one schedule, written only if the schedule is still as
+    it read it (`last_tick_at`, `spec_hash`): of schedulers racing, one wins."""
+
+    schedule_id: str
+    spec_hash: str
+    last_tick_at: datetime  # as read
+    tick_at: datetime  # the new last_tick_at
+    runs: Sequence[NewJob]
+    missed: int
+    last_missed_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -110,6 +132,7 @@ class Store(Protocol):
         origin: Origin | None = None,
         limit: int | None = None,
         newest: bool = False,
+        schedule_id: str | None = None,
     ) -> list[Job]:
         """Jobs oldest first (created_at, then id), or newest first."""
         ...
@@ -133,6 +156,30 @@ class Store(Protocol):
 
     def purge_dead(self) -> list[str]:
         """Delete every dead job; return their ids."""
+        ...
+
+    # schedules
+    def upsert_schedule(self, schedule: NewSchedule, now: datetime) -> str:
+        """Store a schedule: "created", "updated" (another spec for its id: the template of
+        runs not yet created) or "unchanged" (an identical re-submission)."""
+        ...
+
+    def list_schedules(self, schedule_id: str | None = None) -> list[Schedule]:
+        """Every schedule by id (or just the one named, if it exists)."""
+        ...
+
+    def set_suspended(self, schedule_id: str, suspended: bool, now: datetime) -> None:
+        """Pause or resume a schedule. Raises ScheduleNotFound."""
+        ...
+
+    def delete_schedule(self, schedule_id: str, now: datetime) -> list[str]:
+        """Delete a schedule and cancel its runs waiting to start (pending, or failed and
+        waiting to retry); return their ids. Raises ScheduleNotFound."""
+        ...
+
+    def tick(self, tick: Tick, now: datetime) -> bool:
+        """Create the tick's runs (each id at most once, ever) and record its missed slots,
+        in one write; False (nothing written) if another scheduler ticked first."""
         ...
 
     # config
@@ -253,6 +300,7 @@ def job_from_row(
         lease_token=row["lease_token"],
         lease_expires_at=instant(row["lease_expires_at"]),
         output_tail=row["output_tail"],
+        schedule_id=row["schedule_id"],
     )
 
 

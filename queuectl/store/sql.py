@@ -23,12 +23,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from ..errors import JobConflict, JobNotFound, SchemaTooNew, StoreError
-from ..models import Job, JobState, NewJob, Origin, WorkerInfo
+from ..errors import JobConflict, JobNotFound, ScheduleNotFound, SchemaTooNew, StoreError
+from ..models import Job, JobSpec, JobState, NewJob, Origin, Schedule, ScheduleSpec, WorkerInfo
 from . import (
     Change,
     Heartbeat,
+    NewSchedule,
     SpoolFile,
+    Tick,
     Transition,
     changed_meanwhile,
     conflict,
@@ -122,6 +124,7 @@ SELECT * FROM jobs
  WHERE (:state{{text}} IS NULL OR state = :state)
    AND (:queue{{text}} IS NULL OR queue = :queue)
    AND (:origin{{text}} IS NULL OR origin = :origin)
+   AND (:schedule{{text}} IS NULL OR schedule_id = :schedule)
    AND {{labels_match}}
  ORDER BY {order}
  LIMIT coalesce(:limit{{int}}, 9223372036854775807)
@@ -135,10 +138,10 @@ class Statements:
     insert_job: str = """
 INSERT INTO jobs (id, command, priority, run_at, max_retries, timeout_ms, env, cwd, queue,
                   labels, state, attempts, created_at, updated_at, available_at, origin,
-                  source_file, source_commit, spec_hash)
+                  source_file, source_commit, spec_hash, schedule_id)
 VALUES (:id, :command, :priority, :run_at, :max_retries, :timeout_ms, :env, :cwd, :queue,
         :labels, 'pending', 0, :now, :now, :available_at, :origin, :source_file,
-        :source_commit, :spec_hash)
+        :source_commit, :spec_hash, :schedule_id)
 ON CONFLICT (id) DO NOTHING
 """
     existing_hashes: str = """
@@ -277,6 +280,44 @@ SELECT min(available_at) AS next_at FROM jobs
    AND (:queues{json} IS NULL OR queue IN ({each}(:queues{json})))
 """
 
+    # An identical re-submission matches no row: nothing changes, not even updated_at.
+    upsert_schedule: str = """
+INSERT INTO schedules (id, template, schedule, spec_hash, suspended, last_tick_at, created_at,
+                       updated_at, origin, source_file, source_commit)
+VALUES (:id, :template, :schedule, :spec_hash, :suspended, :now, :now, :now, :origin,
+        :source_file, :source_commit)
+ON CONFLICT (id) DO UPDATE SET template = excluded.template, schedule = excluded.schedule,
+    spec_hash = excluded.spec_hash, suspended = excluded.suspended,
+    updated_at = excluded.updated_at, origin = excluded.origin,
+    source_file = excluded.source_file, source_commit = excluded.source_commit
+ WHERE schedules.spec_hash <> excluded.spec_hash
+"""
+    schedule_stamps: str = "SELECT spec_hash, created_at, updated_at FROM schedules WHERE id = :id"
+    list_schedules: str = """
+SELECT schedules.*,
+       EXISTS (SELECT 1 FROM jobs WHERE jobs.schedule_id = schedules.id
+                                    AND jobs.state IN ('pending', 'processing', 'failed')) AS busy
+  FROM schedules WHERE :id{text} IS NULL OR id = :id ORDER BY id
+"""
+    set_suspended: str = """
+UPDATE schedules SET suspended = :suspended, updated_at = :now WHERE id = :id
+"""
+    delete_schedule: str = "DELETE FROM schedules WHERE id = :id"
+    cancel_runs: str = """
+UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now
+ WHERE schedule_id = :id AND state IN ('pending', 'failed')
+RETURNING id
+"""
+    canceled_runs_at: str = """
+SELECT id FROM jobs WHERE schedule_id = :id AND state = 'canceled' AND updated_at = :now
+"""
+    # Compare-and-set on what the scheduler read: of schedulers racing, one records the tick.
+    tick_schedule: str = """
+UPDATE schedules SET last_tick_at = :tick_at, missed = missed + :missed,
+                     last_missed_at = coalesce(:last_missed_at{time}, last_missed_at)
+ WHERE id = :id AND last_tick_at = :last_tick_at AND spec_hash = :spec_hash AND NOT suspended
+"""
+
     def render(self, dialect: Dialect) -> Statements:
         """The statements in the dialect's SQL and placeholder style."""
         return Statements(
@@ -387,7 +428,23 @@ class SqlStore:
             "source_file": job.source.file,
             "source_commit": job.source.commit,
             "spec_hash": spec.spec_hash,
+            "schedule_id": job.schedule_id,
         }
+
+    def _schedule(self, row: Any) -> Schedule:
+        template = JobSpec.from_declared(self.d.decode_json(row["template"]), id=row["id"])
+        fields = self.d.decode_json(row["schedule"])
+        return Schedule(
+            spec=ScheduleSpec.from_declared(row["id"], fields, template),
+            source=source_of(row),
+            suspended=bool(row["suspended"]),
+            last_tick_at=self._required(row["last_tick_at"]),
+            missed=int(row["missed"]),
+            last_missed_at=self.d.instant(row["last_missed_at"]),
+            created_at=self._required(row["created_at"]),
+            updated_at=self._required(row["updated_at"]),
+            busy=bool(row["busy"]),
+        )
 
     @contextlib.contextmanager
     def _savepoint(self, conn: Conn) -> Iterator[None]:
@@ -549,8 +606,10 @@ class SqlStore:
         origin: Origin | None = None,
         limit: int | None = None,
         newest: bool = False,
+        schedule_id: str | None = None,
     ) -> list[Job]:
         params = {
+            "schedule": schedule_id,
             "state": state.value if state else None,
             "queue": queue,
             "origin": origin.value if origin else None,
@@ -627,6 +686,97 @@ class SqlStore:
         # Whatever of them is gone now was deleted, by this call or a concurrent one.
         left = self.get_jobs(ids)
         return [job_id for job_id in ids if job_id not in left]
+
+    # -- schedules -------------------------------------------------------------------
+
+    def upsert_schedule(self, schedule: NewSchedule, now: datetime) -> str:
+        spec = schedule.spec
+        stamp = self.d.time(now)
+        params = {
+            "id": spec.id,
+            "template": self.d.json(spec.template.declared()),
+            "schedule": self.d.json(spec.declared()),
+            "spec_hash": spec.spec_hash,
+            "suspended": spec.suspend,
+            "now": stamp,
+            "origin": schedule.source.origin.value,
+            "source_file": schedule.source.file,
+            "source_commit": schedule.source.commit,
+        }
+
+        def op(conn: Conn) -> str:
+            before = conn.execute(self.sql.schedule_stamps, params).fetchone()
+            if before is not None and before["spec_hash"] == spec.spec_hash:
+                return "unchanged"
+            conn.execute(self.sql.upsert_schedule, params)
+            return "created" if before is None else "updated"
+
+        def done(conn: Conn) -> str | None:
+            # This spec, written at this very instant: the first try committed.
+            row = conn.execute(self.sql.schedule_stamps, params).fetchone()
+            if row is None or row["spec_hash"] != spec.spec_hash or row["updated_at"] != stamp:
+                return None
+            return "created" if row["created_at"] == stamp else "updated"
+
+        return self.d.write(op, already_done=done)
+
+    def list_schedules(self, schedule_id: str | None = None) -> list[Schedule]:
+        params = {"id": schedule_id}
+        rows = self.d.read(lambda conn: conn.execute(self.sql.list_schedules, params).fetchall())
+        return [self._schedule(row) for row in rows]
+
+    def set_suspended(self, schedule_id: str, suspended: bool, now: datetime) -> None:
+        params = {"id": schedule_id, "suspended": suspended, "now": self.d.time(now)}
+        written = self.d.write(
+            lambda conn: conn.execute(self.sql.set_suspended, params).rowcount, single=True
+        )
+        if written == 0:
+            raise ScheduleNotFound(schedule_id)
+
+    def delete_schedule(self, schedule_id: str, now: datetime) -> list[str]:
+        params = {"id": schedule_id, "now": self.d.time(now)}
+
+        def op(conn: Conn) -> list[str]:
+            if conn.execute(self.sql.delete_schedule, params).rowcount == 0:
+                raise ScheduleNotFound(schedule_id)
+            return sorted(row["id"] for row in conn.execute(self.sql.cancel_runs, params))
+
+        def done(conn: Conn) -> list[str] | None:
+            if conn.execute(self.sql.schedule_stamps, params).fetchone():
+                return None  # still there: the first try did not commit
+            return sorted(row["id"] for row in conn.execute(self.sql.canceled_runs_at, params))
+
+        return self.d.write(op, already_done=done)
+
+    def tick(self, tick: Tick, now: datetime) -> bool:
+        params = {
+            "id": tick.schedule_id,
+            "spec_hash": tick.spec_hash,
+            "last_tick_at": self.d.time(tick.last_tick_at),
+            "tick_at": self.d.time(tick.tick_at),
+            "missed": tick.missed,
+            "last_missed_at": self.d.time(tick.last_missed_at),
+        }
+        rows = [self._job_params(run, now) for run in tick.runs]
+
+        def op(conn: Conn) -> bool:
+            if conn.execute(self.sql.tick_schedule, params).rowcount == 0:
+                return False  # another scheduler ticked (or the schedule changed) meanwhile
+            if rows:
+                # ON CONFLICT DO NOTHING: a run `schedule trigger` made already stays as it is.
+                cursor = conn.cursor()
+                try:
+                    cursor.executemany(self.sql.insert_job, rows)
+                finally:
+                    cursor.close()
+                self.d.notify(conn)
+            return True
+
+        def done(conn: Conn) -> bool | None:
+            row = conn.execute(self.sql.list_schedules, params).fetchone()
+            return True if row and row["last_tick_at"] == params["tick_at"] else None
+
+        return bool(self.d.write(op, already_done=done))
 
     # -- config ----------------------------------------------------------------------
 
@@ -710,7 +860,7 @@ class SqlStore:
     def _required(self, value: Any) -> datetime:
         instant = self.d.instant(value)
         if instant is None:
-            raise StoreError("a worker row has no time: the workers table is damaged")
+            raise StoreError("a stored row lacks a required time: the database is damaged")
         return instant
 
     def request_stop(self, worker_ids: Sequence[str] | None = None) -> int:

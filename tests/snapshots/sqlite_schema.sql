@@ -1,8 +1,9 @@
--- user_version 7
+-- user_version 8
 CREATE INDEX jobs_applied_pending ON jobs (id) WHERE origin = 'apply' AND state = 'pending';
 CREATE INDEX jobs_claim_order ON jobs (priority DESC, created_at, id)
     WHERE state IN ('pending', 'failed');
 CREATE INDEX jobs_created ON jobs (created_at, id);
+CREATE INDEX jobs_schedule ON jobs (schedule_id, created_at, id) WHERE schedule_id IS NOT NULL;
 CREATE INDEX jobs_state_available ON jobs (state, available_at);
 CREATE INDEX jobs_stopping ON jobs (id) WHERE state = 'canceled' AND lease_token IS NOT NULL;
 CREATE INDEX spool_files_ingested ON spool_files (ingested_at);
@@ -41,7 +42,22 @@ CREATE TABLE jobs (
     spec_hash        TEXT NOT NULL,
     output_tail      TEXT NOT NULL DEFAULT ''
 , source_commit TEXT, origin TEXT NOT NULL DEFAULT 'inline'
-    CHECK (origin IN ('inline', 'spool', 'apply')), source_file TEXT) WITHOUT ROWID;
+    CHECK (origin IN ('inline', 'spool', 'apply')), source_file TEXT, schedule_id TEXT) WITHOUT ROWID;
+CREATE TABLE schedules (
+    id             TEXT PRIMARY KEY,
+    template       TEXT NOT NULL,              -- JSON: the job spec of every run
+    schedule       TEXT NOT NULL,              -- JSON: cron/every, timezone, catchup, ...
+    spec_hash      TEXT NOT NULL,
+    suspended      INTEGER NOT NULL DEFAULT 0,
+    last_tick_at   INTEGER NOT NULL,           -- slots up to here are created or missed
+    missed         INTEGER NOT NULL DEFAULT 0,
+    last_missed_at INTEGER,
+    created_at     INTEGER NOT NULL,
+    updated_at     INTEGER NOT NULL,
+    origin         TEXT NOT NULL DEFAULT 'inline' CHECK (origin IN ('inline', 'spool', 'apply')),
+    source_file    TEXT,
+    source_commit  TEXT
+) WITHOUT ROWID;
 CREATE TABLE spool_files (
     claim_id     TEXT PRIMARY KEY,
     name         TEXT NOT NULL,
