@@ -1,7 +1,7 @@
-"""GitOps: make the store hold exactly the declared jobs, once.
+"""GitOps: make the store hold exactly the declared jobs and schedules, once.
 
-Planning reads the store and decides an action per job; applying writes every
-change in one transaction that re-checks each job is as the plan saw it.
+Planning reads the store and decides an action per job and schedule; applying
+writes every change in one transaction that re-checks each is as the plan saw it.
 """
 
 from __future__ import annotations
@@ -12,24 +12,27 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import spec
 from .config import Config
 from .errors import Problem, SpecInvalid
-from .models import Job, JobSpec, JobState, NewJob, Origin, Source, utcnow
-from .store import Change, Store
+from .models import Job, JobSpec, JobState, NewJob, Origin, Schedule, ScheduleSpec, Source, utcnow
+from .store import Change, NewSchedule, ScheduleChange, Store
+
+Kind = Literal["job", "schedule"]
 
 
 @dataclass(frozen=True)
 class PlanEntry:
     id: str
+    kind: Kind
     action: str  # create | unchanged | update | conflict | replace | prune
     source: str
     reason: str | None = None  # why a conflict is one
 
     def to_dict(self) -> dict[str, Any]:
-        entry = {"id": self.id, "action": self.action, "source": self.source}
+        entry = {"id": self.id, "kind": self.kind, "action": self.action, "source": self.source}
         if self.reason:
             entry["reason"] = self.reason
         return entry
@@ -38,7 +41,7 @@ class PlanEntry:
 @dataclass(frozen=True)
 class Plan:
     entries: list[PlanEntry]
-    changes: list[Change]
+    changes: list[Change | ScheduleChange]
 
     @property
     def conflicts(self) -> list[PlanEntry]:
@@ -63,6 +66,13 @@ def _action(current: Job | None, new: NewJob, *, replace: bool) -> tuple[str, st
     else:
         reason += ": use --replace to enqueue it afresh"
     return "conflict", reason
+
+
+def _schedule_action(current: Schedule | None, new: ScheduleSpec) -> str:
+    """Schedules never conflict: a changed template applies to runs not yet created."""
+    if current is None:
+        return "create"
+    return "unchanged" if current.spec.spec_hash == new.spec_hash else "update"
 
 
 def _under(path: str, roots: Sequence[Path]) -> bool:
@@ -119,9 +129,10 @@ def source_commit(path: Path) -> str | None:
 
 
 def load_declared(paths: Iterable[Path]) -> list[spec.LoadedSpec]:
-    """Validate the declared specs; every job needs an id. Raises SpecInvalid with all problems."""
+    """Validate the declared jobs and schedules; every job needs an id. Raises SpecInvalid
+    with all problems."""
     validation = spec.validate_paths(paths)
-    problems = list(validation.problems)
+    problems = list(validation.problems) + spec.unsupported(validation.specs)
     for item in validation.specs:
         if item.spec.id is None:
             problems.append(
@@ -135,7 +146,6 @@ def load_declared(paths: Iterable[Path]) -> list[spec.LoadedSpec]:
             )
     if problems:
         raise SpecInvalid(problems)
-    spec.jobs_only(validation.specs, "apply")
     return validation.specs
 
 
@@ -151,17 +161,27 @@ def plan(
     declared = load_declared(paths)
     config = config or Config.resolve(store.read_config())
     now = utcnow()
-    current = store.get_jobs([item.spec.id for item in declared if item.spec.id])
+    job_ids = {item.spec.id for item in declared if isinstance(item.spec, JobSpec)}
+    schedule_ids = {item.spec.id for item in declared if isinstance(item.spec, ScheduleSpec)}
+    current = store.get_jobs([job_id for job_id in job_ids if job_id])
+    schedules = {s.id: s for s in store.list_schedules()}
     entries: list[PlanEntry] = []
-    changes: list[Change] = []
+    changes: list[Change | ScheduleChange] = []
     sources: dict[str, Source] = {}  # per file: its absolute path and git commit
     for item in declared:
         job_id = item.spec.id or ""
         if item.source not in sources:
             file = Path(item.source).resolve()
             sources[item.source] = Source(Origin.APPLY, str(file), source_commit(file))
-        if not isinstance(item.spec, JobSpec):
-            continue  # load_declared refused schedules
+        if isinstance(item.spec, ScheduleSpec):
+            found = schedules.get(job_id)
+            action = _schedule_action(found, item.spec)
+            entries.append(PlanEntry(job_id, "schedule", action, item.source))
+            if action != "unchanged":
+                schedule = NewSchedule(item.spec, sources[item.source])
+                seen = found.spec.spec_hash if found else None
+                changes.append(ScheduleChange(action, job_id, schedule, seen))
+            continue
         new = NewJob.build(
             item.spec,
             source=sources[item.source],
@@ -171,19 +191,29 @@ def plan(
         existing = current.get(job_id)
         action, reason = _action(existing, new, replace=replace)
         entries.append(
-            PlanEntry(job_id, action, item.source, reason if action == "conflict" else None)
+            PlanEntry(job_id, "job", action, item.source, reason if action == "conflict" else None)
         )
         if action in ("create", "update", "replace"):
             expected = (existing.state, existing.updated_at) if existing else None
             changes.append(Change(action, job_id, new, expected))
     if prune:
         roots = [p.resolve() for p in paths]
-        declared_ids = {item.spec.id for item in declared}
         for job in store.list_jobs(state=JobState.PENDING, origin=Origin.APPLY):
             path = job.source.file or ""
-            if job.id not in declared_ids and job.started_at is None and _under(path, roots):
-                entries.append(PlanEntry(job.id, "prune", _display(path)))
+            if job.schedule_id is not None:
+                continue  # a schedule's run: pending while its schedule stays, else pruned with it
+            if job.id not in job_ids and job.started_at is None and _under(path, roots):
+                entries.append(PlanEntry(job.id, "job", "prune", _display(path)))
                 changes.append(Change("prune", job.id, None, (job.state, job.updated_at)))
+        for found in schedules.values():
+            path = found.source.file or ""
+            if (
+                found.source.origin is Origin.APPLY
+                and found.id not in schedule_ids
+                and _under(path, roots)
+            ):
+                entries.append(PlanEntry(found.id, "schedule", "prune", _display(path)))
+                changes.append(ScheduleChange("prune", found.id, None, found.spec.spec_hash))
     return Plan(entries, changes)
 
 

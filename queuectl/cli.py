@@ -1164,20 +1164,25 @@ def validate_cmd(paths: tuple[Path, ...], fmt: str) -> None:
 @click.option(
     "--prune",
     is_flag=True,
-    help="Cancel pending jobs an earlier apply of these paths created that are no longer declared.",
+    help=(
+        "Cancel pending jobs and delete schedules an earlier apply of these paths created "
+        "that are no longer declared."
+    ),
 )
 @format_option
 @pass_app
 def apply_cmd(
     app: App, paths: tuple[Path, ...], dry_run: bool, replace: bool, prune: bool, fmt: str
 ) -> None:
-    """Make the queue hold exactly the declared jobs, once (GitOps).
+    """Make the queue hold exactly the declared jobs and schedules, once (GitOps).
 
     Every job needs an id. Per job the plan is create, unchanged, update (pending and
     never run), conflict (changed after it ran: left alone, exit 1), replace (with
-    --replace) or prune (with --prune). The plan is printed as JSON even when
-    conflicts make the exit code 1. All changes are one transaction: an invalid file
-    changes nothing.
+    --replace) or prune (with --prune). Per schedule it is create, unchanged, update
+    (the template of runs not yet created) or prune (deleted; its runs waiting to
+    start are canceled). Each plan row names its kind, job or schedule. The plan is
+    printed as JSON even when conflicts make the exit code 1. All changes are one
+    transaction: an invalid file changes nothing.
 
     \b
     Examples:
@@ -1198,7 +1203,10 @@ def apply_cmd(
         ) from exc
     # Nothing cut: a plan's reason and source are what a person reads the table for.
     emit(
-        [e.to_dict() for e in result.entries], fmt, ("id", "action", "source", "reason"), cut=False
+        [e.to_dict() for e in result.entries],
+        fmt,
+        ("id", "kind", "action", "source", "reason"),
+        cut=False,
     )
     counts = {
         a: sum(e.action == a for e in result.entries)
@@ -1217,7 +1225,7 @@ def apply_cmd(
 
 @cli.group(name="spool", cls=QueuectlGroup)
 def spool_group() -> None:
-    """Turn job files dropped into a directory into jobs.
+    """Turn job and schedule files dropped into a directory into jobs and schedules.
 
     Write a file as `name.yaml.tmp` (or a dotfile) and rename it into place: the
     rename is atomic, so a half-written file is never read.

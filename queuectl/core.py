@@ -16,6 +16,7 @@ from .config import Config
 from .errors import JobNotFound, ScheduleNotFound, UsageProblem, WaitTimedOut, first_few
 from .models import (
     INLINE,
+    NOT_YET_OVERLAP,
     Job,
     JobSpec,
     JobState,
@@ -54,9 +55,6 @@ class Ticked:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schedule": self.schedule_id, "created": list(self.created), "missed": self.missed}
-
-
-NOT_YET_OVERLAP = (Overlap.QUEUE, Overlap.REPLACE)
 
 
 @dataclass(frozen=True)

@@ -207,6 +207,8 @@ class Overlap(enum.StrEnum):
     REPLACE = "replace"
 
 
+# Refused when a schedule is submitted, until the scheduler implements them.
+NOT_YET_OVERLAP = (Overlap.QUEUE, Overlap.REPLACE)
 DEFAULT_TIMEZONE = "UTC"
 DEFAULT_CATCHUP_WINDOW_MS = 86_400_000
 

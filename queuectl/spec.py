@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from .errors import Problem, SpecInvalid, UsageProblem
-from .models import Catchup, JobSpec, Overlap, ScheduleSpec
+from .models import NOT_YET_OVERLAP, Catchup, JobSpec, Overlap, ScheduleSpec
 from .schedules import cron_problem, duration_ms, zone_problem
 
 if TYPE_CHECKING:
@@ -517,25 +517,21 @@ class LoadedSpec:
     column: int
 
 
-def jobs_only(loaded: Sequence[LoadedSpec], where: str) -> list[JobSpec]:
-    """The job specs of `loaded`; raise SpecInvalid at every schedule, which `where`
-    (the spool, apply) does not take yet."""
-    schedules = [item for item in loaded if isinstance(item.spec, ScheduleSpec)]
-    if schedules:
-        raise SpecInvalid(
-            [
-                Problem(
-                    item.source,
-                    item.line,
-                    item.column,
-                    "schedule",
-                    f"{where} does not take schedules yet: submit this one with "
-                    "`queuectl enqueue - < FILE`",
-                )
-                for item in schedules
-            ]
+def unsupported(loaded: Sequence[LoadedSpec]) -> list[Problem]:
+    """A problem at every schedule whose overlap policy is not supported yet (`enqueue`
+    refuses them as well)."""
+    return [
+        Problem(
+            item.source,
+            item.line,
+            item.column,
+            "schedule.overlap",
+            f"schedule {item.spec.id!r}: overlap {item.spec.overlap.value!r} is not supported "
+            "yet: use skip or allow",
         )
-    return [item.spec for item in loaded if isinstance(item.spec, JobSpec)]
+        for item in loaded
+        if isinstance(item.spec, ScheduleSpec) and item.spec.overlap in NOT_YET_OVERLAP
+    ]
 
 
 def job_entries(doc: Document) -> Iterator[tuple[PathTuple, Any]]:

@@ -1,7 +1,7 @@
 """Spool directory: job files dropped into a directory become jobs, once.
 
 A file is claimed by an atomic rename into `.processing/`, so two watchers never
-ingest one file twice; parsed and validated; its jobs inserted in one
+ingest one file twice; parsed and validated; its jobs and schedules stored in one
 transaction together with a record of the claim; then moved to `done/`. A bad
 file goes to `rejected/` beside `<name>.error.json`. A watcher that dies
 mid-file leaves the claim in `.processing/`, where the next scan finds it, and
@@ -36,9 +36,9 @@ from pathlib import Path
 from . import procs, spec
 from .config import Config
 from .errors import Problem, QueuectlError, SpecInvalid, StoreReplaced, one_line
-from .models import NewJob, Origin, Source, format_time, utcnow
+from .models import JobSpec, NewJob, Origin, ScheduleSpec, Source, format_time, utcnow
 from .paths import home_dir
-from .store import SpoolFile, Store
+from .store import NewSchedule, SpoolFile, Store
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".swp", "~")
 RESCAN_S = 2.0  # rescan even without events: missed events and settling files
@@ -125,12 +125,16 @@ class Handled:
     ingested: bool
     job_ids: list[str] = field(default_factory=list)
     reason: str | None = None
+    schedule_ids: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         name = shown(self.name)
-        if self.ingested:
-            return f"ingested {name}: {len(self.job_ids)} job(s) {', '.join(self.job_ids)}"
-        return f"rejected {name}: {self.reason}"
+        if not self.ingested:
+            return f"rejected {name}: {self.reason}"
+        line = f"ingested {name}: {len(self.job_ids)} job(s) {', '.join(self.job_ids)}"
+        if self.schedule_ids:
+            line += f", {len(self.schedule_ids)} schedule(s) {', '.join(self.schedule_ids)}"
+        return line
 
 
 @dataclass(frozen=True)
@@ -447,7 +451,14 @@ class Spool:
         for (claim, file), problem in zip(parsed, outcomes, strict=True):
             if problem is None:
                 self._move(claim, self._done_fd, touch=True)
-                handled.append(Handled(claim.name, True, [job.id for job in file.jobs]))
+                handled.append(
+                    Handled(
+                        claim.name,
+                        True,
+                        [job.id for job in file.jobs],
+                        schedule_ids=[s.spec.id for s in file.schedules],
+                    )
+                )
             else:
                 handled.append(self._reject(claim, [problem]))
         return handled
@@ -533,12 +544,20 @@ class Spool:
         is_json = claim.name.lower().endswith(".json")
         docs = spec.parse_spec_bytes(raw, claim.shown, is_json=is_json)
         loaded = spec.validate_documents(docs, source=claim.shown, relative_cwd="refuse")
+        problems = spec.unsupported(loaded)
+        if problems:
+            raise SpecInvalid(problems)
         source = Source(Origin.SPOOL, claim.shown)
         jobs = [
-            NewJob.build(job, source=source, now=now, default_max_retries=config.max_retries)
-            for job in spec.jobs_only(loaded, "the spool")
+            NewJob.build(item.spec, source=source, now=now, default_max_retries=config.max_retries)
+            for item in loaded
+            if isinstance(item.spec, JobSpec)
         ]
-        return SpoolFile(claim.token, claim.shown, hashlib.sha256(raw).hexdigest(), jobs)
+        schedules = [
+            NewSchedule(item.spec, source) for item in loaded if isinstance(item.spec, ScheduleSpec)
+        ]
+        digest = hashlib.sha256(raw).hexdigest()
+        return SpoolFile(claim.token, claim.shown, digest, jobs, schedules)
 
     def _reject(self, claim: _Claim, problems: list[Problem]) -> Handled:
         final = self._move(claim, self._rejected_fd)

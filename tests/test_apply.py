@@ -64,6 +64,7 @@ def test_conflict_after_a_run_and_replace(run: Run, run_json: Any, tmp_path: Pat
     (entry,) = json.loads(result.stdout)
     assert entry == {
         "id": "a",
+        "kind": "job",
         "action": "conflict",
         "source": str(spec),
         "reason": "the job is completed and has run: use --replace to enqueue it afresh",
@@ -71,7 +72,8 @@ def test_conflict_after_a_run_and_replace(run: Run, run_json: Any, tmp_path: Pat
     assert result.stderr.strip().endswith("Error: 1 conflict(s) left alone: see the plan's reasons")
     assert run_json("show", "a")["command"] == "true"
     table = run("apply", "--dry-run", "--format", "table", str(spec)).stdout.splitlines()
-    assert table[1].split(None, 3)[1:] == [  # nothing cut (issue 15)
+    assert table[1].split(None, 4)[1:] == [  # nothing cut
+        "job",
         "conflict",
         str(spec),
         "the job is completed and has run: use --replace to enqueue it afresh",
@@ -154,5 +156,90 @@ def test_source_file_and_git_commit_are_recorded(run: Run, run_json: Any, tmp_pa
 def test_table_format(run: Run) -> None:
     result = run("apply", "--format", "table", str(EXAMPLES))
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["ID", "ACTION", "SOURCE", "REASON"]
+    assert lines[0].split() == ["ID", "KIND", "ACTION", "SOURCE", "REASON"]
     assert len(lines) == 9
+
+
+def plan_rows(result: subprocess.CompletedProcess[str]) -> list[tuple[str, str, str]]:
+    return [(e["id"], e["kind"], e["action"]) for e in json.loads(result.stdout)]
+
+
+SCHEDULED = (
+    "- {id: setup, command: echo setup}\n"
+    "- {id: nightly, command: %s, schedule: {cron: '30 2 * * *'}}\n"
+)
+
+
+def test_schedules_are_created_updated_and_pruned_beside_jobs(
+    run: Run, run_json: Any, tmp_path: Path
+) -> None:
+    spec = write(tmp_path / "decl" / "mixed.yaml", SCHEDULED % "./backup.sh")
+    created = run("apply", str(spec.parent))
+    assert created.returncode == 0, created.stderr
+    assert plan_rows(created) == [("setup", "job", "create"), ("nightly", "schedule", "create")]
+    schedule = run_json("schedule", "show", "nightly")
+    assert (schedule["template"]["command"], schedule["source"]) == (
+        "./backup.sh",
+        f"apply:{spec.resolve()}",
+    )
+    assert plan_rows(run("apply", str(spec.parent))) == [
+        ("setup", "job", "unchanged"),
+        ("nightly", "schedule", "unchanged"),
+    ]
+    assert run_json("schedule", "show", "nightly")["updated_at"] == schedule["updated_at"]
+    earlier = run("schedule", "trigger", "nightly").stdout.strip()
+    write(spec, SCHEDULED % "./backup.sh --full")
+    updated = run("apply", "--prune", str(spec.parent))
+    assert plan_rows(updated) == [("setup", "job", "unchanged"), ("nightly", "schedule", "update")]
+    assert run_json("schedule", "show", "nightly")["template"]["command"] == "./backup.sh --full"
+    # The template is for runs not yet created; a declared schedule's run is never pruned.
+    assert (run_json("show", earlier)["command"], run_json("show", earlier)["state"]) == (
+        "./backup.sh",
+        "pending",
+    )
+    write(spec, "- {id: setup, command: echo setup}\n")
+    pruned = run("apply", "--prune", "--format", "table", str(spec.parent))
+    assert pruned.returncode == 0, pruned.stderr
+    assert [line.split()[:3] for line in pruned.stdout.splitlines()] == [
+        ["ID", "KIND", "ACTION"],
+        ["setup", "job", "unchanged"],
+        ["nightly", "schedule", "prune"],
+    ]
+    assert run_json("schedule", "list") == []
+    assert run_json("show", earlier)["state"] == "canceled"
+    assert run_json("show", "setup")["state"] == "pending"
+
+
+def test_prune_leaves_schedules_of_other_paths_and_of_enqueue(
+    run: Run, run_json: Any, tmp_path: Path
+) -> None:
+    here = write(tmp_path / "here" / "s.yaml", "id: mine\ncommand: x\nschedule: {every: 1h}\n")
+    write(tmp_path / "there" / "s.yaml", "id: theirs\ncommand: x\nschedule: {every: 1h}\n")
+    run("apply", str(tmp_path / "there"))
+    run("apply", str(here.parent))
+    enqueued = run("enqueue", "-", input="id: inline\ncommand: x\nschedule: {every: 1h}\n")
+    assert enqueued.returncode == 0, enqueued.stderr
+    write(here, "id: kept\ncommand: x\nschedule: {every: 2h}\n")
+    result = run("apply", "--prune", str(here.parent))
+    assert plan_rows(result) == [("kept", "schedule", "create"), ("mine", "schedule", "prune")]
+    assert [s["id"] for s in run_json("schedule", "list")] == ["inline", "kept", "theirs"]
+
+
+def test_dry_run_and_an_invalid_file_change_no_schedule(
+    run: Run, run_json: Any, tmp_path: Path
+) -> None:
+    decl = tmp_path / "decl"
+    write(decl / "a.yaml", SCHEDULED % "./backup.sh")
+    dry = run("apply", "--dry-run", str(decl))
+    assert (dry.returncode, dry.stderr) == (0, "dry run, nothing written: 2 create\n")
+    assert plan_rows(dry) == [("setup", "job", "create"), ("nightly", "schedule", "create")]
+    assert (run_json("schedule", "list"), run_json("list")) == ([], [])
+    bad = write(decl / "b.yaml", "id: later\ncommand: x\nschedule: {every: 1h, overlap: queue}\n")
+    result = run("apply", str(decl))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"Error: {bad}:1:1: schedule.overlap: schedule 'later': overlap 'queue' is not "
+        "supported yet: use skip or allow",
+        "Error: nothing applied: fix the 1 problem(s) above",
+    ]
+    assert (run_json("schedule", "list"), run_json("list")) == ([], [])

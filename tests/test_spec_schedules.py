@@ -132,7 +132,10 @@ def test_identical_declarations_hash_alike_and_any_change_shows() -> None:
     assert len({a.spec.spec_hash, c.spec.spec_hash, d.spec.spec_hash}) == 3
 
 
-def test_spool_and_apply_refuse_schedules_for_now() -> None:
-    [loaded] = spec.parse_specs("id: t\ncommand: x\nschedule: {every: 1h}\n", "s.yaml")
-    with pytest.raises(SpecInvalid, match="apply does not take schedules yet"):
-        spec.jobs_only([loaded], "apply")
+def test_overlaps_not_supported_yet_are_problems_at_the_schedule() -> None:
+    text = "- {id: t, command: x, schedule: {every: 1h, overlap: queue}}\n- {id: u, command: x}\n"
+    loaded = spec.parse_specs(text, "s.yaml")
+    assert [str(p) for p in spec.unsupported(loaded)] == [
+        "s.yaml:1:3: schedule.overlap: schedule 't': overlap 'queue' is not supported yet: "
+        "use skip or allow"
+    ]

@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -183,6 +184,69 @@ def test_same_id_identical_is_a_noop_and_different_is_a_conflict(
     assert "already exists with a different spec" in (handled["two.yaml"].reason or "")
     assert [j.id for j in store.list_jobs()] == ["fixed"]
     assert store.get_job("fixed").command == "echo 1"  # type: ignore[union-attr]
+
+
+NIGHTLY = "id: nightly\ncommand: %s\nschedule: {cron: '30 2 * * *'}\n"
+
+
+def test_a_schedule_is_ingested_once_and_a_different_spec_for_it_rejected(
+    spool_dir: Path, store: Store
+) -> None:
+    spool = Spool(spool_dir, store)
+    drop(spool_dir, "nightly.yaml", NIGHTLY % "./backup.sh")
+    (handled,) = spool.scan_once()
+    assert (handled.ingested, handled.schedule_ids, handled.job_ids) == (True, ["nightly"], [])
+    assert handled.line() == "ingested nightly.yaml: 0 job(s) , 1 schedule(s) nightly"
+    (stored,) = store.list_schedules()
+    assert (stored.id, stored.spec.template.command, str(stored.source)) == (
+        "nightly",
+        "./backup.sh",
+        "spool:nightly.yaml",
+    )
+    drop(spool_dir, "again.yaml", NIGHTLY % "./backup.sh")
+    drop(spool_dir, "changed.yaml", NIGHTLY % "./other.sh")
+    handled_by_name = {h.name: h for h in spool.scan_once()}
+    assert handled_by_name["again.yaml"].ingested
+    assert not handled_by_name["changed.yaml"].ingested
+    assert error_report(spool_dir, "changed.yaml")["reason"] == (
+        "changed.yaml: id: schedule 'nightly' already exists with a different spec (from "
+        "spool:nightly.yaml): choose another id, re-submit the identical spec (a no-op), or "
+        "change it with `queuectl apply` or `queuectl enqueue`"
+    )
+    (after,) = store.list_schedules()
+    assert after == stored  # the identical one changed nothing, not even updated_at
+
+
+def test_a_file_of_jobs_and_schedules_is_all_or_nothing(spool_dir: Path, store: Store) -> None:
+    spool = Spool(spool_dir, store)
+    drop(spool_dir, "first.yaml", NIGHTLY % "./backup.sh")
+    spool.scan_once()
+    mixed = "- {id: fresh-job, command: x}\n- {id: fresh, command: x, schedule: {every: 1h}}\n"
+    drop(spool_dir, "conflicting.yaml", mixed + "- " + NIGHTLY.replace("\n", "\n  ") % "./x")
+    (rejected,) = spool.scan_once()
+    assert not rejected.ingested
+    assert "schedule 'nightly' already exists with a different spec" in (rejected.reason or "")
+    assert store.list_jobs() == []
+    assert [s.id for s in store.list_schedules()] == ["nightly"]
+    drop(spool_dir, "mixed.yaml", mixed)
+    (ingested,) = spool.scan_once()
+    assert (ingested.job_ids, ingested.schedule_ids) == (["fresh-job"], ["fresh"])
+    assert [j.id for j in store.list_jobs()] == ["fresh-job"]
+    assert [s.id for s in store.list_schedules()] == ["fresh", "nightly"]
+
+
+@pytest.mark.e2e
+@pytest.mark.both_backends
+def test_spool_ingest_command_takes_schedules(spool_dir: Path, run: Run, run_json: Any) -> None:
+    drop(spool_dir, "nightly.yaml", NIGHTLY % "./backup.sh")
+    result = run("spool", "ingest", str(spool_dir))
+    assert (result.returncode, result.stderr.splitlines()[-1]) == (
+        0,
+        "1 file(s) ingested, 0 rejected",
+    )
+    shown = run_json("schedule", "show", "nightly")
+    assert (shown["source"], shown["template"]["command"]) == ("spool:nightly.yaml", "./backup.sh")
+    assert os.listdir(spool_dir / "done") == ["nightly.yaml"]
 
 
 def test_a_file_written_in_place_waits_until_it_settles(spool_dir: Path, store: Store) -> None:

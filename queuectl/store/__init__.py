@@ -47,21 +47,37 @@ class Change:
 
 
 @dataclass(frozen=True)
-class SpoolFile:
-    """The validated jobs of one claimed spool file."""
-
-    claim_id: str  # unique per claim: a crash-and-retry of the same claim inserts once
-    name: str
-    content_hash: str
-    jobs: Sequence[NewJob]
-
-
-@dataclass(frozen=True)
 class NewSchedule:
     """A validated schedule to store, and where it was declared."""
 
     spec: ScheduleSpec
     source: Source
+
+
+@dataclass(frozen=True)
+class ScheduleChange:
+    """One schedule write of an apply: `create` it, `update` it (the template of runs not
+    yet created), or `prune` it (delete it, canceling its runs waiting to start).
+
+    `expected_hash` is the spec hash the plan saw (None: absent); the write happens only
+    if the schedule is still so.
+    """
+
+    action: str
+    schedule_id: str
+    schedule: NewSchedule | None = None
+    expected_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class SpoolFile:
+    """The validated jobs and schedules of one claimed spool file."""
+
+    claim_id: str  # unique per claim: a crash-and-retry of the same claim inserts once
+    name: str
+    content_hash: str
+    jobs: Sequence[NewJob]
+    schedules: Sequence[NewSchedule] = ()
 
 
 @dataclass(frozen=True)
@@ -99,7 +115,9 @@ class Store(Protocol):
         ...
 
     def ingest_spool_files(self, files: Sequence[SpoolFile], now: datetime) -> list[str | None]:
-        """Insert each file's jobs in one transaction, file by file all-or-nothing.
+        """Insert each file's jobs and create its schedules in one transaction, file by
+        file all-or-nothing (the file's claim record included). An identical existing job
+        or schedule is a no-op; a different one rejects the file.
 
         Per file: None if ingested (or already ingested under this claim), else the
         conflict that rejected it.
@@ -116,10 +134,10 @@ class Store(Protocol):
         """The jobs among `job_ids` that exist, by id."""
         ...
 
-    def apply_changes(self, changes: Sequence[Change], now: datetime) -> None:
+    def apply_changes(self, changes: Sequence[Change | ScheduleChange], now: datetime) -> None:
         """Make every change in one transaction, or none.
 
-        :raises ConcurrentChange: a job changed since the plan was made.
+        :raises ConcurrentChange: a job or schedule changed since the plan was made.
         """
         ...
 
@@ -323,6 +341,21 @@ def changed_meanwhile(job_id: str) -> ConcurrentChange:
     return ConcurrentChange(
         f"job {job_id!r} changed while the apply was planned (a worker claimed it?): "
         "nothing was written; run the apply again"
+    )
+
+
+def schedule_changed_meanwhile(schedule_id: str) -> ConcurrentChange:
+    return ConcurrentChange(
+        f"schedule {schedule_id!r} changed while the apply was planned: nothing was written; "
+        "run the apply again"
+    )
+
+
+def schedule_conflict(schedule_id: str, source: Source) -> JobConflict:
+    return JobConflict(
+        f"schedule {schedule_id!r} already exists with a different spec (from {source}): "
+        "choose another id, re-submit the identical spec (a no-op), or change it with "
+        "`queuectl apply` or `queuectl enqueue`"
     )
 
 

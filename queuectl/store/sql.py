@@ -29,6 +29,7 @@ from . import (
     Change,
     Heartbeat,
     NewSchedule,
+    ScheduleChange,
     SpoolFile,
     Tick,
     Transition,
@@ -38,6 +39,8 @@ from . import (
     not_cancelable,
     not_dead,
     redact_url,
+    schedule_changed_meanwhile,
+    schedule_conflict,
     source_of,
 )
 
@@ -128,6 +131,15 @@ SELECT * FROM jobs
    AND {{labels_match}}
  ORDER BY {order}
  LIMIT coalesce(:limit{{int}}, 9223372036854775807)
+"""
+
+
+_INSERT_SCHEDULE = """
+INSERT INTO schedules (id, template, schedule, spec_hash, suspended, last_tick_at, created_at,
+                       updated_at, origin, source_file, source_commit)
+VALUES (:id, :template, :schedule, :spec_hash, :suspended, :now, :now, :now, :origin,
+        :source_file, :source_commit)
+ON CONFLICT (id) DO {on_conflict}
 """
 
 
@@ -281,18 +293,27 @@ SELECT min(available_at) AS next_at FROM jobs
 """
 
     # An identical re-submission matches no row: nothing changes, not even updated_at.
-    upsert_schedule: str = """
-INSERT INTO schedules (id, template, schedule, spec_hash, suspended, last_tick_at, created_at,
-                       updated_at, origin, source_file, source_commit)
-VALUES (:id, :template, :schedule, :spec_hash, :suspended, :now, :now, :now, :origin,
-        :source_file, :source_commit)
-ON CONFLICT (id) DO UPDATE SET template = excluded.template, schedule = excluded.schedule,
+    upsert_schedule: str = _INSERT_SCHEDULE.format(
+        on_conflict="""UPDATE SET template = excluded.template, schedule = excluded.schedule,
     spec_hash = excluded.spec_hash, suspended = excluded.suspended,
     updated_at = excluded.updated_at, origin = excluded.origin,
     source_file = excluded.source_file, source_commit = excluded.source_commit
- WHERE schedules.spec_hash <> excluded.spec_hash
+ WHERE schedules.spec_hash <> excluded.spec_hash"""
+    )
+    # The spool and apply create only: an existing id is theirs to compare, not overwrite.
+    create_schedule: str = _INSERT_SCHEDULE.format(on_conflict="NOTHING")
+    # Guarded by the spec hash the plan saw, as apply's job writes are by updated_at.
+    update_schedule: str = """
+UPDATE schedules SET template = :template, schedule = :schedule, spec_hash = :spec_hash,
+                     suspended = :suspended, updated_at = :now, origin = :origin,
+                     source_file = :source_file, source_commit = :source_commit
+ WHERE id = :id AND spec_hash = :expected_hash
 """
-    schedule_stamps: str = "SELECT spec_hash, created_at, updated_at FROM schedules WHERE id = :id"
+    prune_schedule: str = "DELETE FROM schedules WHERE id = :id AND spec_hash = :expected_hash"
+    schedule_stamps: str = """
+SELECT spec_hash, created_at, updated_at, origin, source_file, source_commit
+  FROM schedules WHERE id = :id
+"""
     list_schedules: str = """
 SELECT schedules.*,
        EXISTS (SELECT 1 FROM jobs WHERE jobs.schedule_id = schedules.id
@@ -518,6 +539,7 @@ class SqlStore:
                 try:
                     with self._savepoint(conn):  # one file all-or-nothing
                         self._insert_jobs(conn, file.jobs, now)
+                        self._create_schedules(conn, file.schedules, now)
                         conn.execute(
                             self.sql.record_spool_file,
                             {
@@ -554,9 +576,14 @@ class SqlStore:
         rows = self.d.read(lambda conn: conn.execute(self.sql.get_jobs, params).fetchall())
         return {row["id"]: self._job(row) for row in rows}
 
-    def apply_changes(self, changes: Sequence[Change], now: datetime) -> None:
+    def apply_changes(self, changes: Sequence[Change | ScheduleChange], now: datetime) -> None:
+        jobs = [change for change in changes if isinstance(change, Change)]
+        schedules = [change for change in changes if isinstance(change, ScheduleChange)]
+
         def op(conn: Conn) -> bool:
-            for change in changes:
+            for schedule in schedules:
+                self._apply_schedule(conn, schedule, now)
+            for change in jobs:
                 expected = change.expected
                 guard = {
                     "expected_state": expected[0].value if expected else None,
@@ -584,10 +611,22 @@ class SqlStore:
 
         def done(conn: Conn) -> bool | None:
             # Every change shows, stamped with this apply's instant: the first try committed.
-            ids = [change.job_id for change in changes]
-            rows = {r["id"]: r for r in conn.execute(self.sql.get_jobs, {"ids": self._ids(ids)})}
             stamp = self.d.time(now)
-            for change in changes:
+            for schedule in schedules:
+                row = conn.execute(self.sql.schedule_stamps, {"id": schedule.schedule_id})
+                found = row.fetchone()
+                if schedule.schedule is None:
+                    if found is not None:
+                        return None  # a prune not yet done
+                elif (
+                    found is None
+                    or found["spec_hash"] != schedule.schedule.spec.spec_hash
+                    or found["updated_at"] != stamp
+                ):
+                    return None
+            ids = [change.job_id for change in jobs]
+            rows = {r["id"]: r for r in conn.execute(self.sql.get_jobs, {"ids": self._ids(ids)})}
+            for change in jobs:
                 row = rows.get(change.job_id)
                 if row is None or row["updated_at"] != stamp:
                     return None
@@ -689,20 +728,55 @@ class SqlStore:
 
     # -- schedules -------------------------------------------------------------------
 
-    def upsert_schedule(self, schedule: NewSchedule, now: datetime) -> str:
+    def _schedule_params(self, schedule: NewSchedule, now: datetime) -> dict[str, Any]:
         spec = schedule.spec
-        stamp = self.d.time(now)
-        params = {
+        return {
             "id": spec.id,
             "template": self.d.json(spec.template.declared()),
             "schedule": self.d.json(spec.declared()),
             "spec_hash": spec.spec_hash,
             "suspended": spec.suspend,
-            "now": stamp,
+            "now": self.d.time(now),
             "origin": schedule.source.origin.value,
             "source_file": schedule.source.file,
             "source_commit": schedule.source.commit,
         }
+
+    def _create_schedules(
+        self, conn: Conn, schedules: Sequence[NewSchedule], now: datetime
+    ) -> None:
+        """Create schedules inside the caller's write; an identical existing one is a no-op,
+        a different one a JobConflict (the spool's rule for ids, as for jobs)."""
+        for schedule in schedules:
+            params = self._schedule_params(schedule, now)
+            if conn.execute(self.sql.create_schedule, params).rowcount == 1:
+                continue
+            row = conn.execute(self.sql.schedule_stamps, params).fetchone()
+            if row["spec_hash"] != schedule.spec.spec_hash:
+                raise schedule_conflict(schedule.spec.id, source_of(row))
+
+    def _apply_schedule(self, conn: Conn, change: ScheduleChange, now: datetime) -> None:
+        """One schedule write of an apply, only if the schedule is as the plan saw it."""
+        params: dict[str, Any] = {"id": change.schedule_id, "now": self.d.time(now)}
+        if change.schedule is not None:
+            params.update(self._schedule_params(change.schedule, now))
+        params["expected_hash"] = change.expected_hash
+        if change.action == "create":
+            written = conn.execute(self.sql.create_schedule, params).rowcount
+        elif change.action == "update":
+            written = conn.execute(self.sql.update_schedule, params).rowcount
+        elif change.action == "prune":
+            written = conn.execute(self.sql.prune_schedule, params).rowcount
+            conn.execute(self.sql.cancel_runs, params).fetchall()  # as `schedule delete` does
+        else:
+            raise ValueError(f"unknown change {change.action!r}")
+        if written != 1:
+            raise schedule_changed_meanwhile(change.schedule_id)
+
+    def upsert_schedule(self, schedule: NewSchedule, now: datetime) -> str:
+        spec = schedule.spec
+        stamp = self.d.time(now)
+        params = self._schedule_params(schedule, now)
 
         def op(conn: Conn) -> str:
             before = conn.execute(self.sql.schedule_stamps, params).fetchone()
