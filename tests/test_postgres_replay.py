@@ -20,8 +20,15 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from queuectl.core import Queue
-from queuectl.models import INLINE, JobSpec, JobState, NewJob, Origin, Source
-from queuectl.store import Change, Store, Transition, open_store
+from queuectl.models import INLINE, JobSpec, JobState, NewJob, Origin, ScheduleSpec, Source
+from queuectl.store import (
+    Change,
+    NewSchedule,
+    ScheduleChange,
+    Store,
+    Transition,
+    open_store,
+)
 
 from .conftest import FakeClock, postgres_schema_url
 
@@ -199,6 +206,33 @@ def test_apply_after_a_lost_reply(
     assert proxy.dropped == 3
     pruned = store.get_job("made")
     assert pruned is not None and pruned.state is JobState.CANCELED
+
+
+def test_apply_of_a_schedule_after_a_lost_reply(
+    proxied: tuple[Store, CommitReplyDropper], clock: FakeClock
+) -> None:
+    store, proxy = proxied
+    source = Source(Origin.APPLY, "s.yaml")
+
+    def declared(command: str) -> NewSchedule:
+        template = JobSpec(command=command, id="s")
+        return NewSchedule(ScheduleSpec(id="s", template=template, every_ms=3_600_000), source)
+
+    first, second = declared("true"), declared("false")
+    proxy.arm()
+    store.apply_changes([ScheduleChange("create", "s", first)], clock())
+    assert proxy.dropped == 1
+    clock.advance(1000)
+    proxy.arm()
+    store.apply_changes([ScheduleChange("update", "s", second, first.spec.spec_hash)], clock())
+    assert proxy.dropped == 2
+    (stored,) = store.list_schedules()
+    assert stored.spec.template.command == "false"
+    clock.advance(1000)
+    proxy.arm()
+    store.apply_changes([ScheduleChange("prune", "s", None, second.spec.spec_hash)], clock())
+    assert proxy.dropped == 3
+    assert store.list_schedules() == []
 
 
 def test_dlq_purge_after_a_lost_reply_still_names_what_it_deleted(
