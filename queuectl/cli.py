@@ -6,6 +6,7 @@ No SQL and no queue rules live here. Every error reaches the user as one
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -907,6 +908,9 @@ def worker_run_cmd(
     SIGTERM or Ctrl-C: finish the current job, then exit. A second Ctrl-C (a second
     or more later) or SIGQUIT interrupts the running job, which is recorded as failed.
 
+    Also runs a scheduler, which creates the runs of schedules at their slots (one per
+    `worker run`, beside its workers; none with --drain, which only empties the queue).
+
     \b
     Examples:
         queuectl worker run --count 4
@@ -941,7 +945,7 @@ def worker_run_cmd(
         before = queue.drain_counts() if drain else None
         if drain:
             _warn_empty_queues(queue, queues)
-        with _signals(lambda signum: supervisor.forward(signum)):
+        with _signals(supervisor.forward), _scheduler(queue.store.url, drain):
             code = supervisor.run()
         if before is not None and code == 0:
             _drain_summary(queue, before, fail_on_dead=fail_on_dead)
@@ -970,10 +974,24 @@ def worker_run_cmd(
     before = app.queue().drain_counts() if drain and not supervised else None
     if before is not None:
         _warn_empty_queues(app.queue(), queues)
-    with _signals(on_signal):
+    # A supervisor's children leave the schedules to the supervisor's scheduler.
+    with _signals(on_signal), _scheduler(runner.store.url, drain or supervised):
         runner.run(drain=drain)
     if before is not None:
         _drain_summary(app.queue(), before, fail_on_dead=fail_on_dead)
+
+
+def _scheduler(url: str, off: bool) -> contextlib.AbstractContextManager[None]:
+    """A scheduler in a thread while the block runs, unless `off`.
+
+    Not while draining: a drain ends once nothing is left to do, and a schedule's
+    runs would keep coming (`schedule tick` first creates what is due, if wanted).
+    """
+    if off:
+        return contextlib.nullcontext()
+    from .scheduler import Scheduler
+
+    return Scheduler(url).in_thread()
 
 
 def _warn_empty_queues(queue: Queue, queues: Sequence[str]) -> None:

@@ -403,6 +403,15 @@ class Queue:
         slots = Timetable.of(schedule.spec).next_slots(self.clock(), count)
         return format_in_zone(slots, schedule.spec.timezone)
 
+    def next_slot(self, after: datetime) -> datetime | None:
+        """The first slot after `after` of any active schedule; None when none is active."""
+        slots = (
+            next(Timetable.of(s.spec).slots_after(after))
+            for s in self.store.list_schedules()
+            if not s.suspended
+        )
+        return min(slots, default=None)
+
     def pause(self, schedule_id: str) -> None:
         self.store.set_suspended(schedule_id, True, self.clock())
 

@@ -19,6 +19,8 @@ DEFAULT_QUEUE = "default"
 DEFAULT_PRIORITY = 0
 OUTPUT_TAIL_BYTES = 4096
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+# A schedule's run: `<schedule id>@<slot>` (SPEC 11); `@` is refused in ids users give.
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}@[0-9]{8}T[0-9]{6}Z$"
 
 
 class JobState(enum.StrEnum):

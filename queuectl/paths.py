@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import NotRegularFile, QueuectlError
-from .models import ID_PATTERN
+from .models import ID_PATTERN, RUN_ID_PATTERN
 
-_ID = re.compile(ID_PATTERN)
+_ID = re.compile(f"{ID_PATTERN}|{RUN_ID_PATTERN}")
 
 
 def home_dir() -> Path:

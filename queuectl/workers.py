@@ -86,7 +86,8 @@ def _parent_death_signal(sig: int) -> bool:
     """Have the kernel send `sig` when our parent exits (Linux); False where it cannot.
 
     Linux sends it when the parent *thread* that forked us exits. The Supervisor
-    spawns from its only thread, so that is when the supervisor itself dies.
+    spawns from its main thread (its scheduler thread never does), so that is when
+    the supervisor itself dies.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -181,7 +182,7 @@ class Supervisor:
                     child.started = time.monotonic()
 
     def _spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
-        # Our own interpreter and fixed arguments. Spawned from the supervisor's only
+        # Our own interpreter and fixed arguments. Spawned from the supervisor's main
         # thread: the children's parent-death signal (bind_to_supervisor) fires when the
         # thread that forked them exits, which must be when the supervisor does.
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, env=self.env)  # noqa: S603

@@ -38,10 +38,29 @@ def test_detached_worker_records_are_private(run: Run, home: Path) -> None:
         assert run("worker", "stop").returncode == 0
 
 
-@pytest.mark.parametrize("job_id", ["../escape", "a/b", "..", "a..b", "x\n", "/etc/passwd", ""])
+@pytest.mark.parametrize(
+    "job_id",
+    [
+        "../escape",
+        "a/b",
+        "..",
+        "a..b",
+        "x\n",
+        "/etc/passwd",
+        "",
+        "a@../x",
+        "a..b@20260101T000000Z",
+        "a@20260101T000000Z/../x",
+    ],
+)
 def test_job_ids_can_never_name_a_file_outside_the_logs_directory(home: Path, job_id: str) -> None:
     with pytest.raises(QueuectlError, match="is not a valid job id"):
         job_log_path(job_id)
+
+
+def test_a_schedule_runs_id_names_a_log_file_in_the_logs_directory(home: Path) -> None:
+    path = job_log_path("nightly-backup@20261201T013000Z")
+    assert path == home / "logs" / "job-nightly-backup@20261201T013000Z.log"
 
 
 def test_validate_and_apply_never_run_anything_from_a_spec(

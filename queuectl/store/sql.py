@@ -783,6 +783,7 @@ class SqlStore:
             if before is not None and before["spec_hash"] == spec.spec_hash:
                 return "unchanged"
             conn.execute(self.sql.upsert_schedule, params)
+            self.d.notify(conn)  # running schedulers pick the new timetable up at once
             return "created" if before is None else "updated"
 
         def done(conn: Conn) -> str | None:
