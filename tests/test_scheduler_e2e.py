@@ -3,10 +3,7 @@ processes on both stores. Conditions are polled with a deadline, never slept for
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from .conftest import QUEUECTL, Run, wait_for
+from .conftest import Run, wait_for
+from .test_worker_e2e import Workers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.both_backends]
 
@@ -26,47 +24,13 @@ def every_second(overlap: str = "skip") -> str:
     return f"id: tick\ncommand: 'true'\nschedule:\n  every: 1s\n  overlap: {overlap}\n"
 
 
-class Started:
-    """Foreground `worker run` processes of one test, each logging to its own file."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def start(self, *options: str) -> subprocess.Popen[bytes]:
-        path = self.logs / f"worker-{len(self.procs)}.log"
-        with path.open("wb") as log:
-            proc = subprocess.Popen(
-                [QUEUECTL, "worker", "run", *options],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=os.environ.copy(),
-            )
-        self.procs.append((proc, path))
-        return proc
-
-    def output(self) -> str:
-        return "\n".join(path.read_text(errors="replace") for _, path in self.procs)
-
-    def stop(self) -> None:
-        """SIGTERM every process; each must exit 0 (a graceful stop, scheduler included)."""
-        for proc, _ in self.procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc, _ in self.procs:
-            assert proc.wait(timeout=30) == 0, self.output()
-
-
 @pytest.fixture
-def started(tmp_path: Path) -> Iterator[Started]:
-    workers = Started(tmp_path)
+def started(home: Path, tmp_path: Path) -> Iterator[Workers]:
+    workers = Workers(home, tmp_path)
     try:
         yield workers
     finally:
-        for proc, _ in workers.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
+        workers.cleanup()
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +61,7 @@ def assert_each_slot_created_once(output: str, jobs: list[dict[str, Any]]) -> No
 
 
 def test_worker_run_creates_and_completes_each_slots_run_once(
-    run_json: Callable[..., Any], add_schedule: Callable[[str], None], started: Started
+    run_json: Callable[..., Any], add_schedule: Callable[[str], None], started: Workers
 ) -> None:
     add_schedule(every_second())
     started.start("--count", "2")
@@ -111,7 +75,7 @@ def test_worker_run_creates_and_completes_each_slots_run_once(
 
 
 def test_two_supervisors_on_one_store_create_each_slots_run_once(
-    run_json: Callable[..., Any], add_schedule: Callable[[str], None], started: Started
+    run_json: Callable[..., Any], add_schedule: Callable[[str], None], started: Workers
 ) -> None:
     add_schedule(every_second(overlap="allow"))  # every slot gets a run: none is skipped
     started.start("--count", "2")
@@ -132,7 +96,7 @@ def test_schedules_tick_while_every_worker_is_busy(
     run: Run,
     run_json: Callable[..., Any],
     add_schedule: Callable[[str], None],
-    started: Started,
+    started: Workers,
 ) -> None:
     go = tmp_path / "go"
     for n in range(count):  # one long job per worker, running until the test says go

@@ -102,6 +102,13 @@ class Workers:
         paths = [*sorted(self.logs.glob("worker-*.log")), self.home / "logs" / "workers.log"]
         return "\n".join(p.read_text(errors="replace") for p in paths if p.exists())
 
+    def stop(self) -> None:
+        """SIGTERM every foreground process; each must exit 0 (a graceful stop)."""
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            assert proc.wait(timeout=30) == 0, self.output()
+
     def detached_pids(self) -> list[int]:
         try:
             entries = json.loads((self.home / "pids.json").read_text())["workers"]
