@@ -651,7 +651,16 @@ def dlq_purge_cmd(app: App) -> None:
 
 # -- schedules ------------------------------------------------------------------------
 
-SCHEDULE_COLUMNS = ("id", "when", "timezone", "overlap", "suspended", "missed", "last_tick_at")
+SCHEDULE_COLUMNS = (
+    "id",
+    "when",
+    "timezone",
+    "overlap",
+    "suspended",
+    "overdue",
+    "missed",
+    "last_success_at",
+)
 
 
 def schedule_row(schedule: Schedule) -> dict[str, Any]:

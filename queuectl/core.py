@@ -45,6 +45,20 @@ class Enqueued:
     created: bool  # False: an identical job existed, nothing changed
 
 
+def stop_if_local(job_id: str, worker_id: str) -> None:
+    """SIGTERM a canceled job's processes now when its worker runs on this host (its
+    worker would stop it at its next heartbeat anyway)."""
+    # Imported here: enqueue, the hot path, needs none of these.
+    import signal
+    import socket
+
+    from . import procs
+
+    host, _ = worker_host_pid(worker_id)
+    if host == socket.gethostname():
+        procs.signal_job(job_id, worker_id, signal.SIGTERM)
+
+
 @dataclass(frozen=True)
 class Ticked:
     """What one tick did for one schedule: the runs it created and the slots it missed."""
@@ -52,9 +66,15 @@ class Ticked:
     schedule_id: str
     created: tuple[str, ...]
     missed: int
+    replaced: tuple[str, ...] = ()  # runs canceled by `overlap: replace`
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schedule": self.schedule_id, "created": list(self.created), "missed": self.missed}
+        return {
+            "schedule": self.schedule_id,
+            "created": list(self.created),
+            "missed": self.missed,
+            "replaced": list(self.replaced),
+        }
 
 
 @dataclass(frozen=True)
@@ -270,20 +290,12 @@ class Queue:
         """
         before = self.store.cancel_job(job_id, self.clock(), running=kill)
         if before.lease_token is not None and before.worker_id is not None:  # running, or stopping
-            # Imported here: enqueue, the hot path, needs neither.
-            import signal
-            import socket
-
-            from . import procs
-
-            host, _ = worker_host_pid(before.worker_id)
-            if host == socket.gethostname():
-                procs.signal_job(job_id, before.worker_id, signal.SIGTERM)
+            stop_if_local(job_id, before.worker_id)
         return self.get(job_id)
 
     def status(self) -> dict[str, Any]:
         counts = self.store.count_by_state()
-        schedules = self.store.list_schedules()
+        schedules = self.schedules()
         suspended = sum(s.suspended for s in schedules)
         return {
             "counts": {state.value: counts[state] for state in JobState},
@@ -291,7 +303,7 @@ class Queue:
             "schedules": {
                 "active": len(schedules) - suspended,
                 "suspended": suspended,
-                "overdue": 0,
+                "overdue": sum(s.overdue for s in schedules),
             },
             "store": redact_url(self.store.url),
         }
@@ -390,27 +402,23 @@ class Queue:
         ]
 
     def schedules(self) -> list[Schedule]:
-        return self.store.list_schedules()
+        now = self.clock()
+        return [s.with_overdue(now) for s in self.store.list_schedules()]
 
     def schedule(self, schedule_id: str) -> Schedule:
         found = self.store.list_schedules(schedule_id)
         if not found:
             raise ScheduleNotFound(schedule_id)
-        return found[0]
+        return found[0].with_overdue(self.clock())
 
     def next_slots(self, schedule: Schedule, count: int = 5) -> list[str]:
         """The next `count` slots after now, as RFC 3339 instants in the schedule's zone."""
         slots = Timetable.of(schedule.spec).next_slots(self.clock(), count)
         return format_in_zone(slots, schedule.spec.timezone)
 
-    def next_slot(self, after: datetime) -> datetime | None:
-        """The first slot after `after` of any active schedule; None when none is active."""
-        slots = (
-            next(Timetable.of(s.spec).slots_after(after))
-            for s in self.store.list_schedules()
-            if not s.suspended
-        )
-        return min(slots, default=None)
+    def next_tick_at(self) -> datetime | None:
+        """When the earliest active schedule next needs a tick; None when none is active."""
+        return self.store.next_tick_at()
 
     def pause(self, schedule_id: str) -> None:
         self.store.set_suspended(schedule_id, True, self.clock())
@@ -433,48 +441,63 @@ class Queue:
         return run.id
 
     def tick(self) -> list[Ticked]:
-        """One scheduler pass: create every schedule's due runs and count its missed slots.
+        """One scheduler pass: create the due runs of every schedule with a slot due, and
+        count its missed slots.
 
         Safe to run on any number of hosts at once: each schedule's tick is a
         compare-and-set on what this pass read, and a run's id is its slot.
         """
         now = self.clock()
+        due = self.store.due_schedules(now)
+        if not due:
+            return []  # the common case, read from an index: no config, no write
         retries = self.config().max_retries
+        ticks = [self._tick_of(schedule, now, retries) for schedule in due]
         done: list[Ticked] = []
-        for schedule in self.store.list_schedules():
-            if schedule.suspended:
-                continue  # its slots wait for resume, which catches up as `catchup` says
-            spec = schedule.spec
-            due = due_slots(
-                Timetable.of(spec),
-                last_tick=schedule.last_tick_at,
-                now=now,
-                catchup=spec.catchup,
-                catchup_window_ms=spec.catchup_window_ms,
-            )
-            if not due.create and not due.missed:
-                continue  # no slot since the last tick: nothing to write
-            create: Sequence[datetime] = due.create
-            skipped: Sequence[datetime] = ()
-            if spec.overlap is Overlap.SKIP and create:
-                # One run at a time: none while a run is still going, else only the newest
-                # of the slots due (the older ones are counted missed).
-                drop = len(create) - (0 if schedule.busy else 1)
-                create, skipped = create[drop:], create[:drop]
-            missed_at = (s for s in (due.last_missed_at, *skipped) if s is not None)
-            runs = [self._run(schedule, slot, now, retries) for slot in create]
-            tick = Tick(
-                schedule_id=spec.id,
-                spec_hash=spec.spec_hash,
-                last_tick_at=schedule.last_tick_at,
-                tick_at=now,
-                runs=runs,
-                missed=due.missed + len(skipped),
-                last_missed_at=max(missed_at, default=None),
-            )
-            if self.store.tick(tick, now):
-                done.append(Ticked(spec.id, tuple(r.id for r in runs), tick.missed))
+        for tick, replaced in zip(ticks, self.store.tick(ticks, now), strict=True):
+            if replaced is None:
+                continue  # another scheduler ticked this schedule meanwhile
+            for job in replaced:
+                if job.lease_token is not None and job.worker_id is not None:  # it was running
+                    stop_if_local(job.id, job.worker_id)
+            if tick.runs or tick.missed:
+                runs = tuple(r.id for r in tick.runs)
+                done.append(
+                    Ticked(tick.schedule_id, runs, tick.missed, tuple(j.id for j in replaced))
+                )
         return done
+
+    def _tick_of(self, schedule: Schedule, now: datetime, retries: int) -> Tick:
+        """What a tick at `now` does for one schedule, by its catch-up and overlap rules."""
+        spec = schedule.spec
+        timetable = Timetable.of(spec)
+        due = due_slots(
+            timetable,
+            last_tick=schedule.last_tick_at,
+            now=now,
+            catchup=spec.catchup,
+            catchup_window_ms=spec.catchup_window_ms,
+        )
+        create: Sequence[datetime] = due.create
+        skipped: Sequence[datetime] = ()
+        if create and spec.overlap in (Overlap.SKIP, Overlap.REPLACE):
+            # One run at a time: only the newest of the slots due (the older ones are
+            # counted missed); with skip, none while a run is still going.
+            keep = 0 if spec.overlap is Overlap.SKIP and schedule.busy else 1
+            create, skipped = create[len(create) - keep :], create[: len(create) - keep]
+        missed_at = (s for s in (due.last_missed_at, *skipped) if s is not None)
+        runs = [self._run(schedule, slot, now, retries) for slot in create]
+        return Tick(
+            schedule_id=spec.id,
+            spec_hash=spec.spec_hash,
+            last_tick_at=schedule.last_tick_at,
+            tick_at=now,
+            runs=runs,
+            missed=due.missed + len(skipped),
+            last_missed_at=max(missed_at, default=None),
+            next_slot_at=next(timetable.slots_after(now)),
+            replace_previous=spec.overlap is Overlap.REPLACE and bool(runs),
+        )
 
     def _run(
         self,

@@ -11,7 +11,7 @@ import secrets
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -210,7 +210,7 @@ class Overlap(enum.StrEnum):
 
 
 # Refused when a schedule is submitted, until the scheduler implements them.
-NOT_YET_OVERLAP = (Overlap.QUEUE, Overlap.REPLACE)
+NOT_YET_OVERLAP = (Overlap.QUEUE,)
 DEFAULT_TIMEZONE = "UTC"
 DEFAULT_CATCHUP_WINDOW_MS = 86_400_000
 
@@ -358,10 +358,22 @@ class Schedule:
     created_at: datetime
     updated_at: datetime
     busy: bool  # a run is pending, processing or failed (waiting to retry)
+    last_success_at: datetime | None = None  # when a run last completed
+    overdue: bool = False  # as of the reader's clock: see with_overdue
 
     @property
     def id(self) -> str:
         return self.spec.id
+
+    def with_overdue(self, now: datetime) -> Schedule:
+        """This schedule with `overdue` set as of `now`: it expects a success within some
+        time, and no run completed for that long (counted from its creation before the
+        first success). A suspended schedule is not overdue: it was stopped on purpose."""
+        within = self.spec.expect_success_within_ms
+        if within is None or self.suspended:
+            return self
+        since = self.last_success_at or self.created_at
+        return replace(self, overdue=now - since > timedelta(milliseconds=within))
 
     def to_dict(self) -> dict[str, Any]:
         """The schedule as `schedule list` and `schedule show` print it (JSON-ready)."""
@@ -373,6 +385,8 @@ class Schedule:
             "last_tick_at": format_time(self.last_tick_at),
             "missed": self.missed,
             "last_missed_at": format_time(self.last_missed_at),
+            "last_success_at": format_time(self.last_success_at),
+            "overdue": self.overdue,
             "created_at": format_time(self.created_at),
             "updated_at": format_time(self.updated_at),
             "source": str(self.source),

@@ -49,16 +49,17 @@ class Scheduler:
         """
         self._store = self._store or open_store(self.url, durable=False)
         queue = Queue(self._store, clock=self.clock)
-        before = self.clock()  # slots after this: a slot passed during the tick is not skipped
         for ticked in queue.tick():
+            for run_id in ticked.replaced:
+                self.log(f"schedule {ticked.schedule_id}: canceled run {run_id} (overlap: replace)")
             for run_id in ticked.created:
                 self.log(f"schedule {ticked.schedule_id}: created run {run_id}")
             if ticked.missed:
                 self.log(f"schedule {ticked.schedule_id}: {ticked.missed} slot(s) missed")
-        next_slot = queue.next_slot(before)
-        if next_slot is None:
+        next_tick = queue.next_tick_at()
+        if next_tick is None:
             return RESCAN_S
-        return min(RESCAN_S, max(0.0, (next_slot - self.clock()).total_seconds()))
+        return min(RESCAN_S, max(0.0, (next_tick - self.clock()).total_seconds()))
 
     def run(self) -> None:
         """Tick at every slot until stopped. A failing tick is logged and tried again."""

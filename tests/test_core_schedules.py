@@ -11,6 +11,7 @@ import pytest
 from queuectl.core import Queue
 from queuectl.errors import ScheduleNotFound, UsageProblem
 from queuectl.models import Catchup, JobSpec, JobState, Overlap, ScheduleSpec
+from queuectl.store import Transition
 
 from .conftest import FakeClock
 
@@ -118,10 +119,78 @@ def test_next_slots_are_in_the_schedule_zone(queue: Queue) -> None:
     ]
 
 
-def test_overlap_queue_and_replace_are_refused_for_now(queue: Queue) -> None:
-    with pytest.raises(UsageProblem, match="overlap 'replace' is not supported yet"):
-        queue.add_schedules([replace(EVERY_MINUTE, overlap=Overlap.REPLACE)])
+def test_overlap_queue_is_refused_for_now(queue: Queue) -> None:
+    with pytest.raises(UsageProblem, match="overlap 'queue' is not supported yet"):
+        queue.add_schedules([replace(EVERY_MINUTE, overlap=Overlap.QUEUE)])
     assert queue.schedules() == []
+
+
+def claim(queue: Queue, clock: FakeClock, job_id: str) -> str:
+    """Claim `job_id` as a worker of another host would (nothing here to signal); its token."""
+    token = f"token-{job_id}"
+    job = queue.store.claim_next("elsewhere:1:ns:x", (), clock(), clock() + timedelta(1), token)
+    assert job is not None and job.id == job_id
+    return token
+
+
+def complete(queue: Queue, clock: FakeClock, job_id: str) -> None:
+    token = claim(queue, clock, job_id)
+    outcome = Transition(JobState.COMPLETED, 1, clock(), 0, None, None)
+    assert queue.store.finish(job_id, token, outcome, clock())
+
+
+def test_overlap_replace_cancels_the_runs_still_going_and_creates_the_new_one(
+    queue: Queue, clock: FakeClock
+) -> None:
+    queue.add_schedules([replace(EVERY_MINUTE, overlap=Overlap.REPLACE, catchup=Catchup.ALL)])
+    clock.advance(MINUTE)
+    queue.tick()
+    claim(queue, clock, "beat@20260101T000100Z")  # running on a worker elsewhere
+    clock.advance(MINUTE)
+    [ticked] = queue.tick()
+    assert ticked.created == ("beat@20260101T000200Z",)
+    assert ticked.replaced == ("beat@20260101T000100Z",)
+    previous = queue.get("beat@20260101T000100Z")
+    # Canceled at once; it keeps its claim until its worker has stopped its process.
+    assert (previous.state, previous.last_error) == (
+        JobState.CANCELED,
+        "replaced by beat@20260101T000200Z",
+    )
+    assert previous.lease_token is not None
+    clock.advance(3 * MINUTE)  # three slots due at once: only the newest runs
+    [ticked] = queue.tick()
+    assert ticked.created == ("beat@20260101T000500Z",)
+    assert (ticked.replaced, ticked.missed) == (("beat@20260101T000200Z",), 2)
+    assert queue.get("beat@20260101T000200Z").state is JobState.CANCELED
+    assert queue.get("beat@20260101T000500Z").state is JobState.PENDING
+
+
+def test_expect_success_within_makes_a_schedule_overdue_until_a_run_completes(
+    queue: Queue, clock: FakeClock
+) -> None:
+    queue.add_schedules([replace(EVERY_MINUTE, expect_success_within_ms=3 * MINUTE)])
+    clock.advance(MINUTE)
+    queue.tick()
+    assert queue.schedule("beat").overdue is False  # counted from its creation
+    clock.advance(2 * MINUTE + 1)
+    assert queue.schedule("beat").overdue is True
+    assert queue.status()["schedules"]["overdue"] == 1
+    complete(queue, clock, "beat@20260101T000100Z")
+    schedule = queue.schedule("beat")
+    assert (schedule.overdue, schedule.last_success_at) == (False, clock())
+    assert schedule.to_dict()["overdue"] is False
+    clock.advance(3 * MINUTE + 1)
+    assert queue.schedule("beat").overdue is True
+    queue.pause("beat")  # stopped on purpose: not overdue
+    assert queue.status()["schedules"] == {"active": 0, "suspended": 1, "overdue": 0}
+
+
+def test_a_schedule_without_expect_success_within_is_never_overdue(
+    queue: Queue, clock: FakeClock
+) -> None:
+    queue.add_schedules([EVERY_MINUTE])
+    clock.advance(365 * 24 * 60 * MINUTE)
+    assert queue.schedule("beat").overdue is False
 
 
 def test_overlap_skip_with_catchup_all_runs_only_the_newest_due_slot(

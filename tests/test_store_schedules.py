@@ -44,6 +44,7 @@ def tick(last: datetime, at: datetime, slots: list[datetime], missed: int = 0) -
         runs=[run(slot) for slot in slots],
         missed=missed,
         last_missed_at=slots[0] - timedelta(days=1) if missed else None,
+        next_slot_at=at + timedelta(days=1),
     )
 
 
@@ -86,9 +87,9 @@ def test_tick_creates_runs_and_a_stale_tick_writes_nothing(store: Store) -> None
     store.upsert_schedule(schedule(), T0)
     slot = T0 + timedelta(hours=2)
     now = slot + timedelta(seconds=1)
-    assert store.tick(tick(T0, now, [slot], missed=2), now) is True
+    assert store.tick([tick(T0, now, [slot], missed=2)], now) == [[]]
     # A second scheduler that read the same last tick loses the compare-and-set.
-    assert store.tick(tick(T0, now + timedelta(seconds=1), [slot]), now) is False
+    assert store.tick([tick(T0, now + timedelta(seconds=1), [slot])], now) == [None]
     [job] = store.list_jobs(schedule_id="nightly")
     assert (job.id, job.schedule_id) == ("nightly@20260101T020000Z", "nightly")
     assert job.state is JobState.PENDING
@@ -97,6 +98,21 @@ def test_tick_creates_runs_and_a_stale_tick_writes_nothing(store: Store) -> None
     assert (stored.last_tick_at, stored.missed, stored.busy) == (now, 2, True)
     assert stored.last_missed_at == slot - timedelta(days=1)
     assert store.list_jobs(schedule_id="other") == []
+    assert store.next_tick_at() == now + timedelta(days=1)
+
+
+def test_due_schedules_are_those_whose_next_slot_has_come(store: Store) -> None:
+    store.upsert_schedule(schedule(), T0)  # new: due at once, for its first tick
+    assert [s.id for s in store.due_schedules(T0)] == ["nightly"]
+    assert store.next_tick_at() == T0
+    next_slot = T0 + timedelta(hours=2)
+    store.tick([replace(tick(T0, T0, []), next_slot_at=next_slot)], T0)
+    assert store.due_schedules(next_slot - timedelta(seconds=1)) == []
+    assert [s.id for s in store.due_schedules(next_slot)] == ["nightly"]
+    store.set_suspended("nightly", True, T0)
+    assert (store.due_schedules(next_slot), store.next_tick_at()) == ([], None)
+    store.set_suspended("nightly", False, T0)  # resuming asks for a tick now
+    assert store.next_tick_at() == T0
 
 
 def test_tick_leaves_a_triggered_run_as_it_is_and_skips_a_suspended_schedule(
@@ -105,18 +121,18 @@ def test_tick_leaves_a_triggered_run_as_it_is_and_skips_a_suspended_schedule(
     store.upsert_schedule(schedule(), T0)
     slot = T0 + timedelta(hours=2)
     store.insert_jobs([run(slot)], T0)  # as `schedule trigger` creates one
-    assert store.tick(tick(T0, slot, [slot]), slot) is True
+    assert store.tick([tick(T0, slot, [slot])], slot) == [[]]
     assert [j.id for j in store.list_jobs(schedule_id="nightly")] == [run_id("nightly", slot)]
     store.set_suspended("nightly", True, slot)
     later = slot + timedelta(days=1)
-    assert store.tick(tick(slot, later, [later]), later) is False
+    assert store.tick([tick(slot, later, [later])], later) == [None]
     assert len(store.list_jobs(schedule_id="nightly")) == 1
 
 
 def test_delete_cancels_waiting_runs_only(store: Store) -> None:
     store.upsert_schedule(schedule(), T0)
     slots = [T0 + timedelta(days=i) for i in range(2)]
-    store.tick(tick(T0, slots[1], slots), slots[1])
+    store.tick([tick(T0, slots[1], slots)], slots[1])
     claimed = store.claim_next("w", [], slots[1], slots[1] + timedelta(minutes=1), "tok")
     assert claimed is not None and claimed.id == run_id("nightly", slots[0])
     assert store.delete_schedule("nightly", slots[1]) == [run_id("nightly", slots[1])]

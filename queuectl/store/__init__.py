@@ -92,6 +92,8 @@ class Tick:
     runs: Sequence[NewJob]
     missed: int
     last_missed_at: datetime | None
+    next_slot_at: datetime  # when the schedule next needs a tick
+    replace_previous: bool = False  # cancel the runs still going first (`overlap: replace`)
 
 
 @dataclass(frozen=True)
@@ -195,9 +197,19 @@ class Store(Protocol):
         waiting to retry); return their ids. Raises ScheduleNotFound."""
         ...
 
-    def tick(self, tick: Tick, now: datetime) -> bool:
-        """Create the tick's runs (each id at most once, ever) and record its missed slots,
-        in one write; False (nothing written) if another scheduler ticked first."""
+    def due_schedules(self, now: datetime) -> list[Schedule]:
+        """The active schedules whose next slot (or a change of timing) is at or before now."""
+        ...
+
+    def next_tick_at(self) -> datetime | None:
+        """When the earliest active schedule next needs a tick; None when none is active."""
+        ...
+
+    def tick(self, ticks: Sequence[Tick], now: datetime) -> list[list[Job] | None]:
+        """For each tick (a compare-and-set of its own), in few writes: cancel the runs still
+        going if `replace_previous`, create its runs (each id at most once, ever) and record
+        its missed slots and next slot. Per tick: the runs it canceled (as they were), or
+        None (nothing written) if another scheduler ticked that schedule first."""
         ...
 
     # config

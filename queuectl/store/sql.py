@@ -136,11 +136,21 @@ SELECT * FROM jobs
 
 _INSERT_SCHEDULE = """
 INSERT INTO schedules (id, template, schedule, spec_hash, suspended, last_tick_at, created_at,
-                       updated_at, origin, source_file, source_commit)
+                       updated_at, origin, source_file, source_commit, next_slot_at)
 VALUES (:id, :template, :schedule, :spec_hash, :suspended, :now, :now, :now, :origin,
-        :source_file, :source_commit)
+        :source_file, :source_commit, :now)
 ON CONFLICT (id) DO {on_conflict}
 """
+# A run pending, processing or failed (waiting to retry): overlap's "previous run".
+_LIST_SCHEDULES = """
+SELECT schedules.*,
+       EXISTS (SELECT 1 FROM jobs WHERE jobs.schedule_id = schedules.id
+                                    AND jobs.state IN ('pending', 'processing', 'failed')) AS busy
+  FROM schedules WHERE {where}
+"""
+
+
+TICKS_PER_WRITE = 200  # schedules ticked per write transaction: claims wait for none long
 
 
 @dataclass(frozen=True)
@@ -297,7 +307,8 @@ SELECT min(available_at) AS next_at FROM jobs
         on_conflict="""UPDATE SET template = excluded.template, schedule = excluded.schedule,
     spec_hash = excluded.spec_hash, suspended = excluded.suspended,
     updated_at = excluded.updated_at, origin = excluded.origin,
-    source_file = excluded.source_file, source_commit = excluded.source_commit
+    source_file = excluded.source_file, source_commit = excluded.source_commit,
+    next_slot_at = excluded.next_slot_at
  WHERE schedules.spec_hash <> excluded.spec_hash"""
     )
     # The spool and apply create only: an existing id is theirs to compare, not overwrite.
@@ -306,7 +317,8 @@ SELECT min(available_at) AS next_at FROM jobs
     update_schedule: str = """
 UPDATE schedules SET template = :template, schedule = :schedule, spec_hash = :spec_hash,
                      suspended = :suspended, updated_at = :now, origin = :origin,
-                     source_file = :source_file, source_commit = :source_commit
+                     source_file = :source_file, source_commit = :source_commit,
+                     next_slot_at = :now
  WHERE id = :id AND spec_hash = :expected_hash
 """
     prune_schedule: str = "DELETE FROM schedules WHERE id = :id AND spec_hash = :expected_hash"
@@ -314,14 +326,16 @@ UPDATE schedules SET template = :template, schedule = :schedule, spec_hash = :sp
 SELECT spec_hash, created_at, updated_at, origin, source_file, source_commit
   FROM schedules WHERE id = :id
 """
-    list_schedules: str = """
-SELECT schedules.*,
-       EXISTS (SELECT 1 FROM jobs WHERE jobs.schedule_id = schedules.id
-                                    AND jobs.state IN ('pending', 'processing', 'failed')) AS busy
-  FROM schedules WHERE :id{text} IS NULL OR id = :id ORDER BY id
-"""
+    list_schedules: str = _LIST_SCHEDULES.format(where=":id{text} IS NULL OR id = :id ORDER BY id")
+    # Only the schedules with a slot (or a timing change) to handle: the index, not a scan.
+    due_schedules: str = _LIST_SCHEDULES.format(
+        where="suspended = FALSE AND next_slot_at <= :now ORDER BY next_slot_at, id"
+    )
+    next_tick_at: str = "SELECT min(next_slot_at) AS next_at FROM schedules WHERE suspended = FALSE"
+    # Resuming asks for a tick now, which catches up what was skipped as `catchup` says.
     set_suspended: str = """
-UPDATE schedules SET suspended = :suspended, updated_at = :now WHERE id = :id
+UPDATE schedules SET suspended = :suspended, updated_at = :now, next_slot_at = :now
+ WHERE id = :id
 """
     delete_schedule: str = "DELETE FROM schedules WHERE id = :id"
     cancel_runs: str = """
@@ -332,11 +346,20 @@ RETURNING id
     canceled_runs_at: str = """
 SELECT id FROM jobs WHERE schedule_id = :id AND state = 'canceled' AND updated_at = :now
 """
+    # `overlap: replace`: a running run keeps its claim until its worker has stopped it.
+    replace_runs: str = """
+UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now,
+                last_error = :replaced_by
+ WHERE schedule_id = :id AND state IN ('pending', 'processing', 'failed') AND id <> :replaced_by_id
+RETURNING *
+"""
     # Compare-and-set on what the scheduler read: of schedulers racing, one records the tick.
     tick_schedule: str = """
 UPDATE schedules SET last_tick_at = :tick_at, missed = missed + :missed,
-                     last_missed_at = coalesce(:last_missed_at{time}, last_missed_at)
- WHERE id = :id AND last_tick_at = :last_tick_at AND spec_hash = :spec_hash AND NOT suspended
+                     last_missed_at = coalesce(:last_missed_at{time}, last_missed_at),
+                     next_slot_at = :next_slot_at
+ WHERE id = :id AND last_tick_at = :last_tick_at AND spec_hash = :spec_hash
+   AND suspended = FALSE
 """
 
     def render(self, dialect: Dialect) -> Statements:
@@ -465,6 +488,7 @@ class SqlStore:
             created_at=self._required(row["created_at"]),
             updated_at=self._required(row["updated_at"]),
             busy=bool(row["busy"]),
+            last_success_at=self.d.instant(row["last_success_at"]),
         )
 
     @contextlib.contextmanager
@@ -823,35 +847,83 @@ class SqlStore:
 
         return self.d.write(op, already_done=done)
 
-    def tick(self, tick: Tick, now: datetime) -> bool:
-        params = {
-            "id": tick.schedule_id,
-            "spec_hash": tick.spec_hash,
-            "last_tick_at": self.d.time(tick.last_tick_at),
-            "tick_at": self.d.time(tick.tick_at),
-            "missed": tick.missed,
-            "last_missed_at": self.d.time(tick.last_missed_at),
-        }
-        rows = [self._job_params(run, now) for run in tick.runs]
+    def due_schedules(self, now: datetime) -> list[Schedule]:
+        params = {"now": self.d.time(now)}
+        rows = self.d.read(lambda conn: conn.execute(self.sql.due_schedules, params).fetchall())
+        return [self._schedule(row) for row in rows]
 
-        def op(conn: Conn) -> bool:
-            if conn.execute(self.sql.tick_schedule, params).rowcount == 0:
-                return False  # another scheduler ticked (or the schedule changed) meanwhile
-            if rows:
+    def next_tick_at(self) -> datetime | None:
+        row = self.d.read(lambda conn: conn.execute(self.sql.next_tick_at).fetchone())
+        return self.d.instant(row["next_at"]) if row else None
+
+    def tick(self, ticks: Sequence[Tick], now: datetime) -> list[list[Job] | None]:
+        results: list[list[Job] | None] = []
+        for start in range(0, len(ticks), TICKS_PER_WRITE):
+            results.extend(self._tick_some(ticks[start : start + TICKS_PER_WRITE], now))
+        return results
+
+    def _tick_some(self, ticks: Sequence[Tick], now: datetime) -> list[list[Job] | None]:
+        """One write for a few ticks: each is a compare-and-set of its own."""
+        stamp = self.d.time(now)
+        params = [
+            {
+                "id": tick.schedule_id,
+                "spec_hash": tick.spec_hash,
+                "last_tick_at": self.d.time(tick.last_tick_at),
+                "tick_at": self.d.time(tick.tick_at),
+                "missed": tick.missed,
+                "last_missed_at": self.d.time(tick.last_missed_at),
+                "next_slot_at": self.d.time(tick.next_slot_at),
+            }
+            for tick in ticks
+        ]
+
+        def op(conn: Conn) -> list[list[Job] | None]:
+            results: list[list[Job] | None] = []
+            runs: list[dict[str, Any]] = []
+            for tick, tick_params in zip(ticks, params, strict=True):
+                if conn.execute(self.sql.tick_schedule, tick_params).rowcount == 0:
+                    results.append(None)  # another scheduler ticked it (or it changed) meanwhile
+                    continue
+                replaced: list[Job] = []
+                if tick.replace_previous and tick.runs:
+                    newest = tick.runs[-1].id
+                    replace = {
+                        "id": tick.schedule_id,
+                        "now": stamp,
+                        "replaced_by": f"replaced by {newest}",
+                        "replaced_by_id": newest,
+                    }
+                    cursor = conn.execute(self.sql.replace_runs, replace)
+                    replaced = [self._job(row) for row in cursor]
+                results.append(replaced)
+                runs.extend(self._job_params(run, now) for run in tick.runs)
+            if runs:
                 # ON CONFLICT DO NOTHING: a run `schedule trigger` made already stays as it is.
                 cursor = conn.cursor()
                 try:
-                    cursor.executemany(self.sql.insert_job, rows)
+                    cursor.executemany(self.sql.insert_job, runs)
                 finally:
                     cursor.close()
                 self.d.notify(conn)
-            return True
+            return results
 
-        def done(conn: Conn) -> bool | None:
-            row = conn.execute(self.sql.list_schedules, params).fetchone()
-            return True if row and row["last_tick_at"] == params["tick_at"] else None
+        def done(conn: Conn) -> list[list[Job] | None] | None:
+            # The write is all or nothing: if it committed, the ticks it won show their
+            # tick_at (their replaced runs are canceled; their workers stop them).
+            found = [
+                conn.execute(self.sql.list_schedules, tick_params).fetchone()
+                for tick_params in params
+            ]
+            won = [
+                row is not None and row["last_tick_at"] == tick_params["tick_at"]
+                for row, tick_params in zip(found, params, strict=True)
+            ]
+            if not any(won):
+                return None
+            return [[] if w else None for w in won]
 
-        return bool(self.d.write(op, already_done=done))
+        return self.d.write(op, already_done=done)
 
     # -- config ----------------------------------------------------------------------
 

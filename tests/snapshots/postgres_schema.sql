@@ -1,9 +1,9 @@
--- version 8
+-- version 9
 config(key text NOT NULL, value text NOT NULL)
 job_counts(state text NOT NULL, n bigint NOT NULL)
 jobs(id text NOT NULL, command jsonb NOT NULL, priority integer NOT NULL DEFAULT 0, run_at timestamp with time zone, max_retries integer NOT NULL, timeout_ms integer, env jsonb NOT NULL DEFAULT '{}'::jsonb, cwd text, queue text NOT NULL DEFAULT 'default'::text, labels jsonb NOT NULL DEFAULT '{}'::jsonb, state text NOT NULL, attempts integer NOT NULL DEFAULT 0, created_at timestamp with time zone NOT NULL, updated_at timestamp with time zone NOT NULL, available_at timestamp with time zone NOT NULL, started_at timestamp with time zone, finished_at timestamp with time zone, exit_code integer, last_error text, worker_id text, lease_token text, lease_expires_at timestamp with time zone, source_commit text, spec_hash text NOT NULL, output_tail text NOT NULL DEFAULT ''::text, origin text NOT NULL DEFAULT 'inline'::text, source_file text, schedule_id text)
 queuectl_schema(version integer NOT NULL)
-schedules(id text NOT NULL, template jsonb NOT NULL, schedule jsonb NOT NULL, spec_hash text NOT NULL, suspended boolean NOT NULL DEFAULT false, last_tick_at timestamp with time zone NOT NULL, missed integer NOT NULL DEFAULT 0, last_missed_at timestamp with time zone, created_at timestamp with time zone NOT NULL, updated_at timestamp with time zone NOT NULL, origin text NOT NULL DEFAULT 'inline'::text, source_file text, source_commit text)
+schedules(id text NOT NULL, template jsonb NOT NULL, schedule jsonb NOT NULL, spec_hash text NOT NULL, suspended boolean NOT NULL DEFAULT false, last_tick_at timestamp with time zone NOT NULL, missed integer NOT NULL DEFAULT 0, last_missed_at timestamp with time zone, created_at timestamp with time zone NOT NULL, updated_at timestamp with time zone NOT NULL, origin text NOT NULL DEFAULT 'inline'::text, source_file text, source_commit text, next_slot_at timestamp with time zone, last_success_at timestamp with time zone)
 spool_files(claim_id text NOT NULL, name text NOT NULL, content_hash text NOT NULL, job_ids jsonb NOT NULL, ingested_at timestamp with time zone NOT NULL)
 workers(id text NOT NULL, pid integer NOT NULL, host text NOT NULL, queues jsonb NOT NULL DEFAULT '[]'::jsonb, started_at timestamp with time zone NOT NULL, heartbeat_at timestamp with time zone NOT NULL, lease_expires_at timestamp with time zone NOT NULL, stop_requested boolean NOT NULL DEFAULT false)
 config config_pkey PRIMARY KEY (key)
@@ -20,6 +20,7 @@ CREATE INDEX jobs_created ON jobs USING btree (created_at, id)
 CREATE INDEX jobs_schedule ON jobs USING btree (schedule_id, created_at, id) WHERE (schedule_id IS NOT NULL)
 CREATE INDEX jobs_state_available ON jobs USING btree (state, available_at)
 CREATE INDEX jobs_stopping ON jobs USING btree (id) WHERE ((state = 'canceled'::text) AND (lease_token IS NOT NULL))
+CREATE INDEX schedules_due ON schedules USING btree (next_slot_at) WHERE (suspended = false)
 CREATE INDEX spool_files_ingested ON spool_files USING btree (ingested_at)
 CREATE UNIQUE INDEX config_pkey ON config USING btree (key)
 CREATE UNIQUE INDEX jobs_pkey ON jobs USING btree (id)
@@ -29,6 +30,7 @@ CREATE UNIQUE INDEX workers_pkey ON workers USING btree (id)
 CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs REFERENCING OLD TABLE AS old_jobs FOR EACH STATEMENT EXECUTE FUNCTION queuectl_count_deleted()
 CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_jobs FOR EACH STATEMENT EXECUTE FUNCTION queuectl_count_inserted()
 CREATE TRIGGER job_counts_update AFTER UPDATE OF state ON jobs FOR EACH ROW WHEN ((old.state IS DISTINCT FROM new.state)) EXECUTE FUNCTION queuectl_count_moved()
+CREATE TRIGGER schedule_last_success AFTER UPDATE OF state ON jobs FOR EACH ROW WHEN (((new.state = 'completed'::text) AND (new.schedule_id IS NOT NULL))) EXECUTE FUNCTION queuectl_schedule_last_success()
 CREATE OR REPLACE FUNCTION queuectl_count_deleted()
  RETURNS trigger
  LANGUAGE plpgsql
@@ -63,4 +65,14 @@ BEGIN
         WITH folded AS (DELETE FROM job_counts RETURNING state, n)
         INSERT INTO job_counts (state, n) SELECT state, sum(n) FROM folded GROUP BY state;
     END IF;
+END $function$
+CREATE OR REPLACE FUNCTION queuectl_schedule_last_success()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    UPDATE schedules SET last_success_at = NEW.finished_at
+     WHERE id = NEW.schedule_id
+       AND (last_success_at IS NULL OR last_success_at < NEW.finished_at);
+    RETURN NULL;
 END $function$

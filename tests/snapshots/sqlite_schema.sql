@@ -1,4 +1,4 @@
--- user_version 8
+-- user_version 9
 CREATE INDEX jobs_applied_pending ON jobs (id) WHERE origin = 'apply' AND state = 'pending';
 CREATE INDEX jobs_claim_order ON jobs (priority DESC, created_at, id)
     WHERE state IN ('pending', 'failed');
@@ -6,6 +6,7 @@ CREATE INDEX jobs_created ON jobs (created_at, id);
 CREATE INDEX jobs_schedule ON jobs (schedule_id, created_at, id) WHERE schedule_id IS NOT NULL;
 CREATE INDEX jobs_state_available ON jobs (state, available_at);
 CREATE INDEX jobs_stopping ON jobs (id) WHERE state = 'canceled' AND lease_token IS NOT NULL;
+CREATE INDEX schedules_due ON schedules (next_slot_at) WHERE suspended = FALSE;
 CREATE INDEX spool_files_ingested ON spool_files (ingested_at);
 CREATE TABLE config (
     key   TEXT PRIMARY KEY,
@@ -57,7 +58,7 @@ CREATE TABLE schedules (
     origin         TEXT NOT NULL DEFAULT 'inline' CHECK (origin IN ('inline', 'spool', 'apply')),
     source_file    TEXT,
     source_commit  TEXT
-) WITHOUT ROWID;
+, next_slot_at INTEGER, last_success_at INTEGER) WITHOUT ROWID;
 CREATE TABLE spool_files (
     claim_id     TEXT PRIMARY KEY,
     name         TEXT NOT NULL,
@@ -88,4 +89,11 @@ WHEN OLD.state <> NEW.state
 BEGIN
     UPDATE job_counts SET n = n - 1 WHERE state = OLD.state;
     UPDATE job_counts SET n = n + 1 WHERE state = NEW.state;
+END;
+CREATE TRIGGER schedule_last_success AFTER UPDATE OF state ON jobs
+WHEN NEW.state = 'completed' AND NEW.schedule_id IS NOT NULL
+BEGIN
+    UPDATE schedules SET last_success_at = NEW.finished_at
+     WHERE id = NEW.schedule_id
+       AND (last_success_at IS NULL OR last_success_at < NEW.finished_at);
 END;
