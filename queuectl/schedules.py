@@ -161,9 +161,9 @@ def due_slots(
 ) -> Due:
     """The slots in (last_tick, now] to create, by the catch-up policy; the rest are missed.
 
-    A slot less than a minute late is always created. Later ones are catch-up: `all`
-    creates those within the window, `latest` only the most recent (within the window),
-    `none` none of them.
+    `all` creates every slot within the window, `latest` only the most recent one (a
+    scheduler that fell a few sub-minute slots behind creates one run, not a burst), and
+    `none` only the slots less than a minute late.
     """
     window_start = now - timedelta(milliseconds=catchup_window_ms)
     slots = list(timetable.slots_between(last_tick, now))
@@ -172,7 +172,7 @@ def due_slots(
     if catchup is Catchup.ALL:
         create = late + on_time
     elif catchup is Catchup.LATEST:
-        create = on_time or late[-1:]
+        create = (late + on_time)[-1:]
     else:
         create = on_time
     chosen = set(create)

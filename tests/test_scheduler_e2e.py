@@ -3,16 +3,22 @@ processes on both stores. Conditions are polled with a deadline, never slept for
 
 from __future__ import annotations
 
+import itertools
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from queuectl.schedules import Timetable, run_id
+from queuectl.store import Store
+
 from .conftest import Run, wait_for
-from .test_worker_e2e import Workers
+from .test_worker_e2e import Workers, pid_gone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.both_backends]
 
@@ -147,3 +153,139 @@ def test_a_detached_worker_runs_a_scheduler(
     assert result.returncode == 0, result.stderr
     log = (home / "logs" / "workers.log").read_text()
     assert_each_slot_created_once(log, runs(run_json))
+
+
+def slots_of(jobs: list[dict[str, Any]]) -> list[datetime]:
+    stamps = (datetime.strptime(j["id"].split("@")[1], "%Y%m%dT%H%M%SZ") for j in jobs)
+    return sorted(stamp.replace(tzinfo=UTC) for stamp in stamps)
+
+
+def test_many_supervisors_create_each_of_20_slots_exactly_once(
+    backend: str,
+    run_json: Callable[..., Any],
+    add_schedule: Callable[[str], None],
+    started: Workers,
+) -> None:
+    supervisors = 2 if backend == "sqlite" else 4  # one SQLite file; PostgreSQL for a fleet
+    add_schedule(every_second(overlap="allow"))  # every slot gets a run: none is skipped
+    for _ in range(supervisors):
+        started.start("--count", "1")
+
+    wait_for(lambda: len(runs(run_json)) >= 21, timeout=60, what="21 runs")
+    started.stop()
+
+    jobs = runs(run_json)
+    assert_each_slot_created_once(started.output(), jobs)
+    slots = slots_of(jobs)
+    # No slot skipped between the first and the last: one run per second, each once.
+    assert [b - a for a, b in itertools.pairwise(slots)] == [timedelta(seconds=1)] * (
+        len(slots) - 1
+    )
+
+
+def rewind(store: Store, backend: str, schedule_id: str, by: timedelta) -> datetime:
+    """Leave the store as a scheduler that stopped `by` ago would have: the schedule's last
+    tick (and its creation) that far back, its next tick due now. Returns the rewound tick."""
+    [schedule] = store.list_schedules(schedule_id)
+    at = schedule.last_tick_at - by
+    mark = ":{}" if backend == "sqlite" else "%({})s"
+    sql = "UPDATE schedules SET last_tick_at = {at}, created_at = {at}, next_slot_at = {at} "
+    sql += "WHERE id = {id}"
+    params = {"at": store.d.time(at), "id": schedule_id}  # type: ignore[attr-defined]
+    store.d.write(  # type: ignore[attr-defined]
+        lambda conn: conn.execute(sql.format(at=mark.format("at"), id=mark.format("id")), params)
+    )
+    return at
+
+
+@pytest.mark.parametrize("catchup", ["all", "latest", "none"])
+def test_a_scheduler_back_after_10_slots_creates_what_catchup_says(
+    catchup: str, backend: str, store: Store, run_json: Callable[..., Any], add_schedule: Any
+) -> None:
+    add_schedule(
+        f"id: tick\ncommand: 'true'\nschedule: {{every: 1m, catchup: {catchup}, overlap: allow}}\n"
+    )
+    stopped_at = rewind(store, backend, "tick", timedelta(minutes=10, seconds=30))
+
+    [ticked] = run_json("schedule", "tick")  # the scheduler is back: one pass
+
+    back_at = datetime.fromisoformat(run_json("schedule", "show", "tick")["last_tick_at"])
+    slots = list(Timetable(every_ms=60_000).slots_between(stopped_at, back_at))
+    assert len(slots) in (10, 11)  # 10 m 30 s: 10 or 11 minute boundaries
+    on_time = [s for s in slots if back_at - s < timedelta(minutes=1)]
+    expected = {"all": slots, "latest": slots[-1:], "none": on_time}[catchup]
+    assert ticked["created"] == [run_id("tick", s) for s in expected]
+    assert ticked["missed"] == len(slots) - len(expected)
+    assert run_json("schedule", "show", "tick")["missed"] == len(slots) - len(expected)
+    assert [j["id"] for j in runs(run_json)] == ticked["created"]
+    assert run_json("schedule", "tick") == []  # nothing more is due
+
+
+def test_overlap_skip_makes_no_run_while_a_long_one_goes_on(
+    tmp_path: Path,
+    run_json: Callable[..., Any],
+    add_schedule: Callable[[str], None],
+    started: Workers,
+) -> None:
+    go = tmp_path / "go"
+    command = f"while [ ! -e {go} ]; do sleep 0.05; done"
+    add_schedule(f"id: tick\ncommand: '{command}'\nschedule: {{every: 1s, overlap: skip}}\n")
+    started.start("--count", "2")  # a worker stays free: only the overlap rule holds runs back
+
+    wait_for(lambda: runs(run_json, "processing"), timeout=30, what="the first run running")
+    missed = lambda: run_json("schedule", "show", "tick")["missed"]  # noqa: E731
+    wait_for(lambda: missed() >= 3, timeout=30, what="3 slots skipped")
+    assert len(runs(run_json)) == 1  # the long run only, on a free second worker
+    go.touch()
+    wait_for(lambda: len(runs(run_json, "completed")) >= 2, timeout=30, what="a second run")
+    started.stop()
+
+    assert missed() >= 3
+    assert_each_slot_created_once(started.output(), runs(run_json))
+
+
+def test_overlap_replace_cancels_and_stops_the_running_run(
+    tmp_path: Path,
+    run_json: Callable[..., Any],
+    add_schedule: Callable[[str], None],
+    started: Workers,
+) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    command = f'echo $$ > {pids}/"$QUEUECTL_JOB_ID"; exec sleep 60'
+    add_schedule(f"id: tick\ncommand: '{command}'\nschedule: {{every: 2s, overlap: replace}}\n")
+    started.start("--count", "2")
+
+    replaced = lambda: runs(run_json, "canceled")  # noqa: E731
+    wait_for(lambda: len(replaced()) >= 2, timeout=30, what="two runs replaced")
+    for job in replaced():
+        successor = run_id("tick", slots_of([job])[0] + timedelta(seconds=2))
+        assert job["last_error"] == f"replaced by {successor}"
+        pid = int((pids / job["id"]).read_text())
+        wait_for(lambda pid=pid: pid_gone(pid), timeout=10, what=f"{job['id']} stopped")
+    assert len(runs(run_json, "processing")) <= 1  # never two runs at once, on 2 workers
+    started.stop()
+    assert "(overlap: replace)" in started.output()
+
+
+def test_pause_stops_runs_and_resume_starts_them_again(
+    run: Run, run_json: Callable[..., Any], add_schedule: Callable[[str], None], started: Workers
+) -> None:
+    add_schedule(every_second(overlap="allow"))
+    started.start("--count", "1")
+    wait_for(lambda: runs(run_json, "completed"), timeout=30, what="a completed run")
+
+    assert run("schedule", "pause", "tick").returncode == 0
+    paused = {j["id"] for j in runs(run_json)}
+    paused_at = time.monotonic()
+    wait_for(lambda: time.monotonic() - paused_at > 3, what="three slots while paused")
+    assert {j["id"] for j in runs(run_json)} == paused  # no run for the slots while paused
+    assert run_json("status")["schedules"] == {"active": 0, "suspended": 1, "overdue": 0}
+
+    assert run("schedule", "resume", "tick").returncode == 0
+    wait_for(lambda: len(runs(run_json)) >= len(paused) + 2, timeout=30, what="runs again")
+    started.stop()
+
+    # The latest of the slots skipped while paused ran (catchup: latest), the others missed.
+    assert run_json("schedule", "show", "tick")["missed"] >= 2
+    assert_each_slot_created_once(started.output(), runs(run_json))

@@ -226,6 +226,21 @@ def test_an_on_time_tick_creates_the_slot_and_misses_nothing() -> None:
     assert due.create == (CLEAN,) and due.missed == 0
 
 
+@pytest.mark.parametrize(("catchup", "created"), [("all", 5), ("latest", 1), ("none", 5)])
+def test_a_scheduler_a_few_seconds_behind_creates_as_catchup_says(
+    catchup: str, created: int
+) -> None:
+    due = due_slots(
+        Timetable(every_ms=1000),
+        last_tick=CLEAN - timedelta(seconds=5),
+        now=CLEAN + timedelta(milliseconds=500),
+        catchup=Catchup(catchup),
+        catchup_window_ms=DAY_MS,
+    )
+    assert due.create[-1] == CLEAN  # the newest slot always runs
+    assert (len(due.create), due.missed) == (created, 5 - created)
+
+
 def test_run_id_is_the_slot_in_utc() -> None:
     slot = datetime(2026, 12, 1, 2, 30, tzinfo=ZoneInfo("Europe/Berlin"))
     assert run_id("nightly-backup", slot) == "nightly-backup@20261201T013000Z"
