@@ -132,7 +132,7 @@ def load_declared(paths: Iterable[Path]) -> list[spec.LoadedSpec]:
     """Validate the declared jobs and schedules; every job needs an id. Raises SpecInvalid
     with all problems."""
     validation = spec.validate_paths(paths)
-    problems = list(validation.problems) + spec.unsupported(validation.specs)
+    problems = list(validation.problems)
     for item in validation.specs:
         if item.spec.id is None:
             problems.append(

@@ -16,10 +16,11 @@ from .config import Config
 from .errors import JobNotFound, ScheduleNotFound, UsageProblem, WaitTimedOut, first_few
 from .models import (
     INLINE,
-    NOT_YET_OVERLAP,
     Job,
     JobSpec,
     JobState,
+    Need,
+    NeedOn,
     NewJob,
     Overlap,
     Schedule,
@@ -389,12 +390,6 @@ class Queue:
         """Store schedules: new ones start with their first slot after now; another spec
         for an existing id becomes the template of runs not yet created; an identical one
         is a no-op (`created` False)."""
-        for schedule in specs:
-            if schedule.overlap in NOT_YET_OVERLAP:
-                raise UsageProblem(
-                    f"schedule {schedule.id!r}: overlap {schedule.overlap.value!r} is not "
-                    "supported yet: use skip or allow"
-                )
         now = self.clock()
         return [
             Enqueued(s.id, self.store.upsert_schedule(NewSchedule(s, source), now) != "unchanged")
@@ -487,6 +482,14 @@ class Queue:
             create, skipped = create[len(create) - keep :], create[: len(create) - keep]
         missed_at = (s for s in (due.last_missed_at, *skipped) if s is not None)
         runs = [self._run(schedule, slot, now, retries) for slot in create]
+        if spec.overlap is Overlap.QUEUE:
+            # Each run starts after the one before it has ended, however it ended.
+            previous = schedule.active_run
+            for i, run in enumerate(runs):
+                if previous is not None:
+                    needs = (Need(previous, NeedOn.FINISHED),)
+                    runs[i] = replace(run, spec=replace(run.spec, needs=needs))
+                previous = run.id
         return Tick(
             schedule_id=spec.id,
             spec_hash=spec.spec_hash,

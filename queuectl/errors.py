@@ -60,6 +60,18 @@ class JobConflict(QueuectlError):
     """A job with this id exists with a different spec."""
 
 
+class UnknownNeed(QueuectlError):
+    """A job needs a job that is neither in the store nor in the same submission."""
+
+    def __init__(self, job_id: str, need_id: str) -> None:
+        self.job_id = job_id
+        self.need_id = need_id
+        super().__init__(
+            f"job {job_id!r} needs {need_id!r}, which is not in the store: submit {need_id!r} "
+            "first, or in the same batch (one `enqueue -`, spool file or apply)"
+        )
+
+
 class ConcurrentChange(QueuectlError):
     """A job changed between planning and applying; nothing was written."""
 

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import secrets
 import threading
 import time
@@ -34,6 +35,31 @@ class JobState(enum.StrEnum):
 
 # States a job never leaves by itself (only `dlq retry` or apply --replace revive one).
 END_STATES = frozenset({JobState.COMPLETED, JobState.DEAD, JobState.CANCELED})
+
+
+DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
+
+
+def duration_ms(text: str) -> int:
+    """Milliseconds of a duration string such as `90s`, `15m`, `1d` or `1h30m`.
+
+    :raises ValueError: the text is not a duration.
+    """
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + unit for n, unit in parts) != text:
+        raise ValueError(f"{text!r} is not a duration: use e.g. 30s, 15m, 1h30m, 1d or 250ms")
+    return sum(int(n) * DURATION_UNITS_MS[unit] for n, unit in parts)
+
+
+def format_duration(ms: int) -> str:
+    """`ms` as the duration strings specs use: 21600000 -> 6h, 5400000 -> 1h30m."""
+    parts = []
+    for unit, size in sorted(DURATION_UNITS_MS.items(), key=lambda item: -item[1]):
+        count, ms = divmod(ms, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
 
 
 def utcnow() -> datetime:
@@ -81,6 +107,77 @@ def new_job_id() -> str:
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
+class NeedOn(enum.StrEnum):
+    """Which end of the needed job a `needs` edge waits for (SPEC 12)."""
+
+    SUCCESS = "success"  # completed
+    FAILURE = "failure"  # dead
+    FINISHED = "finished"  # any end: completed, dead or canceled
+
+
+# The end states that meet an edge; any other end state means it never will be met.
+NEED_MET_BY = {
+    NeedOn.SUCCESS: frozenset({JobState.COMPLETED}),
+    NeedOn.FAILURE: frozenset({JobState.DEAD}),
+    NeedOn.FINISHED: END_STATES,
+}
+
+
+@dataclass(frozen=True)
+class Need:
+    """One `needs` entry: the job to wait for, and for which end of it."""
+
+    job: str
+    on: NeedOn = NeedOn.SUCCESS
+
+    def declared(self) -> str | dict[str, str]:
+        return self.job if self.on is NeedOn.SUCCESS else {"job": self.job, "on": self.on.value}
+
+    @classmethod
+    def from_declared(cls, data: str | Mapping[str, str]) -> Need:
+        if isinstance(data, str):
+            return cls(data)
+        return cls(data["job"], NeedOn(data.get("on", NeedOn.SUCCESS)))
+
+
+class Jitter(enum.StrEnum):
+    """How retry waits are spread (SPEC 13): none, full (0..wait) or equal (wait/2..wait)."""
+
+    NONE = "none"
+    FULL = "full"
+    EQUAL = "equal"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """A job's own retry rules; what it leaves unset comes from the config."""
+
+    on_exit_codes: tuple[int, ...] = ()  # non-empty: only these exit codes are retried
+    never_on_exit_codes: tuple[int, ...] = ()  # these go to dead at once
+    backoff_base: float | None = None
+    backoff_max_ms: int | None = None
+    jitter: Jitter = Jitter.NONE
+
+    def declared(self) -> dict[str, Any]:
+        return {
+            "on_exit_codes": list(self.on_exit_codes),
+            "never_on_exit_codes": list(self.never_on_exit_codes),
+            "backoff_base": self.backoff_base,
+            "backoff_max_ms": self.backoff_max_ms,
+            "jitter": self.jitter.value,
+        }
+
+    @classmethod
+    def from_declared(cls, data: Mapping[str, Any]) -> RetryPolicy:
+        return cls(
+            on_exit_codes=tuple(data["on_exit_codes"]),
+            never_on_exit_codes=tuple(data["never_on_exit_codes"]),
+            backoff_base=data["backoff_base"],
+            backoff_max_ms=data["backoff_max_ms"],
+            jitter=Jitter(data["jitter"]),
+        )
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """A job as declared: inline, in a spool file or in a committed spec file."""
@@ -95,10 +192,18 @@ class JobSpec:
     cwd: str | None = None
     queue: str = DEFAULT_QUEUE
     labels: Mapping[str, str] = field(default_factory=dict)
+    needs: tuple[Need, ...] = ()
+    retry: RetryPolicy | None = None
+    deadline_ms: int | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int = 1  # with a concurrency_key only
 
     def declared(self) -> dict[str, Any]:
-        """The spec as a JSON-ready dict, defaults filled in, without the id."""
-        return {
+        """The spec as a JSON-ready dict, defaults filled in, without the id.
+
+        The fields of SPEC 12-13 appear only when set: a job declared without them keeps
+        the spec hash it had before they existed (apply sees it unchanged)."""
+        declared: dict[str, Any] = {
             "command": list(self.command) if isinstance(self.command, tuple) else self.command,
             "priority": self.priority,
             "run_at": format_time(self.run_at),
@@ -109,6 +214,16 @@ class JobSpec:
             "queue": self.queue,
             "labels": dict(sorted(self.labels.items())),
         }
+        if self.needs:
+            declared["needs"] = [need.declared() for need in self.needs]
+        if self.retry is not None:
+            declared["retry"] = self.retry.declared()
+        if self.deadline_ms is not None:
+            declared["deadline_ms"] = self.deadline_ms
+        if self.concurrency_key is not None:
+            declared["concurrency_key"] = self.concurrency_key
+            declared["concurrency_limit"] = self.concurrency_limit
+        return declared
 
     @classmethod
     def from_declared(cls, data: Mapping[str, Any], *, id: str | None = None) -> JobSpec:
@@ -125,6 +240,11 @@ class JobSpec:
             cwd=data["cwd"],
             queue=data["queue"],
             labels=dict(data["labels"]),
+            needs=tuple(Need.from_declared(need) for need in data.get("needs", ())),
+            retry=RetryPolicy.from_declared(data["retry"]) if "retry" in data else None,
+            deadline_ms=data.get("deadline_ms"),
+            concurrency_key=data.get("concurrency_key"),
+            concurrency_limit=data.get("concurrency_limit", 1),
         )
 
     @property
@@ -210,7 +330,6 @@ class Overlap(enum.StrEnum):
 
 
 # Refused when a schedule is submitted, until the scheduler implements them.
-NOT_YET_OVERLAP = (Overlap.QUEUE,)
 DEFAULT_TIMEZONE = "UTC"
 DEFAULT_CATCHUP_WINDOW_MS = 86_400_000
 
@@ -302,6 +421,13 @@ class Job:
     lease_expires_at: datetime | None = None
     output_tail: str = ""
     schedule_id: str | None = None
+    needs: tuple[Need, ...] = ()
+    waiting: int = 0  # needs not met yet: claimable only at 0
+    retry: RetryPolicy | None = None
+    deadline_ms: int | None = None
+    first_started_at: datetime | None = None  # the deadline counts from here
+    concurrency_key: str | None = None
+    concurrency_limit: int = 1
 
     @property
     def stopping(self) -> bool:
@@ -342,6 +468,12 @@ class Job:
             "source_commit": self.source.commit,
             "spec_hash": self.spec_hash,
             "schedule": self.schedule_id,
+            "needs": [need.declared() for need in self.needs],
+            "retry": None if self.retry is None else self.retry.declared(),
+            "deadline_ms": self.deadline_ms,
+            "first_started_at": format_time(self.first_started_at),
+            "concurrency_key": self.concurrency_key,
+            "concurrency_limit": self.concurrency_limit if self.concurrency_key else None,
         }
 
 
@@ -357,13 +489,18 @@ class Schedule:
     last_missed_at: datetime | None
     created_at: datetime
     updated_at: datetime
-    busy: bool  # a run is pending, processing or failed (waiting to retry)
+    active_run: str | None  # the newest run pending, processing or failed (to retry)
     last_success_at: datetime | None = None  # when a run last completed
     overdue: bool = False  # as of the reader's clock: see with_overdue
 
     @property
     def id(self) -> str:
         return self.spec.id
+
+    @property
+    def busy(self) -> bool:
+        """A run has not ended yet: what `overlap` is about."""
+        return self.active_run is not None
 
     def with_overdue(self, now: datetime) -> Schedule:
         """This schedule with `overdue` set as of `now`: it expects a success within some

@@ -21,15 +21,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from random import random as random_fraction
 
 from . import procs
 from .config import Config
 from .errors import NotRegularFile
 from .models import (
     OUTPUT_TAIL_BYTES,
+    Jitter,
     Job,
     JobState,
+    RetryPolicy,
     WorkerInfo,
+    format_duration,
     format_time,
     new_worker_id,
     utcnow,
@@ -50,23 +54,62 @@ SPAWN_FRESH_FRACTION = 0.1
 CANCELED_WHILE_RUNNING = "canceled while running"
 
 
-def backoff_ms(config: Config, attempts: int) -> int:
-    """Wait before retry number `attempts`: backoff_base ** attempts seconds, capped."""
+def backoff_ms(
+    config: Config,
+    attempts: int,
+    policy: RetryPolicy | None = None,
+    random: Callable[[], float] = random_fraction,
+) -> int:
+    """Wait before retry number `attempts`: backoff_base ** attempts seconds, capped at
+    backoff_max (the job's own, else the config's), spread by the job's jitter."""
+    policy = policy or RetryPolicy()
+    base = config.backoff_base if policy.backoff_base is None else policy.backoff_base
+    cap = config.backoff_max_ms if policy.backoff_max_ms is None else policy.backoff_max_ms
     try:
-        wait = config.backoff_base**attempts * 1000
+        wait = min(base**attempts * 1000, cap)
     except OverflowError:
-        wait = math.inf
-    return int(min(wait, config.backoff_max_ms))
+        wait = cap
+    if policy.jitter is Jitter.FULL:
+        wait = wait * random()
+    elif policy.jitter is Jitter.EQUAL:
+        wait = wait / 2 + wait / 2 * random()
+    return int(wait)
+
+
+def past_deadline(job: Job, at: datetime) -> str | None:
+    """Why an attempt may not start at `at` (its deadline after the first start), or None."""
+    if job.deadline_ms is None or job.first_started_at is None:
+        return None
+    if at <= job.first_started_at + timedelta(milliseconds=job.deadline_ms):
+        return None
+    return f"deadline of {format_duration(job.deadline_ms)} exceeded"
 
 
 def failure_transition(
-    job: Job, now: datetime, config: Config, *, exit_code: int | None, error: str, tail: str | None
+    job: Job,
+    now: datetime,
+    config: Config,
+    *,
+    exit_code: int | None,
+    error: str,
+    tail: str | None,
+    random: Callable[[], float] = random_fraction,
 ) -> Transition:
-    """A failed attempt: retry after a backoff, or move to the DLQ once retries run out."""
+    """A failed attempt: retry after a backoff, or move to the DLQ when the job's retry
+    rules refuse this exit code, its retries have run out or its deadline would pass."""
     attempts = job.attempts + 1
+    policy = job.retry or RetryPolicy()
+    never = exit_code is not None and exit_code in policy.never_on_exit_codes
+    if never or (policy.on_exit_codes and exit_code not in policy.on_exit_codes):
+        rule = "never_on_exit_codes" if never else "on_exit_codes"
+        codes = list(policy.never_on_exit_codes if never else policy.on_exit_codes)
+        why = f"{error}; not retried: retry.{rule} is {codes}"
+        return Transition(JobState.DEAD, attempts, now, exit_code, why, tail)
     if attempts > job.max_retries:
         return Transition(JobState.DEAD, attempts, now, exit_code, error, tail)
-    available_at = now + timedelta(milliseconds=backoff_ms(config, attempts))
+    available_at = now + timedelta(milliseconds=backoff_ms(config, attempts, policy, random))
+    if (late := past_deadline(job, available_at)) is not None:
+        return Transition(JobState.DEAD, attempts, now, exit_code, f"{error}; {late}", tail)
     return Transition(JobState.FAILED, attempts, available_at, exit_code, error, tail)
 
 
@@ -205,6 +248,11 @@ class Runner:
         if job is None:
             return False
         self._lease_renewed = leased
+        if (late := past_deadline(job, self.clock())) is not None:  # no attempt starts now
+            outcome = Transition(JobState.DEAD, job.attempts, self.clock(), None, late, None)
+            if self.store.finish(job.id, token, outcome, self.clock()):
+                self.log(f"job {job.id} dead ({late}) before its attempt {job.attempts + 1}")
+            return True
         self._current = (job.id, token)
         started = time.monotonic()
         tail: str | None = None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,20 +31,7 @@ CRON_MACROS = {
 }
 CRON_FIELDS = "minute hour day-of-month month day-of-week"
 ON_TIME = timedelta(minutes=1)  # a slot less late than this is due, not caught up
-DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def duration_ms(text: str) -> int:
-    """Milliseconds of a duration string such as `90s`, `15m`, `1d` or `1h30m`.
-
-    :raises ValueError: the text is not a duration.
-    """
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + unit for n, unit in parts) != text:
-        raise ValueError(f"{text!r} is not a duration: use e.g. 30s, 15m, 1h30m, 1d or 250ms")
-    return sum(int(n) * DURATION_UNITS_MS[unit] for n, unit in parts)
 
 
 def cron_problem(expr: str) -> str | None:

@@ -24,8 +24,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from .errors import Problem, SpecInvalid, UsageProblem
-from .models import NOT_YET_OVERLAP, Catchup, JobSpec, Overlap, ScheduleSpec
-from .schedules import cron_problem, duration_ms, zone_problem
+from .models import (
+    Catchup,
+    Jitter,
+    JobSpec,
+    Need,
+    Overlap,
+    RetryPolicy,
+    ScheduleSpec,
+    duration_ms,
+)
+from .schedules import cron_problem, zone_problem
 
 if TYPE_CHECKING:
     import yaml
@@ -181,6 +190,10 @@ def _compile_keyword(keyword: str, arg: Any, node: dict[str, Any]) -> Check:
         return lambda v: limit(v, arg)
     if keyword == "enum":
         return lambda v: any(type(v) is type(option) and v == option for option in arg)
+    if keyword == "uniqueItems":  # on lists of scalars here: their JSON text tells them apart
+        return lambda v: (
+            not arg or not isinstance(v, list) or len({json.dumps(x) for x in v}) == len(v)
+        )
     if keyword == "format" and arg == "date-time":
         return lambda v: not isinstance(v, str) or parse_rfc3339(v) is not None
     raise _Unsupported(keyword)
@@ -517,23 +530,6 @@ class LoadedSpec:
     column: int
 
 
-def unsupported(loaded: Sequence[LoadedSpec]) -> list[Problem]:
-    """A problem at every schedule whose overlap policy is not supported yet (`enqueue`
-    refuses them as well)."""
-    return [
-        Problem(
-            item.source,
-            item.line,
-            item.column,
-            "schedule.overlap",
-            f"schedule {item.spec.id!r}: overlap {item.spec.overlap.value!r} is not supported "
-            "yet: use skip or allow",
-        )
-        for item in loaded
-        if isinstance(item.spec, ScheduleSpec) and item.spec.overlap in NOT_YET_OVERLAP
-    ]
-
-
 def job_entries(doc: Document) -> Iterator[tuple[PathTuple, Any]]:
     """The jobs in a document: one mapping, or a list of them."""
     if isinstance(doc.data, list):
@@ -593,6 +589,10 @@ def validate_documents(
                     loaded.append(LoadedSpec(_to_spec(data), doc.source, line, col))
                 continue
             if fast is not None and fast(data):
+                if found := _job_problems(doc, prefix, data):
+                    problems.extend(found)
+                    places.pop()
+                    continue
                 line, col = (doc.line, 1) if doc._locate else doc.position(prefix)
                 loaded.append(LoadedSpec(_to_spec(data), doc.source, line, col))
                 continue
@@ -612,13 +612,14 @@ def validate_documents(
                         f"nested deeper than {MAX_DEPTH} levels: a job spec is flat",
                     )
                 ]
-            if found:
+            if found or (found := _job_problems(doc, prefix, data)):
                 problems.extend(found)
                 places.pop()
             else:  # the fast checker was stricter than jsonschema: trust jsonschema
                 line, col = doc.position(prefix)
                 loaded.append(LoadedSpec(_to_spec(data), doc.source, line, col))
     problems.extend(_duplicate_ids(loaded, places))
+    problems.extend(_needs_cycles(loaded, places))
     if problems:
         raise SpecInvalid(problems)
     return loaded
@@ -773,6 +774,85 @@ def _duplicate_ids(
             first[job_id] = (doc, prefix)
 
 
+def _needs_cycles(
+    loaded: Sequence[LoadedSpec], places: Sequence[tuple[Document, PathTuple]]
+) -> list[Problem]:
+    """A problem at each `needs` entry of every cycle in the batch, naming the cycle (a
+    batch's jobs can only need jobs of the batch or older ones, so no cycle reaches out)."""
+    entries: dict[str, tuple[Document, PathTuple, dict[str, int]]] = {}
+    for item, (doc, prefix) in zip(loaded, places, strict=True):
+        if isinstance(item.spec, JobSpec) and item.spec.id and item.spec.needs:
+            index = {need.job: i for i, need in enumerate(item.spec.needs)}
+            entries[item.spec.id] = (doc, prefix, index)
+    found: list[Problem] = []
+    state: dict[str, str] = {}  # "open" while on the path, "done" after
+
+    def visit(job_id: str, path: list[str]) -> None:
+        state[job_id] = "open"
+        path.append(job_id)
+        for need in entries[job_id][2]:
+            if need not in entries:
+                continue  # outside the batch, or without needs: no cycle through it
+            if state.get(need) == "open":
+                cycle = path[path.index(need) :]
+                shown = " -> ".join([*cycle, need])
+                for here, there in zip(cycle, [*cycle[1:], need], strict=True):
+                    doc, prefix, index = entries[here]
+                    line, col = doc.position((*prefix, "needs", index[there]))
+                    found.append(
+                        Problem(
+                            doc.source,
+                            line,
+                            col,
+                            f"needs.{index[there]}",
+                            f"needs cycle {shown}: these jobs would wait for one another "
+                            "forever; remove one of the needs",
+                        )
+                    )
+            elif need not in state:
+                visit(need, path)
+        path.pop()
+        state[job_id] = "done"
+
+    for job_id in entries:
+        if job_id not in state:
+            visit(job_id, [])
+    return found
+
+
+def _job_problems(doc: Document, prefix: PathTuple, data: dict[str, Any]) -> list[Problem]:
+    """What the schema cannot say about a schema-valid job, each at its position."""
+    found: list[Problem] = []
+
+    def problem(path: PathTuple, field_name: str, message: str) -> None:
+        line, col = doc.position(prefix + path)
+        found.append(Problem(doc.source, line, col, field_name, message))
+
+    if "concurrency_limit" in data and "concurrency_key" not in data:
+        problem(
+            ("concurrency_limit",),
+            "concurrency_limit",
+            "a limit needs a concurrency_key to count by: add one, or remove the limit",
+        )
+    retry = data.get("retry", {})
+    both = set(retry.get("on_exit_codes", ())) & set(retry.get("never_on_exit_codes", ()))
+    if both:
+        problem(
+            ("retry", "never_on_exit_codes"),
+            "retry.never_on_exit_codes",
+            f"exit code(s) {sorted(both)} are in on_exit_codes too: list each in one of them",
+        )
+    seen: set[str] = set()
+    for i, need in enumerate(data.get("needs", ())):
+        need_id = need if isinstance(need, str) else need["job"]
+        if need_id == data.get("id"):
+            problem(("needs", i), f"needs.{i}", f"{need_id!r} needs itself: remove the entry")
+        elif need_id in seen:
+            problem(("needs", i), f"needs.{i}", f"{need_id!r} is needed twice: keep one entry")
+        seen.add(need_id)
+    return found
+
+
 def _schedule_problems(doc: Document, prefix: PathTuple, data: dict[str, Any]) -> list[Problem]:
     """What the schema cannot say about a schema-valid schedule, each at its position."""
     rule = data["schedule"]
@@ -789,6 +869,13 @@ def _schedule_problems(doc: Document, prefix: PathTuple, data: dict[str, Any]) -
             ("run_at",),
             "run_at",
             "a schedule's runs start at their slots: remove run_at (use jitter to spread them)",
+        )
+    if "needs" in data:
+        problem(
+            ("needs",),
+            "needs",
+            "a schedule's runs cannot need other jobs: remove needs (overlap: queue runs "
+            "each after the previous one)",
         )
     if ("cron" in rule) == ("every" in rule):
         problem(("schedule",), "schedule", "give either cron or every (not both, not neither)")
@@ -846,6 +933,23 @@ def _to_job_spec(data: dict[str, Any]) -> JobSpec:
         cwd=data.get("cwd"),
         queue=data.get("queue", "default"),
         labels=dict(data.get("labels", {})),
+        needs=tuple(Need.from_declared(need) for need in data.get("needs", ())),
+        retry=_to_retry(data["retry"]) if "retry" in data else None,
+        deadline_ms=duration_ms(data["deadline"]) if "deadline" in data else None,
+        concurrency_key=data.get("concurrency_key"),
+        concurrency_limit=int(data.get("concurrency_limit", 1)),
+    )
+
+
+def _to_retry(rule: dict[str, Any]) -> RetryPolicy:
+    backoff_max = rule.get("backoff_max")
+    base = rule.get("backoff_base")
+    return RetryPolicy(
+        on_exit_codes=tuple(sorted(rule.get("on_exit_codes", ()))),
+        never_on_exit_codes=tuple(sorted(rule.get("never_on_exit_codes", ()))),
+        backoff_base=None if base is None else float(base),
+        backoff_max_ms=None if backoff_max is None else duration_ms(backoff_max),
+        jitter=Jitter(rule.get("jitter", "none")),
     )
 
 

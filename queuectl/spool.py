@@ -544,9 +544,6 @@ class Spool:
         is_json = claim.name.lower().endswith(".json")
         docs = spec.parse_spec_bytes(raw, claim.shown, is_json=is_json)
         loaded = spec.validate_documents(docs, source=claim.shown, relative_cwd="refuse")
-        problems = spec.unsupported(loaded)
-        if problems:
-            raise SpecInvalid(problems)
         source = Source(Origin.SPOOL, claim.shown)
         jobs = [
             NewJob.build(item.spec, source=source, now=now, default_max_retries=config.max_retries)

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from queuectl.core import Queue
-from queuectl.errors import ScheduleNotFound, UsageProblem
+from queuectl.errors import ScheduleNotFound
 from queuectl.models import Catchup, JobSpec, JobState, Overlap, ScheduleSpec
 from queuectl.store import Transition
 
@@ -117,12 +117,6 @@ def test_next_slots_are_in_the_schedule_zone(queue: Queue) -> None:
         "2026-01-01T02:30:00+01:00",
         "2026-01-02T02:30:00+01:00",
     ]
-
-
-def test_overlap_queue_is_refused_for_now(queue: Queue) -> None:
-    with pytest.raises(UsageProblem, match="overlap 'queue' is not supported yet"):
-        queue.add_schedules([replace(EVERY_MINUTE, overlap=Overlap.QUEUE)])
-    assert queue.schedules() == []
 
 
 def claim(queue: Queue, clock: FakeClock, job_id: str) -> str:

@@ -8,12 +8,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from queuectl.models import Catchup
+from queuectl.models import Catchup, duration_ms, format_duration
 from queuectl.schedules import (
     Timetable,
     cron_problem,
     due_slots,
-    duration_ms,
     jitter_for,
     run_id,
     wall_to_instant,
@@ -302,3 +301,11 @@ def test_duration_ms(text: str, ms: int) -> None:
 def test_duration_ms_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="is not a duration"):
         duration_ms(text)
+
+
+@pytest.mark.parametrize(
+    ("ms", "text"), [(21_600_000, "6h"), (5_400_000, "1h30m"), (1500, "1s500ms"), (0, "0s")]
+)
+def test_format_duration_reads_back(ms: int, text: str) -> None:
+    assert format_duration(ms) == text
+    assert duration_ms(text) == ms

@@ -132,10 +132,11 @@ def test_identical_declarations_hash_alike_and_any_change_shows() -> None:
     assert len({a.spec.spec_hash, c.spec.spec_hash, d.spec.spec_hash}) == 3
 
 
-def test_overlaps_not_supported_yet_are_problems_at_the_schedule() -> None:
-    text = "- {id: t, command: x, schedule: {every: 1h, overlap: queue}}\n- {id: u, command: x}\n"
-    loaded = spec.parse_specs(text, "s.yaml")
-    assert [str(p) for p in spec.unsupported(loaded)] == [
-        "s.yaml:1:3: schedule.overlap: schedule 't': overlap 'queue' is not supported yet: "
-        "use skip or allow"
+def test_a_schedule_template_cannot_need_jobs() -> None:
+    text = "- {id: t, command: x, needs: [a], schedule: {every: 1h}}\n"
+    with pytest.raises(SpecInvalid) as caught:
+        spec.parse_specs(text, "s.yaml")
+    assert [str(p) for p in caught.value.problems] == [
+        "s.yaml:1:30: needs: a schedule's runs cannot need other jobs: remove needs "
+        "(overlap: queue runs each after the previous one)"
     ]

@@ -17,7 +17,18 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConcurrentChange, InvalidState, JobConflict, StoreError
-from ..models import Job, JobState, NewJob, Origin, Schedule, ScheduleSpec, Source, WorkerInfo
+from ..models import (
+    Job,
+    JobState,
+    Need,
+    NewJob,
+    Origin,
+    RetryPolicy,
+    Schedule,
+    ScheduleSpec,
+    Source,
+    WorkerInfo,
+)
 
 
 @dataclass(frozen=True)
@@ -331,6 +342,13 @@ def job_from_row(
         lease_expires_at=instant(row["lease_expires_at"]),
         output_tail=row["output_tail"],
         schedule_id=row["schedule_id"],
+        needs=tuple(Need.from_declared(need) for need in decode(row["needs"])),
+        waiting=row["waiting"],
+        retry=None if row["retry"] is None else RetryPolicy.from_declared(decode(row["retry"])),
+        deadline_ms=row["deadline_ms"],
+        first_started_at=instant(row["first_started_at"]),
+        concurrency_key=row["concurrency_key"],
+        concurrency_limit=row["concurrency_limit"],
     )
 
 

@@ -51,6 +51,7 @@ FRAGMENTS = {
     "claim_order": "",
     "skip_locked": "FOR UPDATE SKIP LOCKED",  # many hosts claim at once: none waits
     "stopping": "",
+    "key_lock": "SELECT pg_advisory_xact_lock(hashtext(:key))",
     "fold_counts": "SELECT queuectl_fold_job_counts()",
 }
 

@@ -23,8 +23,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from ..errors import JobConflict, JobNotFound, ScheduleNotFound, SchemaTooNew, StoreError
-from ..models import Job, JobSpec, JobState, NewJob, Origin, Schedule, ScheduleSpec, WorkerInfo
+from ..errors import (
+    JobConflict,
+    JobNotFound,
+    ScheduleNotFound,
+    SchemaTooNew,
+    StoreError,
+    UnknownNeed,
+)
+from ..models import (
+    END_STATES,
+    NEED_MET_BY,
+    Job,
+    JobSpec,
+    JobState,
+    Need,
+    NeedOn,
+    NewJob,
+    Origin,
+    Schedule,
+    ScheduleSpec,
+    WorkerInfo,
+)
 from . import (
     Change,
     Heartbeat,
@@ -141,13 +161,19 @@ VALUES (:id, :template, :schedule, :spec_hash, :suspended, :now, :now, :now, :or
         :source_file, :source_commit, :now)
 ON CONFLICT (id) DO {on_conflict}
 """
-# A run pending, processing or failed (waiting to retry): overlap's "previous run".
+# The newest run pending, processing or failed (waiting to retry): overlap's "previous
+# run", found in the index of runs not ended.
 _LIST_SCHEDULES = """
 SELECT schedules.*,
-       EXISTS (SELECT 1 FROM jobs WHERE jobs.schedule_id = schedules.id
-                                    AND jobs.state IN ('pending', 'processing', 'failed')) AS busy
+       (SELECT max(id) FROM jobs
+         WHERE jobs.schedule_id = schedules.id AND schedule_id IS NOT NULL
+           AND state IN ('pending', 'processing', 'failed')) AS active_run
   FROM schedules WHERE {where}
 """
+
+
+class _OverLimit(Exception):
+    """A claim went over its concurrency key's limit: it is rolled back."""
 
 
 TICKS_PER_WRITE = 200  # schedules ticked per write transaction: claims wait for none long
@@ -160,10 +186,12 @@ class Statements:
     insert_job: str = """
 INSERT INTO jobs (id, command, priority, run_at, max_retries, timeout_ms, env, cwd, queue,
                   labels, state, attempts, created_at, updated_at, available_at, origin,
-                  source_file, source_commit, spec_hash, schedule_id)
+                  source_file, source_commit, spec_hash, schedule_id, needs, waiting, retry,
+                  deadline_ms, concurrency_key, concurrency_limit)
 VALUES (:id, :command, :priority, :run_at, :max_retries, :timeout_ms, :env, :cwd, :queue,
         :labels, 'pending', 0, :now, :now, :available_at, :origin, :source_file,
-        :source_commit, :spec_hash, :schedule_id)
+        :source_commit, :spec_hash, :schedule_id, :needs, :waiting, :retry, :deadline_ms,
+        :concurrency_key, :concurrency_limit)
 ON CONFLICT (id) DO NOTHING
 """
     existing_hashes: str = """
@@ -178,7 +206,9 @@ UPDATE jobs SET command = :command, priority = :priority, run_at = :run_at,
                 finished_at = NULL, exit_code = NULL, last_error = NULL, worker_id = NULL,
                 lease_token = NULL, lease_expires_at = NULL, output_tail = '', origin = :origin,
                 source_file = :source_file, source_commit = :source_commit,
-                spec_hash = :spec_hash,
+                spec_hash = :spec_hash, needs = :needs, waiting = :waiting, retry = :retry,
+                deadline_ms = :deadline_ms, concurrency_key = :concurrency_key,
+                concurrency_limit = :concurrency_limit, first_started_at = NULL,
                 created_at = CASE WHEN :fresh THEN :now ELSE created_at END
  WHERE id = :id AND state = :expected_state AND updated_at = :expected_updated_at
    AND state <> 'processing' AND lease_token IS NULL
@@ -186,6 +216,7 @@ UPDATE jobs SET command = :command, priority = :priority, run_at = :run_at,
     prune_job: str = """
 UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now
  WHERE id = :id AND state = 'pending' AND updated_at = :expected_updated_at
+RETURNING id, has_dependents
 """
     spool_file_seen: str = "SELECT 1 FROM spool_files WHERE claim_id = :claim_id"
     record_spool_file: str = """
@@ -209,6 +240,7 @@ UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now,
                 last_error = CASE WHEN state = 'processing' THEN 'canceled while running'
                                   ELSE last_error END
  WHERE id = :id AND (state IN ('pending', 'failed') OR (:running AND state = 'processing'))
+RETURNING id, has_dependents
 """
     # A canceled job's process is gone: the claim it kept can go too.
     release_claim: str = """
@@ -260,17 +292,33 @@ SELECT workers.*, (SELECT id FROM jobs WHERE state = 'processing' AND worker_id 
 UPDATE workers SET stop_requested = TRUE
  WHERE :ids{json} IS NULL OR id IN ({each}(:ids{json}))
 """
+    # One statement: the index holds only jobs whose needs are met (waiting = 0), and a
+    # job with a concurrency key is passed over while its key's holders are at the limit
+    # (a holder whose lease expired, its worker killed, holds nothing).
     claim_next: str = """
 UPDATE jobs SET state = 'processing', worker_id = :worker_id, lease_token = :token,
                 started_at = :now, updated_at = :now, finished_at = NULL,
-                lease_expires_at = :lease_until
- WHERE id = (SELECT id FROM jobs {claim_order}
-              WHERE state IN ('pending', 'failed') AND available_at <= :now
+                lease_expires_at = :lease_until,
+                first_started_at = coalesce(first_started_at, :now)
+ WHERE id = (SELECT id FROM jobs AS candidate {claim_order}
+              WHERE state IN ('pending', 'failed') AND waiting = 0 AND available_at <= :now
                 AND (:queues{json} IS NULL OR queue IN ({each}(:queues{json})))
+                AND (concurrency_key IS NULL
+                     OR (SELECT count(*) FROM jobs AS holder
+                          WHERE holder.concurrency_key = candidate.concurrency_key
+                            AND holder.lease_token IS NOT NULL
+                            AND holder.lease_expires_at >= :now) < concurrency_limit)
               ORDER BY priority DESC, created_at, id
               LIMIT 1
               {skip_locked})
 RETURNING *
+"""
+    # Where claims run at once (PostgreSQL), a claim of a keyed job re-counts the key's
+    # holders under a lock on the key, and steps back if it went over the limit.
+    key_lock: str = "{key_lock}"  # empty where claims are serialized (SQLite)
+    key_holders: str = """
+SELECT count(*) AS n FROM jobs
+ WHERE concurrency_key = :key AND lease_token IS NOT NULL AND lease_expires_at >= :now
 """
     claimed_with: str = "SELECT * FROM jobs WHERE state = 'processing' AND lease_token = :token"
     finish_job: str = """
@@ -281,6 +329,7 @@ UPDATE jobs SET state = :state, attempts = :attempts, available_at = :available_
                 lease_token = NULL, lease_expires_at = NULL
  WHERE id = :job_id AND lease_token = :token AND state = 'processing'
    AND (:expired_before{time} IS NULL OR lease_expires_at < :expired_before)
+RETURNING has_dependents
 """
     # Claimed jobs: running ones, and canceled ones whose process may still be stopping.
     processing_jobs: str = """
@@ -298,8 +347,75 @@ SELECT count(*) AS n FROM jobs
 """
     next_available_at: str = """
 SELECT min(available_at) AS next_at FROM jobs
- WHERE state IN ('pending', 'failed')
+ WHERE state IN ('pending', 'failed') AND waiting = 0
    AND (:queues{json} IS NULL OR queue IN ({each}(:queues{json})))
+"""
+
+    # -- needs (SPEC 12) --
+    known_ids: str = "SELECT id FROM jobs WHERE id IN ({each}(:ids{json}))"
+    insert_need: str = """
+INSERT INTO job_needs (job_id, need_id, on_state) VALUES (:job_id, :need_id, :on_state)
+ON CONFLICT (job_id, need_id) DO NOTHING
+"""
+    forget_needs: str = "DELETE FROM job_needs WHERE job_id = :id"
+    mark_dependents: str = """
+UPDATE jobs SET has_dependents = TRUE
+ WHERE id IN ({each}(:ids{json})) AND has_dependents = FALSE
+"""
+    # A parent ended: the edges its end meets count down; those it never will meet cancel.
+    meet_needs: str = """
+UPDATE jobs SET waiting = waiting - 1
+ WHERE state = 'pending' AND id IN (SELECT job_id FROM job_needs
+                                     WHERE need_id = :id AND on_state IN ({each}(:met{json})))
+"""
+    fail_needs: str = """
+UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now,
+                last_error = :upstream
+ WHERE state = 'pending' AND id IN (SELECT job_id FROM job_needs
+                                     WHERE need_id = :id AND on_state IN ({each}(:unmet{json})))
+RETURNING id, has_dependents
+"""
+    # From scratch: the needs of each job not met (yet) by its parent's state.
+    count_waiting: str = """
+UPDATE jobs SET waiting = (
+    SELECT count(*) FROM job_needs AS edge JOIN jobs AS parent ON parent.id = edge.need_id
+     WHERE edge.job_id = jobs.id
+       AND NOT ((edge.on_state IN ('success', 'finished') AND parent.state = 'completed')
+                OR (edge.on_state IN ('failure', 'finished') AND parent.state = 'dead')
+                OR (edge.on_state = 'finished' AND parent.state = 'canceled')))
+ WHERE state = 'pending' AND id IN ({each}(:ids{json}))
+"""
+    # Needs that can never be met any more: the parent ended the other way.
+    unmeetable_needs: str = """
+SELECT edge.job_id, edge.need_id, parent.state
+  FROM job_needs AS edge JOIN jobs AS parent ON parent.id = edge.need_id
+ WHERE edge.job_id IN ({each}(:ids{json}))
+   AND parent.state IN ('completed', 'dead', 'canceled')
+   AND NOT ((edge.on_state IN ('success', 'finished') AND parent.state = 'completed')
+            OR (edge.on_state IN ('failure', 'finished') AND parent.state = 'dead')
+            OR (edge.on_state = 'finished' AND parent.state = 'canceled'))
+ ORDER BY edge.job_id, edge.need_id
+"""
+    cancel_upstream: str = """
+UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now,
+                last_error = :upstream
+ WHERE id = :id AND state = 'pending'
+RETURNING id, has_dependents
+"""
+    children_of: str = """
+SELECT DISTINCT job_id FROM job_needs WHERE need_id IN ({each}(:ids{json}))
+"""
+    # A parent back from the DLQ: the children it canceled (and theirs) are pending again.
+    revive_children: str = """
+UPDATE jobs SET state = 'pending', updated_at = :now, finished_at = NULL, last_error = NULL
+ WHERE state = 'canceled' AND substr(last_error, 1, length(:prefix)) = :prefix
+   AND id IN (SELECT job_id FROM job_needs WHERE need_id = :id)
+RETURNING id
+"""
+    waiting_on: str = """
+SELECT edge.need_id, edge.on_state, parent.state
+  FROM job_needs AS edge LEFT JOIN jobs AS parent ON parent.id = edge.need_id
+ WHERE edge.job_id = :id ORDER BY edge.need_id
 """
 
     # An identical re-submission matches no row: nothing changes, not even updated_at.
@@ -341,7 +457,7 @@ UPDATE schedules SET suspended = :suspended, updated_at = :now, next_slot_at = :
     cancel_runs: str = """
 UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now
  WHERE schedule_id = :id AND state IN ('pending', 'failed')
-RETURNING id
+RETURNING id, has_dependents
 """
     canceled_runs_at: str = """
 SELECT id FROM jobs WHERE schedule_id = :id AND state = 'canceled' AND updated_at = :now
@@ -473,6 +589,12 @@ class SqlStore:
             "source_commit": job.source.commit,
             "spec_hash": spec.spec_hash,
             "schedule_id": job.schedule_id,
+            "needs": self.d.json([need.declared() for need in spec.needs]),
+            "waiting": len(spec.needs),  # until _wait_on_needs counts what is met already
+            "retry": None if spec.retry is None else self.d.json(spec.retry.declared()),
+            "deadline_ms": spec.deadline_ms,
+            "concurrency_key": spec.concurrency_key,
+            "concurrency_limit": spec.concurrency_limit,
         }
 
     def _schedule(self, row: Any) -> Schedule:
@@ -487,7 +609,7 @@ class SqlStore:
             last_missed_at=self.d.instant(row["last_missed_at"]),
             created_at=self._required(row["created_at"]),
             updated_at=self._required(row["updated_at"]),
-            busy=bool(row["busy"]),
+            active_run=row["active_run"],
             last_success_at=self.d.instant(row["last_success_at"]),
         )
 
@@ -535,10 +657,107 @@ class SqlStore:
                 for job in jobs:
                     if raced[job.id]["spec_hash"] != job.spec.spec_hash:
                         raise conflict(job.id, source_of(raced[job.id]))
+            new = [job for job, was_created in zip(jobs, created, strict=True) if was_created]
+            self._wait_on_needs(conn, new, now)
             if len(rows) >= FOLD_AFTER_ROWS:  # a big batch: leave status a few rows to add
                 self._fold_counts(conn)
             self.d.notify(conn)
         return created
+
+    # -- needs (SPEC 12) ----------------------------------------------------------------
+
+    def _wait_on_needs(self, conn: Conn, jobs: Sequence[NewJob], now: datetime) -> None:
+        """Record the needs of jobs just written (inside the caller's write): each needed id
+        must exist by now; a need already met is counted met, one that never can be
+        cancels the job at once, as a parent ending that way later would."""
+        edges = [(job.id, need) for job in jobs for need in job.spec.needs]
+        if not edges:
+            return
+        needed = sorted({need.job for _, need in edges})
+        known = {row["id"] for row in conn.execute(self.sql.known_ids, {"ids": self._ids(needed)})}
+        for job_id, need in edges:
+            if need.job not in known:
+                raise UnknownNeed(job_id, need.job)
+        cursor = conn.cursor()
+        try:
+            cursor.executemany(
+                self.sql.insert_need,
+                [{"job_id": j, "need_id": n.job, "on_state": n.on.value} for j, n in edges],
+            )
+        finally:
+            cursor.close()
+        conn.execute(self.sql.mark_dependents, {"ids": self._ids(needed)})
+        self._recount(conn, sorted({job_id for job_id, _ in edges}), now)
+
+    def _recount(self, conn: Conn, job_ids: Sequence[str], now: datetime) -> None:
+        """Count the unmet needs of pending jobs from scratch; cancel those with a need
+        that can no longer be met (and, down the graph, what waited on them)."""
+        if not job_ids:
+            return
+        ids = self._ids(job_ids)
+        conn.execute(self.sql.count_waiting, {"ids": ids})
+        ended: list[tuple[str, JobState]] = []
+        for row in conn.execute(self.sql.unmeetable_needs, {"ids": ids}).fetchall():
+            params = {
+                "id": row["job_id"],
+                "now": self.d.time(now),
+                "upstream": f"upstream {row['need_id']} {row['state']}",
+            }
+            if conn.execute(self.sql.cancel_upstream, params).fetchone() is not None:
+                ended.append((row["job_id"], JobState.CANCELED))
+        self._settle(conn, ended, now)
+
+    def _settle(self, conn: Conn, ended: Sequence[tuple[str, JobState]], now: datetime) -> None:
+        """Jobs just ended: count down the needs their end meets and cancel the jobs whose
+        needs it never will, breadth first down the graph (any depth, no recursion)."""
+        todo = list(ended)
+        while todo:
+            parent, state = todo.pop()
+            if state not in END_STATES:
+                continue
+            met = [on.value for on, states in NEED_MET_BY.items() if state in states]
+            unmet = [on.value for on, states in NEED_MET_BY.items() if state not in states]
+            params = {"id": parent, "met": self.d.json(met), "unmet": self.d.json(unmet)}
+            conn.execute(self.sql.meet_needs, params)
+            upstream = f"upstream {parent} {state.value}"
+            canceled = conn.execute(
+                self.sql.fail_needs, {**params, "now": self.d.time(now), "upstream": upstream}
+            ).fetchall()
+            todo.extend((row["id"], JobState.CANCELED) for row in canceled)
+
+    def _revive(self, conn: Conn, parents: Sequence[str], now: datetime) -> None:
+        """Jobs back to pending: the jobs they canceled as `upstream` are pending again, down
+        the graph, and every child of theirs has its needs counted afresh."""
+        revived: list[str] = []
+        todo = list(parents)
+        while todo:
+            parent = todo.pop()
+            params = {"id": parent, "prefix": f"upstream {parent} ", "now": self.d.time(now)}
+            back = [row["id"] for row in conn.execute(self.sql.revive_children, params)]
+            revived.extend(back)
+            todo.extend(back)
+        touched = [*parents, *revived]
+        children = conn.execute(self.sql.children_of, {"ids": self._ids(touched)}).fetchall()
+        self._recount(conn, sorted({row["job_id"] for row in children}), now)
+
+    def _ended(self, conn: Conn, rows: Sequence[Any], now: datetime) -> None:
+        """Settle the needs on jobs a statement just canceled (rows with id, has_dependents)."""
+        self._settle(
+            conn, [(row["id"], JobState.CANCELED) for row in rows if row["has_dependents"]], now
+        )
+
+    def waiting_on(self, job_id: str) -> list[tuple[Need, JobState | None]]:
+        def op(conn: Conn) -> list[tuple[Need, JobState | None]]:
+            rows = conn.execute(self.sql.waiting_on, {"id": job_id}).fetchall()
+            return [
+                (
+                    Need(row["need_id"], NeedOn(row["on_state"])),
+                    None if row["state"] is None else JobState(row["state"]),
+                )
+                for row in rows
+            ]
+
+        return self.d.read(op)
 
     def insert_jobs(self, jobs: Sequence[NewJob], now: datetime) -> list[bool]:
         def done(conn: Conn) -> list[bool] | None:
@@ -607,6 +826,7 @@ class SqlStore:
         def op(conn: Conn) -> bool:
             for schedule in schedules:
                 self._apply_schedule(conn, schedule, now)
+            rewritten: list[NewJob] = []  # created, or with a new spec: needs written after all
             for change in jobs:
                 expected = change.expected
                 guard = {
@@ -616,6 +836,7 @@ class SqlStore:
                 if change.action == "create" and change.job is not None:
                     params = self._job_params(change.job, now)
                     written = conn.execute(self.sql.insert_job, params).rowcount
+                    rewritten.append(change.job)
                 elif change.action in ("update", "replace") and change.job is not None:
                     params = {
                         **self._job_params(change.job, now),
@@ -623,13 +844,21 @@ class SqlStore:
                         "fresh": change.action == "replace",
                     }
                     written = conn.execute(self.sql.replace_spec, params).rowcount
+                    conn.execute(self.sql.forget_needs, {"id": change.job_id})
+                    rewritten.append(change.job)
                 elif change.action == "prune":
                     params = {"id": change.job_id, "now": self.d.time(now), **guard}
-                    written = conn.execute(self.sql.prune_job, params).rowcount
+                    pruned = conn.execute(self.sql.prune_job, params).fetchall()
+                    self._ended(conn, pruned, now)
+                    written = len(pruned)
                 else:
                     raise ValueError(f"unknown change {change.action!r}")
                 if written != 1:
                     raise changed_meanwhile(change.job_id)
+            # After every write: they may need one another. A job back to pending brings
+            # back what it had canceled as `upstream`.
+            self._wait_on_needs(conn, rewritten, now)
+            self._revive(conn, [job.id for job in rewritten], now)
             self.d.notify(conn)
             return True
 
@@ -702,8 +931,9 @@ class SqlStore:
                 raise JobNotFound(job_id)
             before = self._job(row)
             params = {"id": job_id, "now": stamp, "running": running}
-            written = conn.execute(self.sql.cancel_job, params).rowcount
-            if written == 0 and not (running and before.stopping):
+            canceled = conn.execute(self.sql.cancel_job, params).fetchall()
+            self._ended(conn, canceled, now)
+            if not canceled and not (running and before.stopping):
                 raise not_cancelable(job_id, before.state.value)
             return before
 
@@ -730,6 +960,7 @@ class SqlStore:
                 if row["state"] != JobState.DEAD:
                     raise not_dead(job_id, row["state"])
             retried = [row["id"] for row in conn.execute(self.sql.retry_dead, params)]
+            self._revive(conn, retried, now)
             self.d.notify(conn)
             return retried
 
@@ -791,7 +1022,7 @@ class SqlStore:
             written = conn.execute(self.sql.update_schedule, params).rowcount
         elif change.action == "prune":
             written = conn.execute(self.sql.prune_schedule, params).rowcount
-            conn.execute(self.sql.cancel_runs, params).fetchall()  # as `schedule delete` does
+            self._ended(conn, conn.execute(self.sql.cancel_runs, params).fetchall(), now)
         else:
             raise ValueError(f"unknown change {change.action!r}")
         if written != 1:
@@ -838,7 +1069,9 @@ class SqlStore:
         def op(conn: Conn) -> list[str]:
             if conn.execute(self.sql.delete_schedule, params).rowcount == 0:
                 raise ScheduleNotFound(schedule_id)
-            return sorted(row["id"] for row in conn.execute(self.sql.cancel_runs, params))
+            canceled = conn.execute(self.sql.cancel_runs, params).fetchall()
+            self._ended(conn, canceled, now)
+            return sorted(row["id"] for row in canceled)
 
         def done(conn: Conn) -> list[str] | None:
             if conn.execute(self.sql.schedule_stamps, params).fetchone():
@@ -894,10 +1127,16 @@ class SqlStore:
                         "replaced_by": f"replaced by {newest}",
                         "replaced_by_id": newest,
                     }
-                    cursor = conn.execute(self.sql.replace_runs, replace)
-                    replaced = [self._job(row) for row in cursor]
+                    rows = conn.execute(self.sql.replace_runs, replace).fetchall()
+                    self._ended(conn, rows, now)
+                    replaced = [self._job(row) for row in rows]
                 results.append(replaced)
-                runs.extend(self._job_params(run, now) for run in tick.runs)
+                for run in tick.runs:
+                    if not run.spec.needs:
+                        runs.append(self._job_params(run, now))
+                    elif conn.execute(self.sql.insert_job, self._job_params(run, now)).rowcount:
+                        self._wait_on_needs(conn, [run], now)  # queued after the previous run
+                        self.d.notify(conn)
             if runs:
                 # ON CONFLICT DO NOTHING: a run `schedule trigger` made already stays as it is.
                 cursor = conn.cursor()
@@ -1033,11 +1272,27 @@ class SqlStore:
             "lease_until": self.d.time(lease_until),
             "queues": self._ids(queues) if queues else None,
         }
-        row = self.d.write(
-            lambda conn: conn.execute(self.sql.claim_next, params).fetchone(),
-            already_done=lambda conn: conn.execute(self.sql.claimed_with, params).fetchone(),
-            single=True,
-        )
+
+        def op(conn: Conn) -> Any:
+            row = conn.execute(self.sql.claim_next, params).fetchone()
+            if row is None or row["concurrency_key"] is None or not self.sql.key_lock:
+                return row
+            # Claims run at once here: count the key's holders again, under the key's lock
+            # (held to the commit); over the limit, the claim is rolled back.
+            key = {"key": row["concurrency_key"], "now": params["now"]}
+            conn.execute(self.sql.key_lock, key)
+            if conn.execute(self.sql.key_holders, key).fetchone()["n"] > row["concurrency_limit"]:
+                raise _OverLimit
+            return row
+
+        try:
+            row = self.d.write(
+                op,
+                already_done=lambda conn: conn.execute(self.sql.claimed_with, params).fetchone(),
+                single=not self.sql.key_lock,
+            )
+        except _OverLimit:
+            return None  # another claim took the key's last slot first: try again later
         return self._job(row) if row else None
 
     def finish(
@@ -1074,13 +1329,13 @@ class SqlStore:
             )
             return True if landed else None
 
-        return bool(
-            self.d.write(
-                lambda conn: conn.execute(self.sql.finish_job, params).rowcount == 1,
-                already_done=done,
-                single=True,
-            )
-        )
+        def op(conn: Conn) -> bool:
+            row = conn.execute(self.sql.finish_job, params).fetchone()
+            if row is not None and row["has_dependents"]:  # in the same write, or never
+                self._settle(conn, [(job_id, outcome.state)], now)
+            return row is not None
+
+        return bool(self.d.write(op, already_done=done))
 
     def release_claim(self, job_id: str, token: str, output_tail: str | None) -> bool:
         params = {"job_id": job_id, "token": token, "output_tail": output_tail}

@@ -38,6 +38,7 @@ FRAGMENTS = {
     "claim_order": "INDEXED BY jobs_claim_order",
     "skip_locked": "",  # one writer at a time: nothing to skip
     "stopping": "INDEXED BY jobs_stopping",
+    "key_lock": "",  # one writer at a time: a claim's count of holders stands
     "fold_counts": "",  # triggers keep one counter row per state (migration 0004)
 }
 

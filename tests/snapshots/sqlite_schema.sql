@@ -1,9 +1,14 @@
--- user_version 9
+-- user_version 10
+CREATE INDEX job_needs_need ON job_needs (need_id);
 CREATE INDEX jobs_applied_pending ON jobs (id) WHERE origin = 'apply' AND state = 'pending';
 CREATE INDEX jobs_claim_order ON jobs (priority DESC, created_at, id)
-    WHERE state IN ('pending', 'failed');
+    WHERE state IN ('pending', 'failed') AND waiting = 0;
+CREATE INDEX jobs_concurrency ON jobs (concurrency_key)
+    WHERE lease_token IS NOT NULL AND concurrency_key IS NOT NULL;
 CREATE INDEX jobs_created ON jobs (created_at, id);
 CREATE INDEX jobs_schedule ON jobs (schedule_id, created_at, id) WHERE schedule_id IS NOT NULL;
+CREATE INDEX jobs_schedule_active ON jobs (schedule_id, id)
+    WHERE schedule_id IS NOT NULL AND state IN ('pending', 'processing', 'failed');
 CREATE INDEX jobs_state_available ON jobs (state, available_at);
 CREATE INDEX jobs_stopping ON jobs (id) WHERE state = 'canceled' AND lease_token IS NOT NULL;
 CREATE INDEX schedules_due ON schedules (next_slot_at) WHERE suspended = FALSE;
@@ -15,6 +20,12 @@ CREATE TABLE config (
 CREATE TABLE job_counts (
     state TEXT PRIMARY KEY,
     n     INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE job_needs (
+    job_id   TEXT NOT NULL,
+    need_id  TEXT NOT NULL,
+    on_state TEXT NOT NULL CHECK (on_state IN ('success', 'failure', 'finished')),
+    PRIMARY KEY (job_id, need_id)
 ) WITHOUT ROWID;
 CREATE TABLE jobs (
     id               TEXT PRIMARY KEY,
@@ -43,7 +54,7 @@ CREATE TABLE jobs (
     spec_hash        TEXT NOT NULL,
     output_tail      TEXT NOT NULL DEFAULT ''
 , source_commit TEXT, origin TEXT NOT NULL DEFAULT 'inline'
-    CHECK (origin IN ('inline', 'spool', 'apply')), source_file TEXT, schedule_id TEXT) WITHOUT ROWID;
+    CHECK (origin IN ('inline', 'spool', 'apply')), source_file TEXT, schedule_id TEXT, needs TEXT NOT NULL DEFAULT '[]', waiting INTEGER NOT NULL DEFAULT 0, has_dependents INTEGER NOT NULL DEFAULT 0, retry TEXT, deadline_ms INTEGER, first_started_at INTEGER, concurrency_key TEXT, concurrency_limit INTEGER NOT NULL DEFAULT 1) WITHOUT ROWID;
 CREATE TABLE schedules (
     id             TEXT PRIMARY KEY,
     template       TEXT NOT NULL,              -- JSON: the job spec of every run
