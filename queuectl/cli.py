@@ -223,15 +223,20 @@ def emit_page(jobs: Sequence[Job], more: bool, fmt: str, *, newest: bool) -> Non
         )
 
 
-def format_option(func: F) -> F:
+def format_option(func: F, *, default: str = "json") -> F:
     return click.option(
         "--format",
         "fmt",
         type=click.Choice(["json", "table"]),
-        default="json",
+        default=default,
         show_default=True,
         help="json for programs, table for people.",
     )(func)
+
+
+def table_first_option(func: F) -> F:
+    """--format for commands people read first (`why`): table (lines) unless asked."""
+    return format_option(func, default="table")
 
 
 def emit(data: Any, fmt: str, columns: Sequence[str] = (), *, cut: bool = True) -> None:
@@ -434,7 +439,36 @@ def show_cmd(app: App, job_id: str, fmt: str) -> None:
     Example:
         queuectl show 01JD4X2ZK8Q3V6T9W0B7N5M1C2
     """
-    emit(app.queue().get(job_id).to_dict(), fmt)
+    queue = app.queue()
+    job = queue.get(job_id)
+    emit({**job.to_dict(), "waiting_on": queue.waiting_on(job)}, fmt)
+
+
+@cli.command(name="why")
+@click.argument("job_id", metavar="ID", type=TEXT)
+@table_first_option
+@pass_app
+def why_cmd(app: App, job_id: str, fmt: str) -> None:
+    """Say what holds a pending or failed job back, one gate per line: run_at or retry
+    time not reached, needs not met, its concurrency key at its limit, no live worker
+    serving its queue.
+
+    \b
+    Example:
+        queuectl why load-warehouse
+    """
+    queue = app.queue()
+    job = queue.get(job_id)
+    gates = queue.why(job_id)
+    if fmt == "json":
+        emit({"id": job.id, "state": job.state.value, "gates": [g.to_dict() for g in gates]}, fmt)
+    elif gates:
+        for gate in gates:
+            click.echo(f"{job.id}: {gate.message}")
+    elif job.state in (JobState.PENDING, JobState.FAILED):
+        click.echo(f"{job.id}: nothing holds it: a free worker claims it next")
+    else:
+        click.echo(f"{job.id}: {job.state.value}: not waiting to run")
 
 
 @cli.command(name="status")

@@ -16,6 +16,7 @@ from .config import Config
 from .errors import JobNotFound, ScheduleNotFound, UsageProblem, WaitTimedOut, first_few
 from .models import (
     INLINE,
+    NEED_MET_BY,
     Job,
     JobSpec,
     JobState,
@@ -27,6 +28,8 @@ from .models import (
     ScheduleSpec,
     Source,
     WorkerInfo,
+    format_duration,
+    format_time,
     utcnow,
     worker_host_pid,
     worker_is_local,
@@ -44,6 +47,25 @@ FOLLOW_POLL_S = 0.2
 class Enqueued:
     id: str
     created: bool  # False: an identical job existed, nothing changed
+
+
+NEED_WORDS = {
+    NeedOn.SUCCESS: "complete",
+    NeedOn.FAILURE: "fail (go dead)",
+    NeedOn.FINISHED: "end (any way)",
+}
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One thing holding a job back, as `queuectl why` names it."""
+
+    gate: str  # run_at, retry, needs, concurrency, no_worker
+    message: str
+    detail: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gate": self.gate, "message": self.message, **self.detail}
 
 
 def stop_if_local(job_id: str, worker_id: str) -> None:
@@ -178,6 +200,64 @@ class Queue:
         if job is None:
             raise JobNotFound(job_id)
         return job
+
+    def waiting_on(self, job: Job) -> list[dict[str, Any]]:
+        """The needs of a job not met yet, each with the needed job's state (SPEC 12)."""
+        if not job.needs or job.state is not JobState.PENDING:
+            return []
+        return [
+            {"job": need.job, "on": need.on.value, "state": state.value if state else None}
+            for need, state in self.store.waiting_on(job.id)
+            if state not in NEED_MET_BY[need.on]
+        ]
+
+    def why(self, job_id: str) -> list[Gate]:
+        """Every gate holding a pending or failed job back now (SPEC 13); [] for a job that
+        nothing holds (a worker should claim it soon) or that is not waiting to run."""
+        job = self.get(job_id)
+        if job.state not in (JobState.PENDING, JobState.FAILED):
+            return []
+        now = self.clock()
+        gates: list[Gate] = []
+        if job.available_at > now:
+            what = "retry" if job.state is JobState.FAILED else "run_at"
+            wait = format_duration(int((job.available_at - now).total_seconds() * 1000))
+            gates.append(
+                Gate(
+                    what,
+                    f"{what} not reached: due at {format_time(job.available_at)} (in {wait})",
+                    {"until": format_time(job.available_at)},
+                )
+            )
+        for need in self.waiting_on(job):
+            wanted = NEED_WORDS[NeedOn(need["on"])]
+            state = need["state"] or "no longer stored"
+            gates.append(Gate("needs", f"needs {need['job']} to {wanted}: it is {state}", need))
+        if job.concurrency_key is not None:
+            holders = self.store.key_holders(job.concurrency_key, now)
+            if len(holders) >= job.concurrency_limit:
+                gates.append(
+                    Gate(
+                        "concurrency",
+                        f"concurrency key {job.concurrency_key} at its limit of "
+                        f"{job.concurrency_limit}: held by {', '.join(holders)}",
+                        {
+                            "key": job.concurrency_key,
+                            "limit": job.concurrency_limit,
+                            "held_by": holders,
+                        },
+                    )
+                )
+        if self.unserved([job]):
+            gates.append(
+                Gate(
+                    "no_worker",
+                    f"no live worker serves queue {job.queue!r}: start one with "
+                    f"`queuectl worker start --queue {job.queue}`",
+                    {"queue": job.queue},
+                )
+            )
+        return gates
 
     def list_jobs(
         self,

@@ -208,6 +208,14 @@ class Store(Protocol):
         waiting to retry); return their ids. Raises ScheduleNotFound."""
         ...
 
+    def waiting_on(self, job_id: str) -> list[tuple[Need, JobState | None]]:
+        """Every need of the job, with the needed job's state (None: no longer stored)."""
+        ...
+
+    def key_holders(self, key: str, now: datetime) -> list[str]:
+        """The jobs holding a concurrency key now (running, or stopping), oldest first."""
+        ...
+
     def due_schedules(self, now: datetime) -> list[Schedule]:
         """The active schedules whose next slot (or a change of timing) is at or before now."""
         ...

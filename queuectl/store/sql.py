@@ -316,10 +316,6 @@ RETURNING *
     # Where claims run at once (PostgreSQL), a claim of a keyed job re-counts the key's
     # holders under a lock on the key, and steps back if it went over the limit.
     key_lock: str = "{key_lock}"  # empty where claims are serialized (SQLite)
-    key_holders: str = """
-SELECT count(*) AS n FROM jobs
- WHERE concurrency_key = :key AND lease_token IS NOT NULL AND lease_expires_at >= :now
-"""
     claimed_with: str = "SELECT * FROM jobs WHERE state = 'processing' AND lease_token = :token"
     finish_job: str = """
 UPDATE jobs SET state = :state, attempts = :attempts, available_at = :available_at,
@@ -411,6 +407,11 @@ UPDATE jobs SET state = 'pending', updated_at = :now, finished_at = NULL, last_e
  WHERE state = 'canceled' AND substr(last_error, 1, length(:prefix)) = :prefix
    AND id IN (SELECT job_id FROM job_needs WHERE need_id = :id)
 RETURNING id
+"""
+    key_holders_now: str = """
+SELECT id FROM jobs
+ WHERE concurrency_key = :key AND lease_token IS NOT NULL AND lease_expires_at >= :now
+ ORDER BY started_at, id
 """
     waiting_on: str = """
 SELECT edge.need_id, edge.on_state, parent.state
@@ -759,6 +760,11 @@ class SqlStore:
 
         return self.d.read(op)
 
+    def key_holders(self, key: str, now: datetime) -> list[str]:
+        params = {"key": key, "now": self.d.time(now)}
+        rows = self.d.read(lambda conn: conn.execute(self.sql.key_holders_now, params).fetchall())
+        return [row["id"] for row in rows]
+
     def insert_jobs(self, jobs: Sequence[NewJob], now: datetime) -> list[bool]:
         def done(conn: Conn) -> list[bool] | None:
             # Created by the first try: the same spec, created at this very instant.
@@ -793,7 +799,7 @@ class SqlStore:
                                 "job_ids": self.d.json([job.id for job in file.jobs]),
                             },
                         )
-                except JobConflict as exc:
+                except (JobConflict, UnknownNeed) as exc:
                     outcomes.append(str(exc))
                 else:
                     outcomes.append(None)
@@ -1281,7 +1287,10 @@ class SqlStore:
             # (held to the commit); over the limit, the claim is rolled back.
             key = {"key": row["concurrency_key"], "now": params["now"]}
             conn.execute(self.sql.key_lock, key)
-            if conn.execute(self.sql.key_holders, key).fetchone()["n"] > row["concurrency_limit"]:
+            if (
+                len(conn.execute(self.sql.key_holders_now, key).fetchall())
+                > row["concurrency_limit"]
+            ):
                 raise _OverLimit
             return row
 
