@@ -46,6 +46,21 @@ show 'queuectl dlq list --format table'
 step "Its log: one header line per attempt, the retries 1.5 s and 2.25 s apart (backoff)"
 show 'queuectl logs flaky'
 
+step "A schedule: one run every 2 s, created by the scheduler inside every worker (not in drains)"
+show 'printf "%s\n" "id: heartbeat" "command: date -u +%T" "schedule: {every: 2s}" | queuectl enqueue -'
+show 'queuectl worker start --count 1'
+echo "(waiting for two runs of heartbeat to complete)"
+deadline=$((SECONDS + 30))
+until [ "$(queuectl list --schedule heartbeat --state completed --format table | grep -c '^heartbeat@')" -ge 2 ]; do
+  if [ "$SECONDS" -ge "$deadline" ]; then echo "heartbeat did not complete two runs in 30 s" >&2; exit 1; fi
+  sleep 0.2
+done
+show 'queuectl schedule list --format table'
+show 'queuectl list --schedule heartbeat --format table   # its runs: <schedule id>@<slot in UTC>'
+show 'queuectl schedule show heartbeat'
+show 'queuectl schedule pause heartbeat'
+show 'queuectl worker stop'
+
 step "Retry it from the DLQ (attempts reset to 0, spec kept) with a detached worker"
 show 'queuectl dlq retry flaky'
 show 'queuectl worker start --count 1'
@@ -55,4 +70,5 @@ show 'queuectl worker stop'
 step "Done"
 echo "'flaky' fails on purpose: it was retrying again when the demo stopped its worker."
 echo "Jobs scheduled for later (examples/jobs) wait for their run_at."
+echo "'heartbeat' is paused; 'hourly-report' (examples/jobs) runs hourly, 08:00 to 18:00 Berlin time, while a worker runs."
 echo "Everything lived in a throwaway QUEUECTL_HOME, now deleted; nothing is left running."
