@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 
 from queuectl.config import Config
-from queuectl.models import ID_PATTERN, JobSpec, JobState, new_job_id
-from queuectl.runner import Attempt, backoff_ms, failure_transition
+from queuectl.models import ID_PATTERN, Jitter, JobSpec, JobState, RetryPolicy, new_job_id
+from queuectl.runner import Attempt, backoff_ms, failure_transition, past_deadline
+from queuectl.store import Transition
 
 from .conftest import FakeClock
 
@@ -85,3 +87,72 @@ def test_attempt_errors_are_one_line_in_the_spec_words(
     code: int, shell: bool, exit_code: int | None, error: str | None
 ) -> None:
     assert Attempt.from_returncode(code, shell=shell) == Attempt(exit_code, error)
+
+
+def failed(clock: FakeClock, exit_code: int | None, **fields: object) -> Transition:
+    """The outcome of a failed attempt of a job with `fields` (retry rules, deadline)."""
+    from tests.test_runner import stored_job
+
+    job = stored_job(clock, **fields)
+    config = Config.resolve({}, environ={})
+    error = f"exit code {exit_code}"
+    return failure_transition(job, clock(), config, exit_code=exit_code, error=error, tail=None)
+
+
+@pytest.mark.parametrize(
+    ("policy", "exit_code", "state", "why"),
+    [
+        (
+            RetryPolicy(never_on_exit_codes=(2, 64)),
+            2,
+            JobState.DEAD,
+            "never_on_exit_codes is [2, 64]",
+        ),
+        (RetryPolicy(never_on_exit_codes=(2, 64)), 1, JobState.FAILED, None),
+        (RetryPolicy(on_exit_codes=(75,)), 75, JobState.FAILED, None),
+        (RetryPolicy(on_exit_codes=(75,)), 1, JobState.DEAD, "on_exit_codes is [75]"),
+        (RetryPolicy(on_exit_codes=(75,)), None, JobState.DEAD, "on_exit_codes is [75]"),
+    ],
+)
+def test_retry_rules_send_exit_codes_to_dead_at_once(
+    clock: FakeClock, policy: RetryPolicy, exit_code: int | None, state: JobState, why: str | None
+) -> None:
+    outcome = failed(clock, exit_code, retry=policy, max_retries=5)
+    assert (outcome.state, outcome.attempts) == (state, 1)
+    if why is not None:
+        assert outcome.last_error == f"exit code {exit_code}; not retried: retry.{why}"
+
+
+def fixed(fraction: float) -> Callable[[], float]:
+    return lambda: fraction
+
+
+def test_a_job_backoff_overrides_the_config_and_jitter_spreads_it() -> None:
+    config = Config.resolve({}, environ={})  # base 2, cap 1 h
+    own = RetryPolicy(backoff_base=3, backoff_max_ms=20_000)
+    assert [backoff_ms(config, n, own) for n in (1, 2, 3)] == [3000, 9000, 20000]
+    full = RetryPolicy(jitter=Jitter.FULL)
+    equal = RetryPolicy(jitter=Jitter.EQUAL)
+    assert [backoff_ms(config, 3, full, fixed(r)) for r in (0.0, 0.5, 0.999)] == [
+        0,
+        4000,
+        7992,
+    ]
+    assert [backoff_ms(config, 3, equal, fixed(r)) for r in (0.0, 0.5)] == [4000, 6000]
+
+
+def test_a_failure_whose_retry_would_start_past_the_deadline_goes_dead(clock: FakeClock) -> None:
+    first = clock() - timedelta(seconds=3)  # the deadline falls 3 s from now
+    fields = {"deadline_ms": 6000, "first_started_at": first, "max_retries": 10}
+    assert failed(clock, 1, **fields).state is JobState.FAILED  # its retry starts in 2 s
+    late = failed(clock, 1, attempts=1, **fields)  # this one would start in 4 s
+    assert (late.state, late.last_error) == (JobState.DEAD, "exit code 1; deadline of 6s exceeded")
+
+
+def test_past_deadline_names_the_deadline(clock: FakeClock) -> None:
+    from tests.test_runner import stored_job
+
+    job = stored_job(clock, deadline_ms=21_600_000, first_started_at=clock())
+    assert past_deadline(job, clock() + timedelta(hours=6)) is None
+    assert past_deadline(job, clock() + timedelta(hours=6, seconds=1)) == "deadline of 6h exceeded"
+    assert past_deadline(stored_job(clock), clock() + timedelta(days=999)) is None
