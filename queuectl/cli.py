@@ -26,7 +26,7 @@ from . import __version__, spec
 from . import config as config_mod
 from .core import DrainCounts, Queue
 from .errors import Problem, QueuectlError, SpecInvalid, UsageProblem, first_few
-from .models import Job, JobState, Schedule
+from .models import Job, JobState, Schedule, ScheduleSpec, format_duration
 from .paths import default_db_url
 from .store import open_store
 
@@ -700,7 +700,7 @@ SCHEDULE_COLUMNS = (
 def schedule_row(schedule: Schedule) -> dict[str, Any]:
     """A schedule as `schedule list --format table` shows it: `when` is its cron or interval."""
     spec = schedule.spec
-    when = " | ".join(spec.cron) if spec.cron else f"every {spec.every_ms} ms"
+    when = " | ".join(spec.cron) if spec.cron else f"every {format_duration(spec.every_ms or 0)}"
     return {**schedule.to_dict(), "when": when, **spec.declared()}
 
 
@@ -810,7 +810,13 @@ def schedule_tick_cmd(app: App, fmt: str) -> None:
     Example:
         queuectl schedule tick --format table
     """
-    emit([t.to_dict() for t in app.queue().tick()], fmt, ("schedule", "created", "missed"))
+    ticked = [t.to_dict() for t in app.queue().tick()]
+    if fmt == "table":  # one cell per list
+        ticked = [
+            {**t, "created": " ".join(t["created"]), "replaced": " ".join(t["replaced"])}
+            for t in ticked
+        ]
+    emit(ticked, fmt, ("schedule", "created", "missed", "replaced"))
 
 
 # -- config ---------------------------------------------------------------------------
@@ -1213,7 +1219,11 @@ def validate_cmd(paths: tuple[Path, ...], fmt: str) -> None:
     if result.problems:
         click.echo(f"{len(result.problems)} problem(s) in {result.files} file(s)", err=True)
         sys.exit(1)
-    click.echo(f"ok: {len(result.specs)} job(s) in {result.files} file(s)", err=True)
+    schedules = sum(isinstance(item.spec, ScheduleSpec) for item in result.specs)
+    counted = f"{len(result.specs) - schedules} job(s)"
+    if schedules:
+        counted += f" and {schedules} schedule(s)"
+    click.echo(f"ok: {counted} in {result.files} file(s)", err=True)
 
 
 @cli.command(name="apply")
