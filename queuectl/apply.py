@@ -149,6 +149,37 @@ def load_declared(paths: Iterable[Path]) -> list[spec.LoadedSpec]:
     return validation.specs
 
 
+def _check_needs(
+    store: Store, declared: Sequence[spec.LoadedSpec], job_ids: set[str | None]
+) -> None:
+    """Refuse, before planning, needs on ids neither declared nor stored (as the apply
+    itself would, so a dry run tells the truth)."""
+    outside = {
+        need.job
+        for item in declared
+        if isinstance(item.spec, JobSpec)
+        for need in item.spec.needs
+        if need.job not in job_ids
+    }
+    stored = store.get_jobs(sorted(outside)) if outside else {}
+    problems = [
+        Problem(
+            item.source,
+            item.line,
+            item.column,
+            "needs",
+            f"job {item.spec.id!r} needs {need.job!r}, which is neither declared here nor in "
+            "the store: declare it, or enqueue it first",
+        )
+        for item in declared
+        if isinstance(item.spec, JobSpec)
+        for need in item.spec.needs
+        if need.job not in job_ids and need.job not in stored
+    ]
+    if problems:
+        raise SpecInvalid(problems)
+
+
 def plan(
     store: Store,
     paths: Sequence[Path],
@@ -164,6 +195,7 @@ def plan(
     job_ids = {item.spec.id for item in declared if isinstance(item.spec, JobSpec)}
     schedule_ids = {item.spec.id for item in declared if isinstance(item.spec, ScheduleSpec)}
     current = store.get_jobs([job_id for job_id in job_ids if job_id])
+    _check_needs(store, declared, job_ids)
     schedules = {s.id: s for s in store.list_schedules()}
     entries: list[PlanEntry] = []
     changes: list[Change | ScheduleChange] = []

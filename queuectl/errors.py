@@ -72,6 +72,17 @@ class UnknownNeed(QueuectlError):
         )
 
 
+class NeedsCycle(QueuectlError):
+    """A job rewritten in place would need itself through jobs already stored."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(
+            f"job {job_id!r} would wait for itself: its needs lead back to it through jobs "
+            "already in the store; remove one of the needs"
+        )
+
+
 class ConcurrentChange(QueuectlError):
     """A job changed between planning and applying; nothing was written."""
 

@@ -99,8 +99,11 @@ def failure_transition(
     rules refuse this exit code, its retries have run out or its deadline would pass."""
     attempts = job.attempts + 1
     policy = job.retry or RetryPolicy()
+    # The rules judge exit codes: a timeout, a signal or a lost worker has none, and is
+    # retried as any failure (a crashed worker must not send a job to the DLQ).
     never = exit_code is not None and exit_code in policy.never_on_exit_codes
-    if never or (policy.on_exit_codes and exit_code not in policy.on_exit_codes):
+    unlisted = exit_code is not None and bool(policy.on_exit_codes)
+    if never or (unlisted and exit_code not in policy.on_exit_codes):
         rule = "never_on_exit_codes" if never else "on_exit_codes"
         codes = list(policy.never_on_exit_codes if never else policy.on_exit_codes)
         why = f"{error}; not retried: retry.{rule} is {codes}"

@@ -234,12 +234,37 @@ def test_dry_run_and_an_invalid_file_change_no_schedule(
     assert (dry.returncode, dry.stderr) == (0, "dry run, nothing written: 2 create\n")
     assert plan_rows(dry) == [("setup", "job", "create"), ("nightly", "schedule", "create")]
     assert (run_json("schedule", "list"), run_json("list")) == ([], [])
-    bad = write(decl / "b.yaml", "id: later\ncommand: x\nschedule: {every: 1h, overlap: queue}\n")
+    bad = write(decl / "b.yaml", "id: later\ncommand: x\nschedule: {every: 1500ms}\n")
     result = run("apply", str(decl))
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        f"Error: {bad}:1:1: schedule.overlap: schedule 'later': overlap 'queue' is not "
-        "supported yet: use skip or allow",
+        f"Error: {bad}:3:19: schedule.every: '1500ms': use whole seconds, at least 1s "
+        "(run ids name the second)",
         "Error: nothing applied: fix the 1 problem(s) above",
     ]
     assert (run_json("schedule", "list"), run_json("list")) == ([], [])
+
+
+def test_needs_on_unknown_ids_and_cycles_through_stored_jobs_are_refused(
+    run: Run, run_json: Any, tmp_path: Path
+) -> None:
+    ghost = write(tmp_path / "ghost" / "b.yaml", "id: b\ncommand: x\nneeds: [ghost]\n")
+    dry = run("apply", "--dry-run", str(ghost.parent))
+    assert dry.returncode == 1
+    assert dry.stderr.splitlines()[0] == (
+        f"Error: {ghost}:1:1: needs: job 'b' needs 'ghost', which is neither declared here "
+        "nor in the store: declare it, or enqueue it first"
+    )
+    later = 'run_at: "2031-01-01T00:00:00Z"\n'
+    one = write(tmp_path / "one" / "a.yaml", f"id: a\ncommand: x\n{later}")
+    write(tmp_path / "two" / "b.yaml", "id: b\ncommand: x\nneeds: [a]\n")
+    assert run("apply", str(one.parent)).returncode == 0
+    assert run("apply", str(tmp_path / "two")).returncode == 0
+    one.write_text(f"id: a\ncommand: x\n{later}needs: [b]\n")  # a -> b -> a, via the store
+    result = run("apply", str(one.parent))
+    assert (result.returncode, result.stderr) == (
+        1,
+        "Error: job 'a' would wait for itself: its needs lead back to it through jobs "
+        "already in the store; remove one of the needs\n",
+    )
+    assert run_json("show", "a")["needs"] == []  # nothing applied

@@ -111,7 +111,7 @@ def failed(clock: FakeClock, exit_code: int | None, **fields: object) -> Transit
         (RetryPolicy(never_on_exit_codes=(2, 64)), 1, JobState.FAILED, None),
         (RetryPolicy(on_exit_codes=(75,)), 75, JobState.FAILED, None),
         (RetryPolicy(on_exit_codes=(75,)), 1, JobState.DEAD, "on_exit_codes is [75]"),
-        (RetryPolicy(on_exit_codes=(75,)), None, JobState.DEAD, "on_exit_codes is [75]"),
+        (RetryPolicy(on_exit_codes=(75,)), None, JobState.FAILED, None),
     ],
 )
 def test_retry_rules_send_exit_codes_to_dead_at_once(

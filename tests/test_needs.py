@@ -204,3 +204,22 @@ def test_claims_racing_on_many_connections_never_pass_the_limit(
     for thread in threads:
         thread.join()
     assert len(claimed) == 2, claimed  # nothing ended: the limit's 2, never more
+
+
+def test_a_drain_is_not_held_by_a_job_waiting_on_a_need_not_due(
+    store: Store, clock: FakeClock
+) -> None:
+    later = clock() + timedelta(days=1)
+    parent = NewJob("later", JobSpec(command="true", id="later"), 0, later, INLINE)
+    store.insert_jobs([parent, job("child", clock, "later")], clock())
+    assert store.drain_blockers((), clock()) == 0  # nothing can run before tomorrow
+
+
+def test_dlq_retry_gives_a_job_a_fresh_deadline(store: Store, clock: FakeClock) -> None:
+    store.insert_jobs([job("late", clock, deadline_ms=1000)], clock())
+    end(store, clock, "late", JobState.DEAD)
+    assert store.get_job("late").first_started_at == clock()  # type: ignore[union-attr]
+    clock.advance(5000)
+    Queue(store, clock=clock).dlq_retry(["late"])
+    retried = store.get_job("late")
+    assert retried is not None and retried.first_started_at is None

@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 from ..errors import (
     JobConflict,
     JobNotFound,
+    NeedsCycle,
     ScheduleNotFound,
     SchemaTooNew,
     StoreError,
@@ -250,7 +251,8 @@ UPDATE jobs SET lease_token = NULL, lease_expires_at = NULL,
 """
     retry_dead: str = """
 UPDATE jobs SET state = 'pending', attempts = 0, available_at = :now, updated_at = :now,
-                exit_code = NULL, last_error = NULL, lease_token = NULL, lease_expires_at = NULL
+                exit_code = NULL, last_error = NULL, lease_token = NULL, lease_expires_at = NULL,
+                first_started_at = NULL
  WHERE state = 'dead' AND (:ids{json} IS NULL OR id IN ({each}(:ids{json})))
 RETURNING id
 """
@@ -337,7 +339,7 @@ SELECT * FROM jobs {stopping} WHERE state = 'canceled' AND lease_token IS NOT NU
 SELECT count(*) AS n FROM jobs
  WHERE (state = 'processing'
         OR state = 'failed'
-        OR (state = 'pending' AND available_at <= :now)
+        OR (state = 'pending' AND available_at <= :now AND waiting = 0)
         OR (state = 'canceled' AND lease_token IS NOT NULL))
    AND (:queues{json} IS NULL OR queue IN ({each}(:queues{json})))
 """
@@ -354,6 +356,16 @@ INSERT INTO job_needs (job_id, need_id, on_state) VALUES (:job_id, :need_id, :on
 ON CONFLICT (job_id, need_id) DO NOTHING
 """
     forget_needs: str = "DELETE FROM job_needs WHERE job_id = :id"
+    # Whether a job is upstream of itself: only a job rewritten in place can close a cycle
+    # through jobs already stored (a new job cannot be needed by an older one).
+    needs_itself: str = """
+WITH RECURSIVE upstream (id) AS (
+    SELECT need_id FROM job_needs WHERE job_id = :id
+    UNION
+    SELECT edge.need_id FROM job_needs AS edge JOIN upstream ON edge.job_id = upstream.id
+)
+SELECT 1 AS found FROM upstream WHERE id = :id LIMIT 1
+"""
     mark_dependents: str = """
 UPDATE jobs SET has_dependents = TRUE
  WHERE id IN ({each}(:ids{json})) AND has_dependents = FALSE
@@ -864,6 +876,12 @@ class SqlStore:
             # After every write: they may need one another. A job back to pending brings
             # back what it had canceled as `upstream`.
             self._wait_on_needs(conn, rewritten, now)
+            for job in rewritten:
+                if (
+                    job.spec.needs
+                    and conn.execute(self.sql.needs_itself, {"id": job.id}).fetchone()
+                ):
+                    raise NeedsCycle(job.id)
             self._revive(conn, [job.id for job in rewritten], now)
             self.d.notify(conn)
             return True
