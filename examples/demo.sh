@@ -46,6 +46,17 @@ show 'queuectl dlq list --format table'
 step "Its log: one header line per attempt, the retries 1.5 s and 2.25 s apart (backoff)"
 show 'queuectl logs flaky'
 
+step "The pipeline in examples/jobs/pipeline.yaml: each step waited for the one it needs"
+show 'queuectl list --label pipeline=etl-example --format table'
+show 'queuectl logs etl-load'
+
+step "A job held back by a need: 'queuectl why' names every gate"
+show 'queuectl enqueue "echo first" --id first --delay 1m'
+show "queuectl enqueue '{\"id\": \"second\", \"command\": \"echo second\", \"needs\": [\"first\"]}'"
+show 'queuectl why second'
+show 'queuectl cancel first   # second can never run now: it is canceled too'
+show 'queuectl list --state canceled --format table'
+
 step "A schedule: one run every 2 s, created by the scheduler inside every worker (not in drains)"
 show 'printf "%s\n" "id: heartbeat" "command: date -u +%T" "schedule: {every: 2s}" | queuectl enqueue -'
 show 'queuectl worker start --count 1'

@@ -29,7 +29,7 @@ def test_apply_examples_twice_is_a_noop(run: Run, run_json: Any) -> None:
     first = run("apply", str(EXAMPLES))
     assert first.returncode == 0, first.stderr
     assert set(plan_of(first).values()) == {"create"}
-    assert len(plan_of(first)) == 9  # 8 jobs and the hourly-report schedule
+    assert len(plan_of(first)) == 13  # 12 jobs and the hourly-report schedule
     before = run_json("list")
     second = run("apply", str(EXAMPLES))
     assert second.returncode == 0
@@ -110,7 +110,7 @@ def test_dry_run_writes_nothing(run: Run, run_json: Any, home: Path) -> None:
     result = run("apply", "--dry-run", str(EXAMPLES))
     assert result.returncode == 0
     assert set(plan_of(result).values()) == {"create"}
-    assert result.stderr.startswith("dry run, nothing written: 9 create")
+    assert result.stderr.startswith("dry run, nothing written: 13 create")
     assert run_json("list") == []
 
 
@@ -157,7 +157,7 @@ def test_table_format(run: Run) -> None:
     result = run("apply", "--format", "table", str(EXAMPLES))
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["ID", "KIND", "ACTION", "SOURCE", "REASON"]
-    assert len(lines) == 10  # the header, 8 jobs and the hourly-report schedule
+    assert len(lines) == 14  # the header, 12 jobs and the hourly-report schedule
 
 
 def plan_rows(result: subprocess.CompletedProcess[str]) -> list[tuple[str, str, str]]:
