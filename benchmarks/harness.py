@@ -330,6 +330,45 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def proc_tree(pid: int) -> list[int]:
+    """`pid` and every live descendant of it (by parent pid, from /proc/*/stat)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rpartition(b")")[2].split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        member = todo.pop()
+        found.append(member)
+        todo += children.get(member, [])
+    return found
+
+
+def proc_tree_cpu_s(pid: int) -> float:
+    """CPU seconds of `pid` and its live descendants, with the children each has reaped
+    (utime + stime + cutime + cstime): a child that exits and is waited for during a
+    window still counts, through its parent."""
+    total = 0
+    for member in proc_tree(pid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            with open(f"/proc/{member}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+            total += sum(int(fields[i]) for i in (11, 12, 13, 14))
+    return total / CLK_TCK
+
+
+def proc_tree_context_switches(pid: int) -> int:
+    """proc_context_switches summed over `pid` and its live descendants."""
+    return sum(proc_context_switches(member) for member in proc_tree(pid))
+
+
 def proc_context_switches(pid: int) -> int:
     """Voluntary + involuntary context switches summed over the threads of a process."""
     total = 0

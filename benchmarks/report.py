@@ -128,6 +128,12 @@ def markdown(results: list[ScenarioResult], meta: dict[str, Any]) -> str:
         "insert their jobs directly (sqlite3; one INSERT ... SELECT on PostgreSQL) into a "
         "store `queuectl status` created, then time `status` (as a process and in-process) "
         "and `claim_next` in-process. "
+        "The schedule rows run `worker run --count 2`: a latency sample is a run's started_at "
+        "minus the slot its id names (an `every: 1s` schedule; the runs are listed once the "
+        "slots have passed, so no `queuectl` process starts meanwhile); idle CPU sums the "
+        "supervisor, its workers and their watchdogs (/proc), against the same `worker run` "
+        "with no schedule, in the same run; `schedule tick` is timed beside `queuectl status` "
+        "on the same store (the start-up), after one UPDATE moved every last tick a day back. "
         "The enqueue figure is the median of its runs' samples; p99 is nearest-rank. "
         "Child Pythons share a private bytecode cache (PYTHONPYCACHEPREFIX), as an installed "
         "package has compiled bytecode.",

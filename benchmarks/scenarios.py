@@ -3,7 +3,9 @@
 Every machine-dependent figure comes with a baseline measured in the same run:
 the start-up of a bare interpreter (`python -c pass`) for command latencies
 (enqueue, apply, validate, spool), the same 2,000 shell spawns from a plain Python
-loop for worker throughput, and for PostgreSQL the same work on SQLite.
+loop for worker throughput, for PostgreSQL the same work on SQLite, and for the
+scheduler the same `worker run` with no schedule (CPU) and `queuectl status` on the
+same store (`schedule tick`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import errno
 import importlib.util
 import itertools
 import json
+import math
 import os
 import re
 import shlex
@@ -33,6 +36,7 @@ from .harness import (
     BASELINE_CMD,
     PYTHON,
     BenchError,
+    BenchSkipped,
     Exit,
     Proc,
     Stopwatch,
@@ -42,6 +46,9 @@ from .harness import (
     percentile,
     proc_context_switches,
     proc_cpu_s,
+    proc_tree,
+    proc_tree_context_switches,
+    proc_tree_cpu_s,
     queuectl,
     run,
     wait_until,
@@ -70,6 +77,16 @@ PEER_TIMEOUT_S = 300.0
 PEER_INSTALL_TIMEOUT_S = 300.0
 PEERS_REQUIREMENTS = Path(__file__).resolve().parent / "requirements-peers.txt"
 INSTALL_FLAG_ENV = "QUEUECTL_BENCH_INSTALL"  # =1: the benchmarks may apt-get install peers
+SCHEDULE_WORKERS = 2  # `worker run --count 2`: a supervisor, its scheduler thread, 2 workers
+SCHEDULE_SETTLE_S = 2.0  # after the workers registered, before the first slot measured
+SCHEDULE_GRACE_S = 10.0  # after the last slot measured, for its run to have started
+SCHEDULE_IDLE_SETTLE_S = 3.0  # after the workers registered: the scheduler's first passes
+# Any 60 s window holds exactly one minute boundary: one tick of every `* * * * *` schedule.
+SCHEDULE_BUSY_WINDOW_S = 60.0
+SCHEDULE_UNSERVED_QUEUE = "bench-unserved"  # the busy runs' queue: created, never run
+SCHEDULE_QUIET_AFTER_MIN = 30  # no daily slot in the next 30 minutes after the setup ...
+SCHEDULE_QUIET_BEFORE_MIN = 5  # ... nor in the 5 before it
+DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True)
@@ -156,6 +173,26 @@ class Settings:
     def scale_status_runs(self) -> int:
         return 3 if self.quick else 5
 
+    @property
+    def schedule_latency_slots(self) -> int:
+        return 10 if self.quick else 30
+
+    @property
+    def schedule_idle_schedules(self) -> int:
+        return 1_000
+
+    @property
+    def schedule_idle_window_s(self) -> float:
+        return 10.0 if self.quick else 30.0
+
+    @property
+    def schedule_tick_schedules(self) -> int:
+        return 10_000
+
+    @property
+    def schedule_tick_runs(self) -> int:
+        return 3 if self.quick else 5
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "quick": self.quick,
@@ -183,6 +220,13 @@ class Settings:
             "scale_pending": self.scale_pending,
             "scale_claims": self.scale_claims,
             "scale_status_runs": self.scale_status_runs,
+            "schedule_latency_slots": self.schedule_latency_slots,
+            "schedule_workers": SCHEDULE_WORKERS,
+            "schedule_idle_schedules": self.schedule_idle_schedules,
+            "schedule_idle_window_s": self.schedule_idle_window_s,
+            "schedule_busy_window_s": SCHEDULE_BUSY_WINDOW_S,
+            "schedule_tick_schedules": self.schedule_tick_schedules,
+            "schedule_tick_runs": self.schedule_tick_runs,
         }
 
 
@@ -1524,6 +1568,439 @@ def run_scale_postgres(settings: Settings) -> RunResult:
     return RunResult(metrics, raw)
 
 
+# -- 12. schedules --------------------------------------------------------------------------
+
+
+def _postgres_or_skip(skipped: dict[str, str]) -> PostgresServer | None:
+    """The server for a scenario's PostgreSQL rows, or None with the reason in `skipped`."""
+    try:
+        return PostgresServer.find()
+    except BenchSkipped as exc:
+        skipped["postgres"] = f"PostgreSQL rows {exc}"
+        return None
+
+
+def _wait_workers(supervisor: Proc, env: dict[str, str], count: int) -> None:
+    """Wait until `status` lists `count` live workers (a supervisor's children register
+    themselves, under their own pids)."""
+
+    def started() -> bool:
+        if not supervisor.alive():
+            raise BenchError(f"the supervisor exited early: {supervisor.read_stderr()[-300:]}")
+        workers = json.loads(run(queuectl("status"), env=env).stdout)["workers"]
+        return len(workers) >= count
+
+    wait_until(started, timeout=WORKER_START_TIMEOUT_S, what="the workers to start", interval=0.1)
+
+
+def _sleep_until(proc: Proc, deadline: float, clock: Callable[[], float]) -> None:
+    """Sleep until clock() reaches `deadline`, checking twice a second that `proc` lives."""
+    while (left := deadline - clock()) > 0:
+        time.sleep(min(left, 0.5))
+        if not proc.alive():
+            raise BenchError(f"the supervisor exited: {proc.read_stderr().strip()[-300:]}")
+
+
+def _slot_of(run_id: str) -> float:
+    """The slot named by a run id `<schedule id>@YYYYMMDDTHHMMSSZ`, as a Unix time."""
+    stamp = run_id.rpartition("@")[2]
+    return datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+
+
+def _write_schedules(
+    path: Path, crons: list[str], *, queue: str | None = None, overlap: str | None = None
+) -> None:
+    """One JSON array (YAML's flow style) of schedules of `true`, one per cron expression."""
+    specs: list[dict[str, Any]] = []
+    for i, cron in enumerate(crons):
+        spec: dict[str, Any] = {
+            "id": f"bench-{i:05d}",
+            "command": "true",
+            "schedule": {"cron": cron} if overlap is None else {"cron": cron, "overlap": overlap},
+        }
+        if queue is not None:
+            spec["queue"] = queue
+        specs.append(spec)
+    path.write_text(json.dumps(specs))
+
+
+def _daily_crons(count: int, now: datetime) -> list[str]:
+    """`count` daily cron expressions (UTC), spread over the minutes of the day except the
+    SCHEDULE_QUIET_BEFORE_MIN before `now` and the SCHEDULE_QUIET_AFTER_MIN after it: a
+    window measured soon after sees no slot, and each has exactly one slot in the day
+    before `now`, well inside the default catch-up window of 1 day."""
+    start = now.hour * 60 + now.minute
+    usable = [
+        (start + offset) % 1440
+        for offset in range(SCHEDULE_QUIET_AFTER_MIN + 1, 1440 - SCHEDULE_QUIET_BEFORE_MIN)
+    ]
+    minutes = (usable[i % len(usable)] for i in range(count))
+    return [f"{m % 60} {m // 60} * * *" for m in minutes]
+
+
+# -- 12a. slot-to-start latency --
+
+
+def _slot_latency(home: Path, env: dict[str, str], slots: int) -> dict[str, list[float]]:
+    """An `every: 1s` schedule (jitter 0, overlap allow) under one idle `worker run
+    --count 2`: for `slots` consecutive slots, when its run was created and started."""
+    schedule_id = "bench-every-1s"
+    spec = {
+        "id": schedule_id,
+        "command": "true",
+        "schedule": {"every": "1s", "jitter": "0s", "overlap": "allow"},
+    }
+    run(queuectl("enqueue", json.dumps(spec)), env=env)
+    cmd = queuectl("worker", "run", "--count", str(SCHEDULE_WORKERS))
+    runs: dict[float, dict[str, Any]] = {}
+    with Proc(cmd, env=env, output_dir=home.parent, name="scheduler") as supervisor:
+        _wait_workers(supervisor, env, SCHEDULE_WORKERS)
+        first = float(math.ceil(time.time() + SCHEDULE_SETTLE_S))
+        wanted = [first + i for i in range(slots)]
+        # Nothing else runs until the last slot has passed: no `queuectl` process (whose
+        # start-up takes a core for a while) competes with the scheduler and the workers.
+        _sleep_until(supervisor, wanted[-1] + 1.0, time.time)
+
+        def all_started() -> bool:
+            listed = json.loads(
+                run(queuectl("list", "--schedule", schedule_id, "--limit", "1000"), env=env).stdout
+            )
+            runs.clear()
+            runs.update({_slot_of(job["id"]): job for job in listed})
+            return all(runs.get(slot, {}).get("started_at") for slot in wanted)
+
+        wait_until(
+            all_started,
+            timeout=SCHEDULE_GRACE_S,
+            what=f"the runs of {slots} slots to start",
+            interval=0.25,
+        )
+    created_ms: list[float] = []
+    pickup_ms: list[float] = []
+    start_ms: list[float] = []
+    for slot in wanted:
+        job = runs[slot]
+        created, started = _instant(job["created_at"]), _instant(job["started_at"])
+        created_ms.append(_ms(created - slot))
+        pickup_ms.append(_ms(started - created))
+        start_ms.append(_ms(started - slot))
+    return {"start_ms": start_ms, "created_ms": created_ms, "pickup_ms": pickup_ms}
+
+
+def _slot_latency_on(server: PostgresServer | None, slots: int) -> dict[str, list[float]]:
+    """_slot_latency in a fresh home, on SQLite or in a fresh PostgreSQL database."""
+    with contextlib.ExitStack() as stack:
+        db_url = stack.enter_context(server.database()) if server is not None else None
+        home = stack.enter_context(fresh_home())
+        env = _store_env(home, db_url)
+        _init_store(env)
+        return _slot_latency(home, env, slots)
+
+
+def run_schedule_latency(settings: Settings) -> RunResult:
+    """Slot to run start of an `every: 1s` schedule, idle workers; SQLite, then PostgreSQL."""
+    slots = settings.schedule_latency_slots
+    with fresh_home() as home:
+        base = _baseline(bench_env(home), settings.baseline_runs)
+    base_ms = median([_ms(b.wall_s) for b in base])
+    metrics: dict[str, float] = {"baseline_ms": base_ms}
+    raw: dict[str, Any] = {"slots": slots, "baseline_wall_ms": [_ms(b.wall_s) for b in base]}
+    skipped: dict[str, str] = {}
+    samples = {"sqlite": _slot_latency_on(None, slots)}
+    server = _postgres_or_skip(skipped)
+    if server is not None:
+        with server:
+            samples["pg"] = _slot_latency_on(server, slots)
+            raw["postgres"] = {"server": server.display, "version": server.version}
+    for name, lat in samples.items():
+        metrics[f"{name}_p50_ms"] = percentile(lat["start_ms"], 50)
+        metrics[f"{name}_p99_ms"] = percentile(lat["start_ms"], 99)
+        metrics[f"{name}_created_p50_ms"] = percentile(lat["created_ms"], 50)
+        metrics[f"{name}_created_p99_ms"] = percentile(lat["created_ms"], 99)
+        metrics[f"{name}_pickup_p50_ms"] = percentile(lat["pickup_ms"], 50)
+        raw[name] = lat
+    metrics["ratio"] = metrics["sqlite_p50_ms"] / base_ms
+    if "pg" in samples:
+        metrics["pg_vs_sqlite"] = metrics["pg_p50_ms"] / metrics["sqlite_p50_ms"]
+    raw["skipped"] = skipped
+    return RunResult(metrics, raw, skipped)
+
+
+def _schedule_latency_metrics() -> tuple[Metric, ...]:
+    metrics: list[Metric] = []
+    for key, store, group in (("sqlite", "SQLite", None), ("pg", "PostgreSQL", "postgres")):
+        metrics += [
+            Metric(f"{key}_p50_ms", f"{store}: slot to started_at, p50", "ms", 100.0, group),
+            Metric(f"{key}_p99_ms", f"{store}: slot to started_at, p99", "ms", None, group),
+            Metric(
+                f"{key}_created_p50_ms",
+                f"{store}: slot to created_at (scheduler wake-up and tick), p50",
+                "ms",
+                None,
+                group,
+            ),
+            Metric(
+                f"{key}_created_p99_ms",
+                f"{store}: slot to created_at, p99",
+                "ms",
+                None,
+                group,
+            ),
+            Metric(
+                f"{key}_pickup_p50_ms",
+                f"{store}: created_at to started_at (a worker's claim), p50",
+                "ms",
+                None,
+                group,
+            ),
+        ]
+    metrics += [
+        Metric("baseline_ms", "baseline: `python -c pass`", "ms"),
+        Metric("ratio", "SQLite p50 ÷ baseline", "x"),
+        Metric("pg_vs_sqlite", "p50: PostgreSQL ÷ SQLite", "x", None, "postgres"),
+    ]
+    return tuple(metrics)
+
+
+# -- 12b. idle CPU of a scheduling supervisor --
+
+
+def _supervisor_cpu(
+    home: Path,
+    env: dict[str, str],
+    *,
+    window_s: float,
+    queues: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """CPU of one `worker run --count 2` (the supervisor with its scheduler thread, and
+    its workers) over `window_s`, once its workers run and its scheduler settled."""
+    cmd = queuectl("worker", "run", "--count", str(SCHEDULE_WORKERS))
+    for name in queues:
+        cmd += ["--queue", name]
+    with Proc(cmd, env=env, output_dir=home.parent, name="supervisor") as supervisor:
+        _wait_workers(supervisor, env, SCHEDULE_WORKERS)
+        time.sleep(SCHEDULE_IDLE_SETTLE_S)
+        pending_before = _status_counts(env)["pending"]
+        processes = len(proc_tree(supervisor.pid))
+        cpu0, own0 = proc_tree_cpu_s(supervisor.pid), proc_cpu_s(supervisor.pid)
+        switches0 = proc_tree_context_switches(supervisor.pid)
+        t0 = time.monotonic()
+        _sleep_until(supervisor, t0 + window_s, time.monotonic)
+        cpu1, own1 = proc_tree_cpu_s(supervisor.pid), proc_cpu_s(supervisor.pid)
+        switches1 = proc_tree_context_switches(supervisor.pid)
+        t1 = time.monotonic()
+        pending_after = _status_counts(env)["pending"]
+        log = supervisor.read_stderr()
+    elapsed = t1 - t0
+    return {
+        "cpu_pct": 100 * (cpu1 - cpu0) / elapsed,
+        # The supervisor process alone: its scheduler thread, and the supervising.
+        "supervisor_cpu_pct": 100 * (own1 - own0) / elapsed,
+        "wakeups_per_s": (switches1 - switches0) / elapsed,
+        "window_s": elapsed,
+        "cpu_s": cpu1 - cpu0,
+        "processes": processes,  # the supervisor, its workers and their watchdogs
+        "runs_created": pending_after - pending_before,  # no worker serves them (busy)
+        "tick_failures": log.count("tick failed"),
+    }
+
+
+def _idle_with(
+    schedules: list[str] | None, *, window_s: float, queue: str | None = None
+) -> dict[str, Any]:
+    """_supervisor_cpu in a fresh home holding a schedule per cron expression given (none:
+    the baseline). With `queue`, the runs go to a queue the workers do not serve, with
+    overlap allow: every slot creates a run, though the runs before it still wait."""
+    with fresh_home() as home:
+        env = bench_env(home)
+        _init_store(env)
+        setup_s = math.nan
+        if schedules:
+            path = home.parent / "schedules.json"
+            _write_schedules(path, schedules, queue=queue, overlap="allow" if queue else None)
+            setup_s = _enqueue_batch(env, path, len(schedules)).wall_s
+        queues = ("default",) if queue is not None else ()
+        return {"setup_s": setup_s, **_supervisor_cpu(home, env, window_s=window_s, queues=queues)}
+
+
+def run_schedule_idle_cpu(settings: Settings) -> RunResult:
+    """CPU of an idle `worker run --count 2`: with no schedule (the baseline), with 1,000
+    daily schedules none of which is due, with 1,000 every-minute schedules."""
+    count, window = settings.schedule_idle_schedules, settings.schedule_idle_window_s
+    base = _idle_with(None, window_s=window)
+    quiet = _idle_with(_daily_crons(count, datetime.now(UTC)), window_s=window)
+    busy = _idle_with(
+        ["* * * * *"] * count, window_s=SCHEDULE_BUSY_WINDOW_S, queue=SCHEDULE_UNSERVED_QUEUE
+    )
+    if busy["runs_created"] < count:
+        raise BenchError(
+            f"the every-minute window saw {busy['runs_created']} runs created, not {count}"
+        )
+    failures = base["tick_failures"] + quiet["tick_failures"] + busy["tick_failures"]
+    if failures:
+        raise BenchError(f"the scheduler logged {failures} failed tick(s)")
+    return RunResult(
+        metrics={
+            "quiet_cpu_pct": quiet["cpu_pct"],
+            "quiet_added_pct": quiet["cpu_pct"] - base["cpu_pct"],
+            "quiet_supervisor_pct": quiet["supervisor_cpu_pct"],
+            "quiet_wakeups_per_s": quiet["wakeups_per_s"],
+            "busy_cpu_pct": busy["cpu_pct"],
+            "busy_added_pct": busy["cpu_pct"] - base["cpu_pct"],
+            "busy_supervisor_pct": busy["supervisor_cpu_pct"],
+            "busy_wakeups_per_s": busy["wakeups_per_s"],
+            "base_cpu_pct": base["cpu_pct"],
+            "base_supervisor_pct": base["supervisor_cpu_pct"],
+            "base_wakeups_per_s": base["wakeups_per_s"],
+            "quiet_ratio": quiet["cpu_pct"] / base["cpu_pct"] if base["cpu_pct"] else math.nan,
+            "busy_ratio": busy["cpu_pct"] / base["cpu_pct"] if base["cpu_pct"] else math.nan,
+        },
+        raw={"schedules": count, "baseline": base, "quiet": quiet, "busy": busy},
+    )
+
+
+def _schedule_idle_metrics() -> tuple[Metric, ...]:
+    return (
+        Metric(
+            "quiet_cpu_pct",
+            "1,000 daily schedules, none due: CPU of supervisor and workers, % of one core",
+            "%",
+            1.0,
+        ),
+        Metric("quiet_added_pct", "1,000 daily: added to the baseline's CPU", "%", 1.0),
+        Metric("quiet_supervisor_pct", "1,000 daily: the supervisor process alone", "%"),
+        Metric("quiet_wakeups_per_s", "1,000 daily: context switches per second", "/s"),
+        Metric(
+            "busy_cpu_pct",
+            "1,000 `* * * * *` schedules (1,000 runs created in the 60 s window): CPU",
+            "%",
+        ),
+        Metric("busy_added_pct", "1,000 `* * * * *`: added to the baseline's CPU", "%"),
+        Metric("busy_supervisor_pct", "1,000 `* * * * *`: the supervisor process alone", "%"),
+        Metric("busy_wakeups_per_s", "1,000 `* * * * *`: context switches per second", "/s"),
+        Metric("base_cpu_pct", "baseline: the same `worker run`, no schedule: CPU", "%"),
+        Metric("base_supervisor_pct", "baseline: the supervisor process alone", "%"),
+        Metric("base_wakeups_per_s", "baseline: context switches per second", "/s"),
+        Metric("quiet_ratio", "1,000 daily ÷ baseline (CPU)", "x"),
+        Metric("busy_ratio", "1,000 `* * * * *` ÷ baseline (CPU)", "x"),
+    )
+
+
+# -- 12c. schedule tick --
+
+
+def _tick_all_due(env: dict[str, str], db_url: str | None) -> None:
+    """Move every schedule's last tick a day back: each daily schedule has one slot due."""
+    if db_url is None:
+        db = Path(env["QUEUECTL_HOME"]) / "queue.db"
+        conn = sqlite3.connect(db, isolation_level=None, timeout=30)
+        try:
+            conn.execute("UPDATE schedules SET last_tick_at = last_tick_at - ?", (DAY_MS,))
+        finally:
+            conn.close()
+        return
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as pg:
+        pg.execute("UPDATE schedules SET last_tick_at = last_tick_at - interval '1 day'")
+
+
+def _tick(env: dict[str, str], schedules: int, due: bool) -> Exit:
+    """One `queuectl schedule tick`, checked: a run for every schedule, or nothing done."""
+    result = run(queuectl("schedule", "tick"), env=env, timeout=600)
+    ticked: list[dict[str, Any]] = json.loads(result.stdout)
+    created = sum(len(t["created"]) for t in ticked)
+    missed = sum(t["missed"] for t in ticked)
+    expected = schedules if due else 0
+    if created != expected or missed:
+        raise BenchError(
+            f"`schedule tick` created {created} runs and missed {missed}, expected {expected} and 0"
+        )
+    return result
+
+
+def _tick_on(server: PostgresServer | None, settings: Settings) -> dict[str, Any]:
+    """In a fresh home (and PostgreSQL database): 10,000 daily schedules through one
+    `enqueue -`, a tick with all due, then ticks with none due beside `queuectl status`."""
+    count = settings.schedule_tick_schedules
+    with contextlib.ExitStack() as stack:
+        db_url = stack.enter_context(server.database()) if server is not None else None
+        home = stack.enter_context(fresh_home())
+        env = _store_env(home, db_url)
+        _init_store(env)
+        path = home.parent / "schedules.json"
+        _write_schedules(path, _daily_crons(count, datetime.now(UTC)))
+        setup = _enqueue_batch(env, path, count)
+        _tick(env, count, due=False)  # untimed: the first tick after creation finds none due
+        _tick_all_due(env, db_url)
+        all_due = _tick(env, count, due=True)
+        pending = _status_counts(env)["pending"]
+        if pending != count:
+            raise BenchError(f"after the tick, {pending} runs are pending, not {count}")
+        none_due: list[Exit] = []
+        status: list[Exit] = []
+        for _ in range(settings.schedule_tick_runs):
+            status.append(run(queuectl("status"), env=env))
+            none_due.append(_tick(env, count, due=False))
+    return {
+        "setup_s": setup.wall_s,
+        "all_due_s": all_due.wall_s,
+        "all_due_cpu_s": all_due.cpu_s,
+        "none_due_s": median([t.wall_s for t in none_due]),
+        "none_due_cpu_s": median([t.cpu_s for t in none_due]),
+        "status_s": median([s.wall_s for s in status]),
+        "none_due_wall_s": [t.wall_s for t in none_due],
+        "status_wall_s": [s.wall_s for s in status],
+    }
+
+
+def run_schedule_tick(settings: Settings) -> RunResult:
+    """`queuectl schedule tick` over 10,000 schedules: all due, then none due, beside
+    `queuectl status` on the same store; SQLite, then PostgreSQL."""
+    skipped: dict[str, str] = {}
+    results = {"sqlite": _tick_on(None, settings)}
+    server = _postgres_or_skip(skipped)
+    if server is not None:
+        with server:
+            results["pg"] = _tick_on(server, settings)
+    metrics: dict[str, float] = {}
+    for name, res in results.items():
+        for key in ("setup_s", "all_due_s", "all_due_cpu_s", "none_due_s", "status_s"):
+            metrics[f"{name}_{key}"] = res[key]
+        metrics[f"{name}_all_due_ratio"] = res["all_due_s"] / res["status_s"]
+        metrics[f"{name}_none_due_ratio"] = res["none_due_s"] / res["status_s"]
+    raw: dict[str, Any] = {"schedules": settings.schedule_tick_schedules, **results}
+    raw["skipped"] = skipped
+    return RunResult(metrics, raw, skipped)
+
+
+def _schedule_tick_metrics() -> tuple[Metric, ...]:
+    metrics: list[Metric] = []
+    for key, store, group in (("sqlite", "SQLite", None), ("pg", "PostgreSQL", "postgres")):
+        metrics += [
+            Metric(
+                f"{key}_setup_s",
+                f"{store}: setup, 10,000 schedules by `enqueue -`",
+                "s",
+                None,
+                group,
+            ),
+            Metric(
+                f"{key}_all_due_s",
+                f"{store}: `schedule tick`, all 10,000 due (10,000 runs)",
+                "s",
+                1.0,
+                group,
+            ),
+            Metric(f"{key}_all_due_cpu_s", f"{store}: all due, CPU of the tick", "s", None, group),
+            Metric(f"{key}_none_due_s", f"{store}: `schedule tick`, none due", "s", 1.0, group),
+            Metric(f"{key}_status_s", f"{store}: baseline: `queuectl status`", "s", None, group),
+            Metric(f"{key}_all_due_ratio", f"{store}: all due ÷ status", "x", None, group),
+            Metric(f"{key}_none_due_ratio", f"{store}: none due ÷ status", "x", None, group),
+        ]
+    return tuple(metrics)
+
+
 # -- the list -----------------------------------------------------------------------------
 
 
@@ -1629,6 +2106,25 @@ SCENARIOS: tuple[Scenario, ...] = (
         "a PostgreSQL store of 1,000,000 jobs (1,000 pending): `status` and the claim",
         _scale_metrics(),
         run_scale_postgres,
+    ),
+    Scenario(
+        "schedule-latency",
+        "an `every: 1s` schedule under an idle `worker run --count 2`: slot to run start",
+        _schedule_latency_metrics(),
+        run_schedule_latency,
+    ),
+    Scenario(
+        "schedule-idle-cpu",
+        "CPU of an idle `worker run --count 2` (supervisor, scheduler, workers) "
+        "with 1,000 schedules",
+        _schedule_idle_metrics(),
+        run_schedule_idle_cpu,
+    ),
+    Scenario(
+        "schedule-tick",
+        "`queuectl schedule tick` over 10,000 schedules: all due, none due",
+        _schedule_tick_metrics(),
+        run_schedule_tick,
     ),
 )
 
