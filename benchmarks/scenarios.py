@@ -1890,19 +1890,25 @@ def _schedule_idle_metrics() -> tuple[Metric, ...]:
 
 
 def _tick_all_due(env: dict[str, str], db_url: str | None) -> None:
-    """Move every schedule's last tick a day back: each daily schedule has one slot due."""
+    """Move every schedule's last tick a day back, its next tick due now: as a scheduler
+    that stopped a day ago leaves them. Each daily schedule has one slot due."""
     if db_url is None:
         db = Path(env["QUEUECTL_HOME"]) / "queue.db"
         conn = sqlite3.connect(db, isolation_level=None, timeout=30)
         try:
-            conn.execute("UPDATE schedules SET last_tick_at = last_tick_at - ?", (DAY_MS,))
+            conn.execute(
+                "UPDATE schedules SET last_tick_at = last_tick_at - ?, next_slot_at = 0", (DAY_MS,)
+            )
         finally:
             conn.close()
         return
     import psycopg
 
     with psycopg.connect(db_url, autocommit=True) as pg:
-        pg.execute("UPDATE schedules SET last_tick_at = last_tick_at - interval '1 day'")
+        pg.execute(
+            "UPDATE schedules SET last_tick_at = last_tick_at - interval '1 day', "
+            "next_slot_at = 'epoch'"
+        )
 
 
 def _tick(env: dict[str, str], schedules: int, due: bool) -> Exit:

@@ -545,9 +545,8 @@ class Queue:
     def _tick_of(self, schedule: Schedule, now: datetime, retries: int) -> Tick:
         """What a tick at `now` does for one schedule, by its catch-up and overlap rules."""
         spec = schedule.spec
-        timetable = Timetable.of(spec)
         due = due_slots(
-            timetable,
+            Timetable.of(spec),
             last_tick=schedule.last_tick_at,
             now=now,
             catchup=spec.catchup,
@@ -578,7 +577,7 @@ class Queue:
             runs=runs,
             missed=due.missed + len(skipped),
             last_missed_at=max(missed_at, default=None),
-            next_slot_at=next(timetable.slots_after(now)),
+            next_slot_at=due.next_slot,
             replace_previous=spec.overlap is Overlap.REPLACE and bool(runs),
         )
 

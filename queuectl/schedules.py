@@ -135,6 +135,7 @@ class Due:
     create: tuple[datetime, ...]
     missed: int
     last_missed_at: datetime | None
+    next_slot: datetime  # the first slot after now: when the schedule next needs a tick
 
 
 def due_slots(
@@ -152,7 +153,12 @@ def due_slots(
     `none` only the slots less than a minute late.
     """
     window_start = now - timedelta(milliseconds=catchup_window_ms)
-    slots = list(timetable.slots_between(last_tick, now))
+    slots: list[datetime] = []
+    for slot in timetable.slots_after(last_tick):  # one walk: the due slots, then the next
+        if slot > now:
+            next_slot = slot
+            break
+        slots.append(slot)
     on_time = [s for s in slots if now - s < ON_TIME]
     late = [s for s in slots if now - s >= ON_TIME and s >= window_start]
     if catchup is Catchup.ALL:
@@ -163,7 +169,7 @@ def due_slots(
         create = on_time
     chosen = set(create)
     missed = [s for s in slots if s not in chosen]
-    return Due(tuple(create), len(missed), missed[-1] if missed else None)
+    return Due(tuple(create), len(missed), missed[-1] if missed else None, next_slot)
 
 
 def run_id(schedule_id: str, slot: datetime) -> str:
