@@ -52,6 +52,7 @@ FRAGMENTS = {
     "skip_locked": "FOR UPDATE SKIP LOCKED",  # many hosts claim at once: none waits
     "stopping": "",
     "key_lock": "SELECT pg_advisory_xact_lock(hashtext(:key))",
+    "for_update": "FOR UPDATE",
     "fold_counts": "SELECT queuectl_fold_job_counts()",
 }
 

@@ -141,6 +141,9 @@ class Dialect(Protocol):
 #   {claim_order}  the index the claim must walk (SQLite would sort every due job)
 #   {skip_locked}  the claim's row lock (PostgreSQL: skip rows other claims hold)
 #   {stopping}     the partial index of canceled jobs still stopping
+#   {for_update}   a row lock held to the commit (PostgreSQL; SQLite has one writer)
+#   {key_lock}     a lock on a concurrency key held to the commit (PostgreSQL)
+#   {fold_counts}  folding the job counters' deltas (PostgreSQL: see migration 0006)
 
 
 _LIST_JOBS = """
@@ -350,7 +353,11 @@ SELECT min(available_at) AS next_at FROM jobs
 """
 
     # -- needs (SPEC 12) --
-    known_ids: str = "SELECT id FROM jobs WHERE id IN ({each}(:ids{json}))"
+    # Locks the needed jobs (where writers run at once) until the new edges commit: a
+    # parent ending meanwhile waits, then sees the edges; or ended first, and is counted.
+    lock_needed: str = """
+SELECT id FROM jobs WHERE id IN ({each}(:ids{json})) ORDER BY id {for_update}
+"""
     insert_need: str = """
 INSERT INTO job_needs (job_id, need_id, on_state) VALUES (:job_id, :need_id, :on_state)
 ON CONFLICT (job_id, need_id) DO NOTHING
@@ -687,7 +694,8 @@ class SqlStore:
         if not edges:
             return
         needed = sorted({need.job for _, need in edges})
-        known = {row["id"] for row in conn.execute(self.sql.known_ids, {"ids": self._ids(needed)})}
+        found = conn.execute(self.sql.lock_needed, {"ids": self._ids(needed)})
+        known = {row["id"] for row in found}
         for job_id, need in edges:
             if need.job not in known:
                 raise UnknownNeed(job_id, need.job)

@@ -39,6 +39,7 @@ FRAGMENTS = {
     "skip_locked": "",  # one writer at a time: nothing to skip
     "stopping": "INDEXED BY jobs_stopping",
     "key_lock": "",  # one writer at a time: a claim's count of holders stands
+    "for_update": "",  # one writer at a time: nothing to lock
     "fold_counts": "",  # triggers keep one counter row per state (migration 0004)
 }
 
