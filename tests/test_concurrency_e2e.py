@@ -9,7 +9,6 @@ recorded intervals that overlap mean two jobs were processing at once.
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 
 from .conftest import Run, wait_for
-from .test_worker_e2e import Workers, pid_gone, read_pid
+from .test_worker_e2e import Workers, pid_gone, q, read_pid
 
 pytestmark = [pytest.mark.e2e, pytest.mark.both_backends]
 
@@ -68,10 +67,6 @@ def most_at_once(intervals: Sequence[Span]) -> int:
         running -= step
         most = max(most, running)
     return most
-
-
-def q(path: Path) -> str:
-    return shlex.quote(str(path))
 
 
 @pytest.fixture(autouse=True)

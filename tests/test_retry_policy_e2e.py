@@ -178,3 +178,32 @@ def test_no_attempt_starts_past_the_deadline(
     )
     assert runs(ran) == {"late": 1, "busy": 1}
     assert "job late dead (deadline of 2s exceeded) before its attempt 2" in log
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="dlq retry keeps first_started_at: a job past its deadline goes dead again at "
+    "its claim, without running",
+)
+def test_dlq_retry_runs_a_job_that_went_dead_past_its_deadline(
+    tmp_path: Path,
+    ran: Path,
+    run: Run,
+    run_json: Callable[..., Any],
+    drain: Callable[[list[dict[str, Any]]], str],
+) -> None:
+    fixed = tmp_path / "fixed"
+    fails_slowly = f"[ -e {shlex.quote(str(fixed))} ] && exit 0; sleep 1.2; exit 1"
+    drain(  # its first attempt outlasts its deadline
+        [{"id": "slow", "command": counting(ran, fails_slowly), "deadline": "1s", "max_retries": 3}]
+    )
+    job = run_json("show", "slow")
+    assert (job["state"], job["last_error"]) == ("dead", "exit code 1; deadline of 1s exceeded")
+
+    fixed.touch()
+    assert run("dlq", "retry", "slow").returncode == 0
+    drain([])
+
+    job = run_json("show", "slow")
+    assert (job["state"], job["last_error"]) == ("completed", None)
+    assert runs(ran) == {"slow": 2}
