@@ -129,11 +129,6 @@ def test_a_dead_step_cancels_what_needs_it_and_dlq_retry_runs_the_rest(
     assert ran.read_text().split()[len(order) :] == ["transform", "load", "publish"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="--drain counts a pending job whose needs are not met as due: it waits for the "
-    "future run_at of the job it needs",
-)
 def test_a_drain_is_not_held_by_a_job_that_needs_a_job_not_due(
     run: Run, run_json: Callable[..., Any]
 ) -> None:

@@ -59,14 +59,6 @@ def test_a_child_enqueued_as_its_parent_ends_follows_that_end(
     elsewhere: Store,
     request: pytest.FixtureRequest,
 ) -> None:
-    if backend == "postgres" and siblings:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="the parent's end does not see the child's uncommitted edge, and the "
-                "child's count does not see the uncommitted end: the child waits forever",
-            )
-        )
     queue = Queue(store)
     queue.enqueue(
         [

@@ -180,11 +180,6 @@ def test_no_attempt_starts_past_the_deadline(
     assert "job late dead (deadline of 2s exceeded) before its attempt 2" in log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dlq retry keeps first_started_at: a job past its deadline goes dead again at "
-    "its claim, without running",
-)
 def test_dlq_retry_runs_a_job_that_went_dead_past_its_deadline(
     tmp_path: Path,
     ran: Path,
