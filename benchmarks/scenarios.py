@@ -166,6 +166,11 @@ class Settings:
         return 1_000
 
     @property
+    def scale_waiting(self) -> int:
+        """Jobs waiting on needs (chains of 100), at the top of the claim order."""
+        return 1_000 if self.quick else 10_000
+
+    @property
     def scale_claims(self) -> int:
         return 50 if self.quick else 200
 
@@ -218,6 +223,7 @@ class Settings:
             "peers_workers": PEERS_WORKERS,
             "scale_jobs": self.scale_jobs,
             "scale_pending": self.scale_pending,
+            "scale_waiting": self.scale_waiting,
             "scale_claims": self.scale_claims,
             "scale_status_runs": self.scale_status_runs,
             "schedule_latency_slots": self.schedule_latency_slots,
@@ -284,8 +290,8 @@ def _init_store(env: dict[str, str]) -> None:
     run(queuectl("status"), env=env)
 
 
-def _write_batch(path: Path, jobs: int, command: Callable[[int], str]) -> None:
-    path.write_text(json.dumps([{"command": command(i)} for i in range(jobs)]))
+def _write_batch(path: Path, jobs: int, command: Callable[[int], str], **fields: object) -> None:
+    path.write_text(json.dumps([{"command": command(i), **fields} for i in range(jobs)]))
 
 
 def _enqueue_batch(env: dict[str, str], path: Path, jobs: int) -> Exit:
@@ -409,13 +415,13 @@ def shell_floor(jobs: int, parallel: int, timeout: float) -> float:
     return sw.seconds
 
 
-def _drain(jobs: int, workers: int, db_url: str | None = None) -> Exit:
-    """`worker run --count N --drain` over `jobs` pre-enqueued `true` jobs, in a fresh home
-    (and the store at `db_url`, if given)."""
+def _drain(jobs: int, workers: int, db_url: str | None = None, **fields: object) -> Exit:
+    """`worker run --count N --drain` over `jobs` pre-enqueued `true` jobs (with `fields`
+    added to each spec), in a fresh home (and the store at `db_url`, if given)."""
     with fresh_home() as home:
         env = _store_env(home, db_url)
         batch = home.parent / "batch.json"
-        _write_batch(batch, jobs, lambda _i: "true")
+        _write_batch(batch, jobs, lambda _i: "true", **fields)
         _enqueue_batch(env, batch, jobs)
         cmd = queuectl("worker", "run", "--count", str(workers), "--drain")
         with Proc(cmd, env=env, output_dir=home.parent, name=f"worker-{workers}") as proc:
@@ -443,6 +449,13 @@ def run_throughput(settings: Settings) -> RunResult:
             "cpu_ms_per_job": _ms(result.cpu_s) / jobs,
             "floor_wall_s": floor_s,
         }
+    # The claim's concurrency-key check, at a limit the 2 workers never reach: its cost.
+    plain = _drain(jobs, 2)
+    keyed = _drain(jobs, 2, concurrency_key="bench", concurrency_limit=2)
+    metrics["keyed_per_s_2"] = jobs / keyed.wall_s
+    metrics["unkeyed_per_s_2"] = jobs / plain.wall_s
+    metrics["keyed_ratio_2"] = keyed.wall_s / plain.wall_s
+    raw["keyed_2"] = {"wall_s": keyed.wall_s, "plain_wall_s": plain.wall_s}
     return RunResult(metrics, raw)
 
 
@@ -454,6 +467,11 @@ def _throughput_metrics() -> tuple[Metric, ...]:
             Metric(f"floor_per_s_{n}", f"floor: {n} thread(s) of `sh -c true`", "jobs/s"),
             Metric(f"ratio_{n}", f"N={n}: time ÷ floor", "x", 1.5 if n == 2 else None),
         ]
+    metrics += [
+        Metric("keyed_per_s_2", "N=2, every job with a concurrency_key (limit 2)", "jobs/s"),
+        Metric("unkeyed_per_s_2", "N=2, the same jobs without a key (same run)", "jobs/s"),
+        Metric("keyed_ratio_2", "N=2: time with a key ÷ without", "x"),
+    ]
     return tuple(metrics)
 
 
@@ -1460,14 +1478,35 @@ def run_scale(settings: Settings) -> RunResult:
     return RunResult(metrics, raw)
 
 
+def _add_waiting(store: Store, waiting: int) -> None:
+    """`waiting` jobs through queuectl, in chains of 100 whose heads wait on a job due
+    next year: every one waits on a need, at priority 100, ahead of every claimable job."""
+    from queuectl.models import INLINE, JobSpec, Need, NewJob
+
+    now = datetime.now(UTC)
+    later = now + timedelta(days=365)
+    for chain in range(waiting // 100):
+        head = f"waiting-{chain}-root"
+        jobs = [NewJob(head, JobSpec(command="true", id=head), 0, later, INLINE)]
+        for link in range(100):
+            job_id, needs = f"waiting-{chain}-{link}", (Need(jobs[-1].id),)
+            spec = JobSpec(command="true", id=job_id, needs=needs, priority=100)
+            jobs.append(NewJob(job_id, spec, 0, now, INLINE))
+        store.insert_jobs(jobs, now)
+
+
 def _measure_scale(
     settings: Settings, store: Store, env: dict[str, str], build_s: float
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """`status` as a process and in-process, then the claim, on a store built with
-    settings.scale_jobs jobs of which settings.scale_pending are pending."""
+    settings.scale_jobs jobs of which settings.scale_pending are pending, plus
+    settings.scale_waiting jobs waiting on needs (and their chains' heads, not due)."""
     from queuectl.core import Queue
 
     jobs, pending = settings.scale_jobs, settings.scale_pending
+    waiting = settings.scale_waiting
+    _add_waiting(store, waiting)
+    jobs, pending = jobs + waiting + waiting // 100, pending + waiting + waiting // 100
     counts = {state.value: n for state, n in store.count_by_state().items()}
     if counts["pending"] != pending or sum(counts.values()) != jobs:
         raise BenchError(f"the built store counts {counts}, not {jobs} jobs")
@@ -1490,8 +1529,8 @@ def _measure_scale(
         now = datetime.now(UTC)
         with Stopwatch() as sw:
             job = store.claim_next("bench", [], now, now + timedelta(minutes=5), f"t{i}")
-        if job is None:
-            raise BenchError(f"claim {i + 1} found no pending job")
+        if job is None or job.id.startswith("waiting-"):
+            raise BenchError(f"claim {i + 1} found no pending job, or a waiting one: {job}")
         claim_ms.append(_ms(sw.seconds))
     base_ms = median([_ms(b.wall_s) for b in base])
     cli_ms = median([_ms(c.wall_s) for c in cli])
@@ -1526,7 +1565,12 @@ def _scale_metrics() -> tuple[Metric, ...]:
         Metric("status_cli_ratio", "`queuectl status` ÷ baseline", "x"),
         Metric("status_lib_ms", "`Queue(open_store(url)).status()` in-process", "ms", 100.0),
         Metric("count_ms", "`store.count_by_state()` alone", "ms"),
-        Metric("claim_p50_ms", "`store.claim_next()` in-process, p50", "ms", 5.0),
+        Metric(
+            "claim_p50_ms",
+            "`store.claim_next()` in-process (10,000 jobs waiting on needs ahead), p50",
+            "ms",
+            5.0,
+        ),
         Metric("claim_p99_ms", "`store.claim_next()` in-process, p99", "ms", 5.0),
     )
 
