@@ -1525,13 +1525,19 @@ def _measure_scale(
             store.count_by_state()
         count_ms.append(_ms(sw.seconds))
     claim_ms: list[float] = []
-    for i in range(settings.scale_claims):
-        now = datetime.now(UTC)
-        with Stopwatch() as sw:
-            job = store.claim_next("bench", [], now, now + timedelta(minutes=5), f"t{i}")
-        if job is None or job.id.startswith("waiting-"):
-            raise BenchError(f"claim {i + 1} found no pending job, or a waiting one: {job}")
-        claim_ms.append(_ms(sw.seconds))
+    from queuectl.store import open_store
+
+    worker_store = open_store(store.url, durable=False)  # as `worker run` opens it
+    try:
+        for i in range(settings.scale_claims):
+            now = datetime.now(UTC)
+            with Stopwatch() as sw:
+                job = worker_store.claim_next("bench", [], now, now + timedelta(minutes=5), f"t{i}")
+            if job is None or job.id.startswith("waiting-"):
+                raise BenchError(f"claim {i + 1} found no pending job, or a waiting one: {job}")
+            claim_ms.append(_ms(sw.seconds))
+    finally:
+        worker_store.close()
     base_ms = median([_ms(b.wall_s) for b in base])
     cli_ms = median([_ms(c.wall_s) for c in cli])
     metrics = {
@@ -1567,11 +1573,11 @@ def _scale_metrics() -> tuple[Metric, ...]:
         Metric("count_ms", "`store.count_by_state()` alone", "ms"),
         Metric(
             "claim_p50_ms",
-            "`store.claim_next()` in-process (10,000 jobs waiting on needs ahead), p50",
+            "`claim_next()` as a worker does it (10,000 jobs waiting on needs ahead), p50",
             "ms",
             5.0,
         ),
-        Metric("claim_p99_ms", "`store.claim_next()` in-process, p99", "ms", 5.0),
+        Metric("claim_p99_ms", "`claim_next()` as a worker does it, p99", "ms", 5.0),
     )
 
 
