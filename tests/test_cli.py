@@ -538,7 +538,7 @@ def test_inline_jobs_run_in_the_directory_enqueue_ran_in(
     run: Run, run_json: Any, tmp_path: Path
 ) -> None:
     ops = tmp_path / "ops"
-    ops.mkdir()
+    (ops / "sub").mkdir(parents=True)  # a cwd that exists: the drain is not held by retries
     script = ops / "run.sh"
     script.write_text("#!/bin/sh\npwd > where\n")
     script.chmod(0o755)

@@ -80,21 +80,6 @@ def test_worker_run_creates_and_completes_each_slots_run_once(
     assert all(job["schedule"] == "tick" for job in jobs)
 
 
-def test_two_supervisors_on_one_store_create_each_slots_run_once(
-    run_json: Callable[..., Any], add_schedule: Callable[[str], None], started: Workers
-) -> None:
-    add_schedule(every_second(overlap="allow"))  # every slot gets a run: none is skipped
-    started.start("--count", "2")
-    started.start("--count", "2")
-
-    wait_for(lambda: len(runs(run_json, "completed")) >= 4, timeout=30, what="4 completed runs")
-    started.stop()
-
-    jobs = runs(run_json)
-    assert_each_slot_created_once(started.output(), jobs)
-    assert len(jobs) >= 4
-
-
 @pytest.mark.parametrize("count", [1, 2])
 def test_schedules_tick_while_every_worker_is_busy(
     count: int,
