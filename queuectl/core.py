@@ -571,7 +571,7 @@ class Queue:
                 previous = run.id
         return Tick(
             schedule_id=spec.id,
-            spec_hash=spec.spec_hash,
+            spec_hash=schedule.stored_hash,
             last_tick_at=schedule.last_tick_at,
             tick_at=now,
             runs=runs,

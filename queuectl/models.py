@@ -492,6 +492,7 @@ class Schedule:
     active_run: str | None  # the newest run pending, processing or failed (to retry)
     last_success_at: datetime | None = None  # when a run last completed
     overdue: bool = False  # as of the reader's clock: see with_overdue
+    stored_hash: str = ""  # the spec hash as stored: what a tick's compare-and-set expects
 
     @property
     def id(self) -> str:

@@ -9,6 +9,7 @@ a wall time that happens twice runs once, at its first occurrence.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 from collections.abc import Iterator, Sequence
@@ -153,12 +154,7 @@ def due_slots(
     `none` only the slots less than a minute late.
     """
     window_start = now - timedelta(milliseconds=catchup_window_ms)
-    slots: list[datetime] = []
-    for slot in timetable.slots_after(last_tick):  # one walk: the due slots, then the next
-        if slot > now:
-            next_slot = slot
-            break
-        slots.append(slot)
+    slots, next_slot = _walk(timetable, last_tick, now)
     on_time = [s for s in slots if now - s < ON_TIME]
     late = [s for s in slots if now - s >= ON_TIME and s >= window_start]
     if catchup is Catchup.ALL:
@@ -170,6 +166,22 @@ def due_slots(
     chosen = set(create)
     missed = [s for s in slots if s not in chosen]
     return Due(tuple(create), len(missed), missed[-1] if missed else None, next_slot)
+
+
+@functools.lru_cache(maxsize=4096)
+def _walk(
+    timetable: Timetable, after: datetime, until: datetime
+) -> tuple[tuple[datetime, ...], datetime]:
+    """The slots in (after, until], and the first one after `until`: one walk.
+
+    Cached: schedules ticked together share `after` and `until`, so those with the same
+    timetable (ten thousand `@hourly` ones, say) walk it once per tick."""
+    slots: list[datetime] = []
+    for slot in timetable.slots_after(after):
+        if slot > until:
+            return tuple(slots), slot
+        slots.append(slot)
+    raise AssertionError("a timetable has no end")
 
 
 def run_id(schedule_id: str, slot: datetime) -> str:

@@ -631,6 +631,7 @@ class SqlStore:
             updated_at=self._required(row["updated_at"]),
             active_run=row["active_run"],
             last_success_at=self.d.instant(row["last_success_at"]),
+            stored_hash=row["spec_hash"],
         )
 
     @contextlib.contextmanager
