@@ -180,6 +180,7 @@ class _OverLimit(Exception):
     """A claim went over its concurrency key's limit: it is rolled back."""
 
 
+CLAIM_TRIES = 3  # a claim rolled back over a key's limit tries again at once, this often
 TICKS_PER_WRITE = 200  # schedules ticked per write transaction: claims wait for none long
 
 
@@ -1321,15 +1322,19 @@ class SqlStore:
                 raise _OverLimit
             return row
 
-        try:
-            row = self.d.write(
-                op,
-                already_done=lambda conn: conn.execute(self.sql.claimed_with, params).fetchone(),
-                single=not self.sql.key_lock,
-            )
-        except _OverLimit:
-            return None  # another claim took the key's last slot first: try again later
-        return self._job(row) if row else None
+        for _ in range(CLAIM_TRIES):
+            try:
+                row = self.d.write(
+                    op,
+                    already_done=lambda conn: conn.execute(
+                        self.sql.claimed_with, params
+                    ).fetchone(),
+                    single=not self.sql.key_lock,
+                )
+            except _OverLimit:
+                continue  # another claim took the key's last slot: the next try passes it by
+            return self._job(row) if row else None
+        return None  # claims keep racing for keys: the worker tries again at its next poll
 
     def finish(
         self,
