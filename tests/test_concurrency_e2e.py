@@ -11,16 +11,16 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .conftest import Run, wait_for
-from .test_worker_e2e import Workers, pid_gone, q, read_pid
+from .processes import Workers, pid_gone, q, read_pid
 
-pytestmark = [pytest.mark.e2e, pytest.mark.both_backends]
+pytestmark = [pytest.mark.e2e, pytest.mark.both_backends, pytest.mark.usefixtures("fast_polling")]
 
 # argv: the file to note in, then how long the job lasts: seconds, or until a file exists.
 NOTE_SPAN = """
@@ -67,21 +67,6 @@ def most_at_once(intervals: Sequence[Span]) -> int:
         running -= step
         most = max(most, running)
     return most
-
-
-@pytest.fixture(autouse=True)
-def fast_polling(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Idle workers look for due jobs every 50 ms instead of 500 ms."""
-    monkeypatch.setenv("QUEUECTL_POLL_INTERVAL_MS", "50")
-
-
-@pytest.fixture
-def workers(home: Path, tmp_path: Path) -> Iterator[Workers]:
-    started = Workers(home, tmp_path)
-    try:
-        yield started
-    finally:
-        started.cleanup()
 
 
 @pytest.fixture

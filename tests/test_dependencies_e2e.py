@@ -7,36 +7,21 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .conftest import Run, wait_for
+from .processes import Workers, q
 from .test_concurrency_e2e import spanned, spans
-from .test_worker_e2e import Workers, q
 
-pytestmark = [pytest.mark.e2e, pytest.mark.both_backends]
+pytestmark = [pytest.mark.e2e, pytest.mark.both_backends, pytest.mark.usefixtures("fast_polling")]
 
 NO_WORKER = (
     "no live worker serves queue 'default': start one with `queuectl worker start --queue default`"
 )
-
-
-@pytest.fixture(autouse=True)
-def fast_polling(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Idle workers look for due jobs every 50 ms instead of 500 ms."""
-    monkeypatch.setenv("QUEUECTL_POLL_INTERVAL_MS", "50")
-
-
-@pytest.fixture
-def workers(home: Path, tmp_path: Path) -> Iterator[Workers]:
-    started = Workers(home, tmp_path)
-    try:
-        yield started
-    finally:
-        started.cleanup()
 
 
 def states(run_json: Callable[..., Any]) -> dict[str, tuple[str, str | None]]:

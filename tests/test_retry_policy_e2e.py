@@ -15,15 +15,9 @@ import pytest
 
 from .conftest import Run
 
-pytestmark = [pytest.mark.e2e, pytest.mark.both_backends]
+pytestmark = [pytest.mark.e2e, pytest.mark.both_backends, pytest.mark.usefixtures("fast_polling")]
 
 FAST = {"backoff_max": "10ms"}  # retries at once: these tests are about which, not when
-
-
-@pytest.fixture(autouse=True)
-def fast_polling(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Idle workers look for due jobs every 50 ms instead of 500 ms."""
-    monkeypatch.setenv("QUEUECTL_POLL_INTERVAL_MS", "50")
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from queuectl.runner import Runner
 from queuectl.store import Store, open_store
 
 from .conftest import QUEUECTL, Run, wait_for
-from .test_worker_e2e import read_pid
+from .processes import read_pid
 
 pytestmark = pytest.mark.e2e  # real worker processes and signals
 

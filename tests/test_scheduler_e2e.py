@@ -7,7 +7,7 @@ import itertools
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,9 +18,9 @@ from queuectl.schedules import Timetable, run_id
 from queuectl.store import Store
 
 from .conftest import Run, wait_for
-from .test_worker_e2e import Workers, pid_gone
+from .processes import Workers, pid_gone
 
-pytestmark = [pytest.mark.e2e, pytest.mark.both_backends]
+pytestmark = [pytest.mark.e2e, pytest.mark.both_backends, pytest.mark.usefixtures("fast_polling")]
 
 CREATED = re.compile(r"^\S+ schedule tick: created run (\S+)$", re.MULTILINE)
 RUN_ID = re.compile(r"^tick@\d{8}T\d{6}Z$")
@@ -28,20 +28,6 @@ RUN_ID = re.compile(r"^tick@\d{8}T\d{6}Z$")
 
 def every_second(overlap: str = "skip") -> str:
     return f"id: tick\ncommand: 'true'\nschedule:\n  every: 1s\n  overlap: {overlap}\n"
-
-
-@pytest.fixture
-def started(home: Path, tmp_path: Path) -> Iterator[Workers]:
-    workers = Workers(home, tmp_path)
-    try:
-        yield workers
-    finally:
-        workers.cleanup()
-
-
-@pytest.fixture(autouse=True)
-def fast_polling(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("QUEUECTL_POLL_INTERVAL_MS", "50")
 
 
 @pytest.fixture
@@ -67,16 +53,16 @@ def assert_each_slot_created_once(output: str, jobs: list[dict[str, Any]]) -> No
 
 
 def test_worker_run_creates_and_completes_each_slots_run_once(
-    run_json: Callable[..., Any], add_schedule: Callable[[str], None], started: Workers
+    run_json: Callable[..., Any], add_schedule: Callable[[str], None], workers: Workers
 ) -> None:
     add_schedule(every_second())
-    started.start("--count", "2")
+    workers.start("--count", "2")
 
     wait_for(lambda: len(runs(run_json, "completed")) >= 3, timeout=30, what="3 completed runs")
-    started.stop()
+    workers.stop()
 
     jobs = runs(run_json)
-    assert_each_slot_created_once(started.output(), jobs)
+    assert_each_slot_created_once(workers.output(), jobs)
     assert all(job["schedule"] == "tick" for job in jobs)
 
 
@@ -87,13 +73,13 @@ def test_schedules_tick_while_every_worker_is_busy(
     run: Run,
     run_json: Callable[..., Any],
     add_schedule: Callable[[str], None],
-    started: Workers,
+    workers: Workers,
 ) -> None:
     go = tmp_path / "go"
     for n in range(count):  # one long job per worker, running until the test says go
         spec = f"id: long-{n}\ncommand: 'while [ ! -e {go} ]; do sleep 0.05; done'\n"
         assert run("enqueue", "-", input=spec).returncode == 0
-    started.start("--count", str(count))
+    workers.start("--count", str(count))
     wait_for(
         lambda: len(run_json("list", "--state", "processing")) == count,
         timeout=30,
@@ -106,9 +92,9 @@ def test_schedules_tick_while_every_worker_is_busy(
     assert len(run_json("list", "--state", "processing")) == count
     go.touch()
     wait_for(lambda: runs(run_json, "completed"), timeout=30, what="a run completed")
-    started.stop()
+    workers.stop()
 
-    assert_each_slot_created_once(started.output(), runs(run_json))
+    assert_each_slot_created_once(workers.output(), runs(run_json))
 
 
 def test_a_drain_creates_no_runs(
@@ -149,18 +135,18 @@ def test_many_supervisors_create_each_of_20_slots_exactly_once(
     backend: str,
     run_json: Callable[..., Any],
     add_schedule: Callable[[str], None],
-    started: Workers,
+    workers: Workers,
 ) -> None:
     supervisors = 2 if backend == "sqlite" else 4  # one SQLite file; PostgreSQL for a fleet
     add_schedule(every_second(overlap="allow"))  # every slot gets a run: none is skipped
     for _ in range(supervisors):
-        started.start("--count", "1")
+        workers.start("--count", "1")
 
     wait_for(lambda: len(runs(run_json)) >= 21, timeout=60, what="21 runs")
-    started.stop()
+    workers.stop()
 
     jobs = runs(run_json)
-    assert_each_slot_created_once(started.output(), jobs)
+    assert_each_slot_created_once(workers.output(), jobs)
     slots = slots_of(jobs)
     # No slot skipped between the first and the last: one run per second, each once.
     assert [b - a for a, b in itertools.pairwise(slots)] == [timedelta(seconds=1)] * (
@@ -210,12 +196,12 @@ def test_overlap_skip_makes_no_run_while_a_long_one_goes_on(
     tmp_path: Path,
     run_json: Callable[..., Any],
     add_schedule: Callable[[str], None],
-    started: Workers,
+    workers: Workers,
 ) -> None:
     go = tmp_path / "go"
     command = f"while [ ! -e {go} ]; do sleep 0.05; done"
     add_schedule(f"id: tick\ncommand: '{command}'\nschedule: {{every: 1s, overlap: skip}}\n")
-    started.start("--count", "2")  # a worker stays free: only the overlap rule holds runs back
+    workers.start("--count", "2")  # a worker stays free: only the overlap rule holds runs back
 
     wait_for(lambda: runs(run_json, "processing"), timeout=30, what="the first run running")
     missed = lambda: run_json("schedule", "show", "tick")["missed"]  # noqa: E731
@@ -223,23 +209,23 @@ def test_overlap_skip_makes_no_run_while_a_long_one_goes_on(
     assert len(runs(run_json)) == 1  # the long run only, on a free second worker
     go.touch()
     wait_for(lambda: len(runs(run_json, "completed")) >= 2, timeout=30, what="a second run")
-    started.stop()
+    workers.stop()
 
     assert missed() >= 3
-    assert_each_slot_created_once(started.output(), runs(run_json))
+    assert_each_slot_created_once(workers.output(), runs(run_json))
 
 
 def test_overlap_replace_cancels_and_stops_the_running_run(
     tmp_path: Path,
     run_json: Callable[..., Any],
     add_schedule: Callable[[str], None],
-    started: Workers,
+    workers: Workers,
 ) -> None:
     pids = tmp_path / "pids"
     pids.mkdir()
     command = f'echo $$ > {pids}/"$QUEUECTL_JOB_ID"; exec sleep 60'
     add_schedule(f"id: tick\ncommand: '{command}'\nschedule: {{every: 2s, overlap: replace}}\n")
-    started.start("--count", "2")
+    workers.start("--count", "2")
 
     replaced = lambda: runs(run_json, "canceled")  # noqa: E731
     wait_for(lambda: len(replaced()) >= 2, timeout=30, what="two runs replaced")
@@ -249,15 +235,15 @@ def test_overlap_replace_cancels_and_stops_the_running_run(
         pid = int((pids / job["id"]).read_text())
         wait_for(lambda pid=pid: pid_gone(pid), timeout=10, what=f"{job['id']} stopped")
     assert len(runs(run_json, "processing")) <= 1  # never two runs at once, on 2 workers
-    started.stop()
-    assert "(overlap: replace)" in started.output()
+    workers.stop()
+    assert "(overlap: replace)" in workers.output()
 
 
 def test_pause_stops_runs_and_resume_starts_them_again(
-    run: Run, run_json: Callable[..., Any], add_schedule: Callable[[str], None], started: Workers
+    run: Run, run_json: Callable[..., Any], add_schedule: Callable[[str], None], workers: Workers
 ) -> None:
     add_schedule(every_second(overlap="allow"))
-    started.start("--count", "1")
+    workers.start("--count", "1")
     wait_for(lambda: runs(run_json, "completed"), timeout=30, what="a completed run")
 
     assert run("schedule", "pause", "tick").returncode == 0
@@ -269,8 +255,8 @@ def test_pause_stops_runs_and_resume_starts_them_again(
 
     assert run("schedule", "resume", "tick").returncode == 0
     wait_for(lambda: len(runs(run_json)) >= len(paused) + 2, timeout=30, what="runs again")
-    started.stop()
+    workers.stop()
 
     # The latest of the slots skipped while paused ran (catchup: latest), the others missed.
     assert run_json("schedule", "show", "tick")["missed"] >= 2
-    assert_each_slot_created_once(started.output(), runs(run_json))
+    assert_each_slot_created_once(workers.output(), runs(run_json))

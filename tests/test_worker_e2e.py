@@ -8,7 +8,6 @@ workers and orphaned jobs are killed at teardown, pass or fail.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
@@ -17,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,46 +24,17 @@ from typing import Any
 import pytest
 
 from .conftest import QUEUECTL, Run, wait_for
+from .processes import Workers, pid_gone, q, read_pid
 
-pytestmark = [pytest.mark.e2e, pytest.mark.both_backends]
+pytestmark = [pytest.mark.e2e, pytest.mark.both_backends, pytest.mark.usefixtures("fast_polling")]
 
 NOT_FOUND = "command not found (exit 127)"
 STAMP = f'{shlex.quote(sys.executable)} -c "import time; print(repr(time.time()))"'
 
 
-def q(path: Path) -> str:
-    return shlex.quote(str(path))
-
-
 def instant(text: str) -> float:
     """An RFC 3339 time as shown by `show`, in seconds since the epoch."""
     return datetime.fromisoformat(text).timestamp()
-
-
-def pid_gone(pid: int) -> bool:
-    """True once `pid` has exited; a zombie waiting for its reaper counts as gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return Path("/proc/self").exists()  # Linux: it vanished; elsewhere kill(0) said alive
-    except OSError:
-        return False
-    return stat.rpartition(b")")[2].split()[0] in (b"Z", b"X")
-
-
-def read_pid(path: Path) -> int | None:
-    """The pid a job wrote to `path`, once it is completely written."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    return int(text) if text.endswith("\n") and text.strip().isdigit() else None
 
 
 def lasts(condition: Callable[[], bool], seconds: float, what: str) -> None:
@@ -73,85 +43,6 @@ def lasts(condition: Callable[[], bool], seconds: float, what: str) -> None:
     while time.monotonic() < deadline:
         assert condition(), what
         time.sleep(0.02)
-
-
-class Workers:
-    """Worker processes of one test; at teardown every process of its home is killed."""
-
-    def __init__(self, home: Path, logs: Path) -> None:
-        self.home = home
-        self.logs = logs
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, *options: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """A foreground `queuectl worker run`, output in a log file under tmp_path."""
-        path = self.logs / f"worker-{len(self.procs)}.log"
-        with path.open("wb") as log:
-            proc = subprocess.Popen(
-                [QUEUECTL, "worker", "run", *options],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
-            )
-        self.procs.append(proc)
-        return proc
-
-    def output(self) -> str:
-        """What the foreground workers and the detached ones logged (for failure messages)."""
-        paths = [*sorted(self.logs.glob("worker-*.log")), self.home / "logs" / "workers.log"]
-        return "\n".join(p.read_text(errors="replace") for p in paths if p.exists())
-
-    def stop(self) -> None:
-        """SIGTERM every foreground process; each must exit 0 (a graceful stop)."""
-        for proc in self.procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            assert proc.wait(timeout=30) == 0, self.output()
-
-    def detached_pids(self) -> list[int]:
-        try:
-            entries = json.loads((self.home / "pids.json").read_text())["workers"]
-        except FileNotFoundError:
-            return []
-        return [int(entry["pid"]) for entry in entries]
-
-    def cleanup(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-        for pid in {*self.detached_pids(), *self._processes_of_home()}:
-            if pid != os.getpid() and not pid_gone(pid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-
-    def _processes_of_home(self) -> set[int]:
-        """Processes (detached workers, orphaned jobs) started with this test's home (Linux)."""
-        marker = f"QUEUECTL_HOME={self.home}".encode()
-        found = set()
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.listdir("/proc"):
-                if entry.isdigit():
-                    with contextlib.suppress(OSError):
-                        if marker in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
-                            found.add(int(entry))
-        return found
-
-
-@pytest.fixture(autouse=True)
-def fast_polling(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Idle workers look for due jobs every 50 ms instead of 500 ms."""
-    monkeypatch.setenv("QUEUECTL_POLL_INTERVAL_MS", "50")
-
-
-@pytest.fixture
-def workers(home: Path, tmp_path: Path) -> Iterator[Workers]:
-    started = Workers(home, tmp_path)
-    try:
-        yield started
-    finally:
-        started.cleanup()
 
 
 @pytest.fixture

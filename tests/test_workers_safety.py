@@ -32,7 +32,7 @@ from queuectl.models import WorkerInfo, namespace_key, utcnow
 from queuectl.store import open_store
 
 from .conftest import QUEUECTL, Run, wait_for
-from .test_worker_e2e import Workers, pid_gone, q
+from .processes import Workers, pid_gone, q
 
 pytestmark = [
     pytest.mark.e2e,
