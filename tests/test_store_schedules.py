@@ -144,3 +144,16 @@ def test_delete_cancels_waiting_runs_only(store: Store) -> None:
     }
     with pytest.raises(ScheduleNotFound):
         store.delete_schedule("nightly", slots[1])
+
+
+def test_a_batch_with_one_stale_tick_writes_the_others(store: Store) -> None:
+    other = replace(SPEC, id="hourly", template=replace(SPEC.template, id="hourly"))
+    store.upsert_schedule(schedule(), T0)
+    store.upsert_schedule(schedule(other), T0)
+    slot = T0 + timedelta(hours=2)
+    fresh = tick(T0, slot, [slot])
+    stale = replace(fresh, schedule_id="hourly", spec_hash=other.spec_hash, last_tick_at=slot)
+    stale = replace(stale, runs=[run(slot, other)])
+    assert store.tick([fresh, stale], slot) == [[], None]
+    assert [j.id for j in store.list_jobs(schedule_id="nightly")] == [run_id("nightly", slot)]
+    assert store.list_jobs(schedule_id="hourly") == []

@@ -176,6 +176,10 @@ SELECT schedules.*,
 """
 
 
+class _LostRace(Exception):
+    """Another scheduler ticked one of a batch's schedules: the batch is undone."""
+
+
 class _OverLimit(Exception):
     """A claim went over its concurrency key's limit: it is rolled back."""
 
@@ -1145,11 +1149,26 @@ class SqlStore:
             for tick in ticks
         ]
 
+        def compare_and_set(conn: Conn) -> list[bool]:
+            """Which ticks won: all at once (one batch), else each on its own (a race)."""
+            try:
+                with self._savepoint(conn):
+                    cursor = conn.cursor()
+                    try:
+                        cursor.executemany(self.sql.tick_schedule, params)
+                        if cursor.rowcount == len(params):
+                            return [True] * len(params)
+                    finally:
+                        cursor.close()
+                    raise _LostRace
+            except _LostRace:
+                return [conn.execute(self.sql.tick_schedule, p).rowcount == 1 for p in params]
+
         def op(conn: Conn) -> list[list[Job] | None]:
             results: list[list[Job] | None] = []
             runs: list[dict[str, Any]] = []
-            for tick, tick_params in zip(ticks, params, strict=True):
-                if conn.execute(self.sql.tick_schedule, tick_params).rowcount == 0:
+            for tick, won in zip(ticks, compare_and_set(conn), strict=True):
+                if not won:
                     results.append(None)  # another scheduler ticked it (or it changed) meanwhile
                     continue
                 replaced: list[Job] = []
