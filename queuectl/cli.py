@@ -671,16 +671,92 @@ def dlq_retry_cmd(app: App, job_ids: tuple[str, ...], retry_all: bool) -> None:
     click.echo(f"retried {len(retried)} job(s)")
 
 
+END_STATES_ORDER = (JobState.COMPLETED, JobState.CANCELED, JobState.DEAD)
+
+
 @dlq_group.command(name="purge")
+@click.argument("job_ids", metavar="[ID]...", nargs=-1, type=TEXT)
+@click.option(
+    "--older-than", type=Duration(), help="Only jobs dead for longer than this: 30d, 12h."
+)
+@click.option("--dry-run", is_flag=True, help="Print what would be deleted; delete nothing.")
 @pass_app
-def dlq_purge_cmd(app: App) -> None:
-    """Delete every dead job and its log file.
+def dlq_purge_cmd(
+    app: App, job_ids: tuple[str, ...], older_than: int | None, dry_run: bool
+) -> None:
+    """Delete dead jobs (the ids given, or all of them) and their log files.
+
+    Prints the ids deleted, one per line. A job some waiting job still needs (with
+    `on: failure` or `finished`) is kept until that job has settled.
+
+    \b
+    Examples:
+        queuectl dlq purge --older-than 30d --dry-run
+        queuectl dlq purge nightly-backup-2026-11-29
+    """
+    purged = app.queue().dlq_purge(job_ids, older_than_ms=older_than, dry_run=dry_run)
+    for job_id in purged:
+        click.echo(job_id)
+    verb = "would purge" if dry_run else "purged"
+    click.echo(f"{verb} {len(purged)} job(s)", err=True)
+
+
+@cli.command(name="delete")
+@click.argument("job_ids", metavar="ID...", nargs=-1, required=True, type=TEXT)
+@pass_app
+def delete_cmd(app: App, job_ids: tuple[str, ...]) -> None:
+    """Delete ended jobs (completed, dead or canceled) and their log files.
+
+    Refuses, deleting nothing, when any of them has not ended or a job that may still
+    run needs it.
 
     \b
     Example:
-        queuectl dlq purge
+        queuectl delete report-2026-11-01 report-2026-11-02
     """
-    click.echo(f"purged {len(app.queue().dlq_purge())} job(s)")
+    deleted = app.queue().delete(job_ids)
+    for job_id in deleted:
+        click.echo(job_id)
+    click.echo(f"deleted {len(deleted)} job(s)", err=True)
+
+
+@cli.command(name="prune")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.value for s in END_STATES_ORDER]),
+    help="Only jobs that ended in this state (repeatable). Default: all three.",
+)
+@click.option(
+    "--older-than",
+    type=Duration(),
+    help="Ended longer ago than this (3d, 12h) instead of the config's keep_*_days.",
+)
+@click.option("--dry-run", is_flag=True, help="Print what would be deleted; delete nothing.")
+@pass_app
+def prune_cmd(app: App, states: tuple[str, ...], older_than: int | None, dry_run: bool) -> None:
+    """Delete ended jobs older than keep_completed_days, keep_canceled_days and
+    keep_dead_days (0 keeps them forever), with their log files, in small batches.
+
+    Prints the ids deleted (or, with --dry-run, that would be), one per line, and a count
+    per state on stderr. Jobs a needs edge still waits on are kept until the jobs that
+    need them have settled.
+
+    \b
+    Examples:
+        queuectl prune --dry-run
+        queuectl prune --state completed --older-than 3d
+    """
+    chosen = [JobState(s) for s in states] or list(END_STATES_ORDER)
+    pruned = app.queue().prune(states=chosen, older_than_ms=older_than, dry_run=dry_run)
+    for ids in pruned.values():
+        for job_id in ids:
+            click.echo(job_id)
+    counts = ", ".join(f"{state.value} {len(ids)}" for state, ids in pruned.items())
+    verb = "would prune" if dry_run else "pruned"
+    total = sum(len(ids) for ids in pruned.values())
+    click.echo(f"{verb} {total} job(s)" + (f" ({counts})" if counts else ""), err=True)
 
 
 # -- schedules ------------------------------------------------------------------------

@@ -123,6 +123,30 @@ KEYS: dict[str, Key] = {
             "a spool file written in place is taken once unchanged this long "
             "(renaming into place is always safe)",
         ),
+        Key(
+            "keep_completed_days",
+            7,
+            _float,
+            "a number from 0 (keep forever) to 36500",
+            lambda v: 0 <= v <= 36_500,
+            "`queuectl prune` deletes completed jobs (and their logs) older than this",
+        ),
+        Key(
+            "keep_canceled_days",
+            7,
+            _float,
+            "a number from 0 (keep forever) to 36500",
+            lambda v: 0 <= v <= 36_500,
+            "`queuectl prune` deletes canceled jobs (and their logs) older than this",
+        ),
+        Key(
+            "keep_dead_days",
+            0,
+            _float,
+            "a number from 0 (keep forever) to 36500",
+            lambda v: 0 <= v <= 36_500,
+            "`queuectl prune` deletes dead jobs (and their logs) older than this",
+        ),
     )
 }
 
@@ -242,6 +266,10 @@ class Config:
     @property
     def backoff_max_ms(self) -> int:
         return int(self.values["backoff_max_ms"])
+
+    def keep_days(self, state: str) -> float:
+        """How long `prune` keeps jobs that ended in `state` (0: forever)."""
+        return float(self.values[f"keep_{state}_days"])
 
     @property
     def poll_interval_ms(self) -> int:

@@ -7,13 +7,20 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from . import config as config_mod
 from .config import Config
-from .errors import JobNotFound, ScheduleNotFound, UsageProblem, WaitTimedOut, first_few
+from .errors import (
+    InvalidState,
+    JobNotFound,
+    ScheduleNotFound,
+    UsageProblem,
+    WaitTimedOut,
+    first_few,
+)
 from .models import (
     INLINE,
     NEED_MET_BY,
@@ -39,6 +46,7 @@ from .schedules import Timetable, due_slots, format_in_zone, jitter_for, run_id
 from .store import NewSchedule, Store, Tick, redact_url
 
 Clock = Callable[[], datetime]
+PRUNE_BATCH = 500  # jobs deleted per write: a claim waits for none of them long
 LOG_CHUNK_BYTES = 64 * 1024  # `logs` streams: memory stays flat whatever the log's size
 FOLLOW_POLL_S = 0.2
 
@@ -606,13 +614,91 @@ class Queue:
         """Move dead jobs (all of them when job_ids is None) back to pending with attempts 0."""
         return self.store.retry_dead(job_ids, self.clock())
 
-    def dlq_purge(self) -> list[str]:
-        """Delete every dead job and its log file."""
-        purged = self.store.purge_dead()
-        for job_id in purged:
+    def dlq_purge(
+        self,
+        job_ids: Sequence[str] | None = None,
+        *,
+        older_than_ms: int | None = None,
+        dry_run: bool = False,
+    ) -> list[str]:
+        """Delete dead jobs (those given, or all) and their log files; with older_than,
+        only those dead for longer. Ids given that are not dead are refused, nothing
+        deleted."""
+        if job_ids:
+            self._refuse_undeletable(job_ids, only=JobState.DEAD)
+        before = (
+            None if older_than_ms is None else self.clock() - timedelta(milliseconds=older_than_ms)
+        )
+        found = self.store.deletable_jobs(
+            JobState.DEAD, job_ids=job_ids or None, finished_before=before
+        )
+        return found if dry_run else self._delete(found)
+
+    def delete(self, job_ids: Sequence[str]) -> list[str]:
+        """Delete finished jobs and their log files; refuse (nothing deleted) if any has
+        not finished, or a job that may still run needs it."""
+        self._refuse_undeletable(job_ids)
+        return self._delete(list(dict.fromkeys(job_ids)))
+
+    def prune(
+        self,
+        *,
+        states: Sequence[JobState] = (JobState.COMPLETED, JobState.CANCELED, JobState.DEAD),
+        older_than_ms: int | None = None,
+        dry_run: bool = False,
+        batch: int = PRUNE_BATCH,
+    ) -> dict[JobState, list[str]]:
+        """Delete ended jobs older than their state's keep_*_days (or `older_than_ms`), in
+        batches (each a short write), with their log files. Jobs a needs edge still waits
+        on are kept until the jobs that need them are settled."""
+        config = self.config()
+        now = self.clock()
+        pruned: dict[JobState, list[str]] = {}
+        for state in states:
+            keep_ms = older_than_ms
+            if keep_ms is None:
+                days = config.keep_days(state)
+                if days == 0:
+                    continue  # kept forever
+                keep_ms = int(days * 86_400_000)
+            before = now - timedelta(milliseconds=keep_ms)
+            if dry_run:
+                pruned[state] = self.store.deletable_jobs(state, finished_before=before)
+                continue
+            done: list[str] = []
+            while found := self.store.deletable_jobs(state, finished_before=before, limit=batch):
+                deleted = self._delete(found)
+                done.extend(deleted)
+                if len(found) < batch or not deleted:
+                    break
+            pruned[state] = done
+        return pruned
+
+    def _refuse_undeletable(self, job_ids: Sequence[str], *, only: JobState | None = None) -> None:
+        jobs = self.store.get_jobs(job_ids)
+        problems = []
+        for job_id in dict.fromkeys(job_ids):
+            job = jobs.get(job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            if only is not None and job.state is not only:
+                problems.append(f"{job_id} is {job.state.value}, not {only.value}")
+            elif not job.ended:
+                problems.append(f"{job_id} is {job.state.value}")
+            elif not self.store.deletable_jobs(job.state, job_ids=[job_id]):
+                problems.append(f"{job_id} is needed by a job that may still run")
+        if problems:
+            raise InvalidState(
+                f"nothing deleted: {'; '.join(problems)} (only ended jobs that no waiting job "
+                "needs can be deleted)"
+            )
+
+    def _delete(self, job_ids: Sequence[str]) -> list[str]:
+        deleted = self.store.delete_jobs(job_ids)
+        for job_id in deleted:
             with contextlib.suppress(FileNotFoundError):
                 job_log_path(job_id).unlink()
-        return purged
+        return deleted
 
     # -- config --------------------------------------------------------------------
 

@@ -65,7 +65,8 @@ def test_set_then_get_in_another_process(run: Run, key: str, value: str, shown: 
             "red",
             "unknown config key 'colour': use one of max_retries, backoff_base, "
             "backoff_max_ms, poll_interval_ms, job_timeout_ms, lease_ms, spool_max_bytes, "
-            "spool_keep_done_days, spool_settle_ms",
+            "spool_keep_done_days, spool_settle_ms, keep_completed_days, keep_canceled_days, "
+            "keep_dead_days",
         ),
     ],
 )

@@ -235,13 +235,13 @@ def test_apply_of_a_schedule_after_a_lost_reply(
     assert store.list_schedules() == []
 
 
-def test_dlq_purge_after_a_lost_reply_still_names_what_it_deleted(
+def test_a_delete_after_a_lost_reply_still_names_what_it_deleted(
     proxied: tuple[Store, CommitReplyDropper], clock: FakeClock
 ) -> None:
     store, proxy = proxied
     dead_job(store, clock, "gone")
-    proxy.arm(b"DELETE FROM jobs")  # one statement, committed by itself
-    assert store.purge_dead() == ["gone"]
+    proxy.arm()  # the reply to the delete's COMMIT is lost
+    assert store.delete_jobs(["gone"]) == ["gone"]
     assert proxy.dropped == 1
     assert store.get_job("gone") is None
 

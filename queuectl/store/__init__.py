@@ -185,8 +185,21 @@ class Store(Protocol):
         """dead -> pending with attempts 0 (all dead jobs when job_ids is None)."""
         ...
 
-    def purge_dead(self) -> list[str]:
-        """Delete every dead job; return their ids."""
+    def deletable_jobs(
+        self,
+        state: JobState,
+        *,
+        job_ids: Sequence[str] | None = None,
+        finished_before: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[str]:
+        """Jobs in an end state (`state`) that may be deleted now, oldest end first: no
+        claim left, and no job that may still run needs them (SPEC 14)."""
+        ...
+
+    def delete_jobs(self, job_ids: Sequence[str]) -> list[str]:
+        """Delete those of the jobs that are still deletable (see deletable_jobs), with
+        their needs edges; return the ids that are gone."""
         ...
 
     # schedules

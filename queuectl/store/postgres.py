@@ -53,6 +53,7 @@ FRAGMENTS = {
     "stopping": "",
     "key_lock": "SELECT pg_advisory_xact_lock(hashtext(:key))",
     "for_update": "FOR UPDATE",
+    "finished_order": "",
     "fold_counts": "SELECT queuectl_fold_job_counts()",
 }
 

@@ -269,8 +269,30 @@ RETURNING id
 SELECT id FROM jobs WHERE state = 'pending' AND attempts = 0 AND updated_at = :now
    AND started_at IS NOT NULL AND (:ids{json} IS NULL OR id IN ({each}(:ids{json})))
 """
-    dead_ids: str = "SELECT id FROM jobs WHERE state = 'dead'"
-    purge_dead: str = "DELETE FROM jobs WHERE state = 'dead' AND id IN ({each}(:ids{json}))"
+    # Ended jobs that may go: no claim left, and no job that still may run waits on them
+    # (SPEC 14: a run a needs edge waits on is kept until its children are settled).
+    deletable_jobs: str = """
+SELECT id FROM jobs {finished_order}
+ WHERE state IN ('completed', 'dead', 'canceled') AND state = :state AND lease_token IS NULL
+   AND (:before{time} IS NULL OR finished_at < :before)
+   AND (:ids{json} IS NULL OR id IN ({each}(:ids{json})))
+   AND NOT EXISTS (SELECT 1 FROM job_needs AS edge JOIN jobs AS child ON child.id = edge.job_id
+                    WHERE edge.need_id = jobs.id
+                      AND child.state IN ('pending', 'processing', 'failed'))
+ ORDER BY finished_at, id
+ LIMIT coalesce(:limit{int}, 9223372036854775807)
+"""
+    delete_jobs: str = """
+DELETE FROM jobs
+ WHERE id IN ({each}(:ids{json})) AND state IN ('completed', 'dead', 'canceled')
+   AND lease_token IS NULL
+   AND NOT EXISTS (SELECT 1 FROM job_needs AS edge JOIN jobs AS child ON child.id = edge.job_id
+                    WHERE edge.need_id = jobs.id
+                      AND child.state IN ('pending', 'processing', 'failed'))
+"""
+    forget_edges: str = """
+DELETE FROM job_needs WHERE job_id IN ({each}(:ids{json})) OR need_id IN ({each}(:ids{json}))
+"""
     read_config: str = "SELECT key, value FROM config"
     write_config: str = """
 INSERT INTO config (key, value) VALUES (:key, :value)
@@ -1009,15 +1031,38 @@ class SqlStore:
 
         return self.d.write(op, already_done=done)
 
-    def purge_dead(self) -> list[str]:
-        # The ids are read first, so a replayed delete still knows what it removed.
-        ids = self.d.read(lambda conn: [r["id"] for r in conn.execute(self.sql.dead_ids)])
-        if ids:
-            params = {"ids": self._ids(ids)}
-            self.d.write(lambda conn: conn.execute(self.sql.purge_dead, params), single=True)
+    def deletable_jobs(
+        self,
+        state: JobState,
+        *,
+        job_ids: Sequence[str] | None = None,
+        finished_before: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[str]:
+        params = {
+            "state": state.value,
+            "ids": self._ids(job_ids),
+            "before": self.d.time(finished_before),
+            "limit": limit,
+        }
+        rows = self.d.read(lambda conn: conn.execute(self.sql.deletable_jobs, params).fetchall())
+        return [row["id"] for row in rows]
+
+    def delete_jobs(self, job_ids: Sequence[str]) -> list[str]:
+        if not job_ids:
+            return []
+        params = {"ids": self._ids(job_ids)}
+
+        def op(conn: Conn) -> None:
+            conn.execute(self.sql.delete_jobs, params)
+            left = {row["id"] for row in conn.execute(self.sql.get_jobs, params)}
+            gone = [job_id for job_id in job_ids if job_id not in left]
+            conn.execute(self.sql.forget_edges, {"ids": self._ids(gone)})
+
+        self.d.write(op)  # deleting again what is gone deletes nothing: safe to replay
         # Whatever of them is gone now was deleted, by this call or a concurrent one.
-        left = self.get_jobs(ids)
-        return [job_id for job_id in ids if job_id not in left]
+        left = self.get_jobs(job_ids)
+        return [job_id for job_id in job_ids if job_id not in left]
 
     # -- schedules -------------------------------------------------------------------
 

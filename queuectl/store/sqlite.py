@@ -40,6 +40,7 @@ FRAGMENTS = {
     "stopping": "INDEXED BY jobs_stopping",
     "key_lock": "",  # one writer at a time: a claim's count of holders stands
     "for_update": "",  # one writer at a time: nothing to lock
+    "finished_order": "INDEXED BY jobs_finished",
     "fold_counts": "",  # triggers keep one counter row per state (migration 0004)
 }
 

@@ -1,4 +1,4 @@
--- user_version 10
+-- user_version 11
 CREATE INDEX job_needs_need ON job_needs (need_id);
 CREATE INDEX jobs_applied_pending ON jobs (id) WHERE origin = 'apply' AND state = 'pending';
 CREATE INDEX jobs_claim_order ON jobs (priority DESC, created_at, id)
@@ -6,6 +6,8 @@ CREATE INDEX jobs_claim_order ON jobs (priority DESC, created_at, id)
 CREATE INDEX jobs_concurrency ON jobs (concurrency_key)
     WHERE lease_token IS NOT NULL AND concurrency_key IS NOT NULL;
 CREATE INDEX jobs_created ON jobs (created_at, id);
+CREATE INDEX jobs_finished ON jobs (state, finished_at, id)
+    WHERE state IN ('completed', 'dead', 'canceled');
 CREATE INDEX jobs_schedule ON jobs (schedule_id, created_at, id) WHERE schedule_id IS NOT NULL;
 CREATE INDEX jobs_schedule_active ON jobs (schedule_id, id)
     WHERE schedule_id IS NOT NULL AND state IN ('pending', 'processing', 'failed');
