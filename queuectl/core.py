@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -647,10 +648,12 @@ class Queue:
         older_than_ms: int | None = None,
         dry_run: bool = False,
         batch: int = PRUNE_BATCH,
+        max_batches: int | None = None,
     ) -> dict[JobState, list[str]]:
         """Delete ended jobs older than their state's keep_*_days (or `older_than_ms`), in
-        batches (each a short write), with their log files. Jobs a needs edge still waits
-        on are kept until the jobs that need them are settled."""
+        batches (each a short write; at most `max_batches` per state), with their log
+        files. Jobs a needs edge still waits on are kept until the jobs that need them are
+        settled."""
         config = self.config()
         now = self.clock()
         pruned: dict[JobState, list[str]] = {}
@@ -666,10 +669,11 @@ class Queue:
                 pruned[state] = self.store.deletable_jobs(state, finished_before=before)
                 continue
             done: list[str] = []
+            batches = itertools.count(1)
             while found := self.store.deletable_jobs(state, finished_before=before, limit=batch):
                 deleted = self._delete(found)
                 done.extend(deleted)
-                if len(found) < batch or not deleted:
+                if len(found) < batch or not deleted or next(batches) == max_batches:
                     break
             pruned[state] = done
         return pruned

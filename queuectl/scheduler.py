@@ -3,6 +3,8 @@
 Each `worker run` (its supervisor when it has one) runs a Scheduler in a thread, with
 its own store connection, so schedules keep ticking while every worker is busy. Any
 number of schedulers may run on one store: `Queue.tick` creates each slot's run once.
+The same thread prunes ended jobs past their keep_*_days (SPEC 14), a batch per state a
+minute, so a queue that runs for a year does not fill its disk.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from .core import Queue
 from .models import utcnow
@@ -26,6 +28,7 @@ RESCAN_S = 5.0
 CHANGE_CHECK_S = 0.5  # a new or resumed schedule is picked up this soon
 ERROR_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)  # a failing tick is retried ever slower, never dropped
 JOIN_TIMEOUT_S = 10.0
+PRUNE_EVERY = timedelta(minutes=1)  # one batch of 500 per state: 720,000 jobs a day
 
 
 class Scheduler:
@@ -37,6 +40,7 @@ class Scheduler:
         self.log = log
         self._stop = threading.Event()
         self._store: Store | None = None
+        self._prune_at: datetime | None = None  # the first pass prunes
 
     def stop(self) -> None:
         """Return from run() at once (after the tick in progress). Safe from a signal handler."""
@@ -56,10 +60,22 @@ class Scheduler:
                 self.log(f"schedule {ticked.schedule_id}: created run {run_id}")
             if ticked.missed:
                 self.log(f"schedule {ticked.schedule_id}: {ticked.missed} slot(s) missed")
+        self._prune(queue)
         next_tick = queue.next_tick_at()
         if next_tick is None:
             return RESCAN_S
         return min(RESCAN_S, max(0.0, (next_tick - self.clock()).total_seconds()))
+
+    def _prune(self, queue: Queue) -> None:
+        """Once a minute, delete a batch of each state's jobs past their keep_*_days."""
+        now = self.clock()
+        if self._prune_at is not None and now < self._prune_at:
+            return
+        self._prune_at = now + PRUNE_EVERY
+        pruned = queue.prune(max_batches=1)
+        if any(pruned.values()):
+            counts = ", ".join(f"{state.value} {len(ids)}" for state, ids in pruned.items() if ids)
+            self.log(f"pruned ended jobs past their keep_*_days: {counts}")
 
     def run(self) -> None:
         """Tick at every slot until stopped. A failing tick is logged and tried again."""

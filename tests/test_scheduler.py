@@ -9,12 +9,14 @@ from dataclasses import replace
 import pytest
 
 from queuectl.core import Queue, Ticked
-from queuectl.models import JobSpec, Overlap, ScheduleSpec
+from queuectl.models import JobSpec, JobState, Overlap, ScheduleSpec
 from queuectl.scheduler import RESCAN_S, Scheduler
+from queuectl.store import Store
 
 from .conftest import FakeClock, wait_for
 
 MINUTE = 60_000
+DAY_MS = 86_400_000
 EVERY_MINUTE = ScheduleSpec(
     id="beat", template=JobSpec(command="true", id="beat"), every_ms=MINUTE, overlap=Overlap.ALLOW
 )
@@ -93,3 +95,26 @@ def test_a_failing_tick_is_logged_and_the_loop_goes_on(
         wait_for(lambda: len(calls) >= 2, timeout=15, what="the tick after the failure")
     assert lines[0] == "scheduler: tick failed (store on fire); trying again in 1 s"
     assert not any("still in a tick" in line for line in lines)
+
+
+def test_it_prunes_a_batch_of_old_ended_jobs_once_a_minute(
+    scheduler: Scheduler, queue: Queue, store: Store, clock: FakeClock, lines: list[str]
+) -> None:
+    from .test_needs import end, job
+
+    store.insert_jobs([job("old", clock)], clock())
+    end(store, clock, "old", JobState.COMPLETED)
+    clock.advance(3 * DAY_MS)
+    store.insert_jobs([job("newer", clock)], clock())
+    end(store, clock, "newer", JobState.COMPLETED)
+    clock.advance(4 * DAY_MS + 1)  # old ended 7 days ago (keep_completed_days), newer 4
+    scheduler.run_once()
+    assert sorted(store.get_jobs(["old", "newer"])) == ["newer"]
+    assert lines == ["pruned ended jobs past their keep_*_days: completed 1"]
+    queue.config_set("keep_completed_days", "1")  # newer is past it now
+    clock.advance(30_000)
+    scheduler.run_once()
+    assert store.get_job("newer") is not None  # a minute has not passed since the last prune
+    clock.advance(30_000)
+    scheduler.run_once()
+    assert store.get_job("newer") is None
