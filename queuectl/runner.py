@@ -316,7 +316,7 @@ class Runner:
                         _append(fd, CANCELED_WHILE_RUNNING, self.clock())
                     finally:
                         os.close(fd)
-            self.store.release_claim(job_id, token, tail)
+            self.store.release_claim(job_id, token, tail, now=self.clock())
         finally:
             self._stopping_claim = None
         self.log(f"job {job_id}: canceled while running; stopped, no result recorded")
@@ -441,7 +441,7 @@ class Runner:
         what = "canceled before it started" if canceled else "claim lost before it started"
         _append(log_fd, f"{what}: not run", self.clock())
         if canceled:
-            self.store.release_claim(job_id, token, None)
+            self.store.release_claim(job_id, token, None, now=self.clock())
         self.log(f"job {job_id}: {what}; not run")
 
     def _note(self, log_fd: int, attempt: Attempt) -> Attempt:
@@ -574,7 +574,7 @@ class Runner:
             if host == self.host:
                 procs.signal_job(job.id, job.worker_id, signal.SIGKILL)
             if job.state is JobState.CANCELED:
-                if self.store.release_claim(job.id, job.lease_token, None):
+                if self.store.release_claim(job.id, job.lease_token, None, now=now):
                     self.log(f"job {job.id}: canceled while running; stopped (its worker is gone)")
                 continue
             reason = "worker lost (process died)" if local_dead else "worker lost (lease expired)"

@@ -787,36 +787,42 @@ def _needs_cycles(
     found: list[Problem] = []
     state: dict[str, str] = {}  # "open" while on the path, "done" after
 
-    def visit(job_id: str, path: list[str]) -> None:
-        state[job_id] = "open"
-        path.append(job_id)
-        for need in entries[job_id][2]:
-            if need not in entries:
-                continue  # outside the batch, or without needs: no cycle through it
-            if state.get(need) == "open":
-                cycle = path[path.index(need) :]
-                shown = " -> ".join([*cycle, need])
-                for here, there in zip(cycle, [*cycle[1:], need], strict=True):
-                    doc, prefix, index = entries[here]
-                    line, col = doc.position((*prefix, "needs", index[there]))
-                    found.append(
-                        Problem(
-                            doc.source,
-                            line,
-                            col,
-                            f"needs.{index[there]}",
-                            f"needs cycle {shown}: these jobs would wait for one another "
-                            "forever; remove one of the needs",
-                        )
-                    )
-            elif need not in state:
-                visit(need, path)
-        path.pop()
-        state[job_id] = "done"
+    def report(cycle: list[str]) -> None:
+        shown = " -> ".join([*cycle, cycle[0]])
+        for here, there in zip(cycle, [*cycle[1:], cycle[0]], strict=True):
+            doc, prefix, index = entries[here]
+            line, col = doc.position((*prefix, "needs", index[there]))
+            found.append(
+                Problem(
+                    doc.source,
+                    line,
+                    col,
+                    f"needs.{index[there]}",
+                    f"needs cycle {shown}: these jobs would wait for one another forever; "
+                    "remove one of the needs",
+                )
+            )
 
-    for job_id in entries:
-        if job_id not in state:
-            visit(job_id, [])
+    # Depth first with a stack of its own: a chain of any length, no recursion limit.
+    for root in entries:
+        if root in state:
+            continue
+        path: list[str] = [root]
+        pending: list[Iterator[str]] = [iter(entries[root][2])]
+        state[root] = "open"
+        while pending:
+            need = next(pending[-1], None)
+            if need is None:
+                state[path.pop()] = "done"
+                pending.pop()
+            elif need not in entries:
+                continue  # outside the batch, or without needs: no cycle through it
+            elif state.get(need) == "open":
+                report(path[path.index(need) :])
+            elif need not in state:
+                state[need] = "open"
+                path.append(need)
+                pending.append(iter(entries[need][2]))
     return found
 
 

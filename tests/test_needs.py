@@ -223,3 +223,19 @@ def test_dlq_retry_gives_a_job_a_fresh_deadline(store: Store, clock: FakeClock) 
     Queue(store, clock=clock).dlq_retry(["late"])
     retried = store.get_job("late")
     assert retried is not None and retried.first_started_at is None
+
+
+def test_a_job_canceled_while_running_meets_finished_needs_only_once_stopped(
+    store: Store, clock: FakeClock
+) -> None:
+    finished = Need("parent", NeedOn.FINISHED)
+    store.insert_jobs([job("parent", clock), job("after", clock, finished)], clock())
+    claimed = claim(store, clock)
+    assert claimed is not None and claimed[0] == "parent"
+    Queue(store, clock=clock).cancel("parent", kill=True)  # its process is still stopping
+    assert state_of(store, "after") == (JobState.PENDING, 1, None)
+    store.insert_jobs([job("late", clock, finished)], clock())  # counted the same way
+    assert state_of(store, "late") == (JobState.PENDING, 1, None)
+    assert store.release_claim("parent", claimed[1], None, now=clock())  # now it is gone
+    assert state_of(store, "after") == (JobState.PENDING, 0, None)
+    assert state_of(store, "late") == (JobState.PENDING, 0, None)

@@ -266,7 +266,7 @@ def test_release_claim_after_a_lost_reply(
     store.claim_next("w", (), clock(), clock() + timedelta(seconds=30), "tok")
     store.cancel_job("r", clock(), running=True)
     proxy.arm(b"coalesce(")  # one statement, committed by itself
-    assert store.release_claim("r", "tok", "tail") is True
+    assert store.release_claim("r", "tok", "tail", now=clock()) is True
     assert proxy.dropped == 1
 
 

@@ -399,3 +399,15 @@ def test_github_format_leaves_out_the_position_of_file_level_problems(
     os.mkfifo(fifo)
     result = run("validate", "--format", "github", str(fifo))
     assert result.stdout == f"::error file={fifo}::not a regular file\n"
+
+
+def test_a_needs_chain_longer_than_the_recursion_limit_validates() -> None:
+    chain = [f"- {{id: j{i}, command: x, needs: [j{i + 1}]}}" for i in range(3000)]
+    chain.append("- {id: j3000, command: x}")
+    loaded = spec.parse_specs("\n".join(chain) + "\n", "chain.yaml")
+    assert len(loaded) == 3001
+    looped = "\n".join([*chain[:-1], "- {id: j3000, command: x, needs: [j0]}"]) + "\n"
+    with pytest.raises(SpecInvalid) as caught:
+        spec.parse_specs(looped, "loop.yaml")
+    assert len(caught.value.problems) == 3001  # one at each needs entry of the cycle
+    assert "needs cycle j0 -> j1 -> j2" in caught.value.problems[0].message

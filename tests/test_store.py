@@ -242,8 +242,8 @@ def test_canceling_a_processing_job_revokes_its_claim(store: Store, clock: FakeC
     assert store.cancel_job("j", clock(), running=True).stopping  # again: fine, still stopping
     with pytest.raises(InvalidState):
         store.cancel_job("j", clock())
-    assert not store.release_claim("j", "another-token", None)
-    assert store.release_claim("j", "token-1", "its output")
+    assert not store.release_claim("j", "another-token", None, now=clock())
+    assert store.release_claim("j", "token-1", "its output", now=clock())
     released = store.get_job("j")
     assert released is not None
     assert (released.state, released.lease_token, released.ended, released.output_tail) == (

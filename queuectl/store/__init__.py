@@ -291,7 +291,9 @@ class Store(Protocol):
         expired_before, only if the claim's lease expired before then); else change nothing."""
         ...
 
-    def release_claim(self, job_id: str, token: str, output_tail: str | None) -> bool:
+    def release_claim(
+        self, job_id: str, token: str, output_tail: str | None, *, now: datetime
+    ) -> bool:
         """Drop the claim a job canceled while running kept (its process is gone now), and
         keep the attempt's output tail for `logs` on other hosts."""
         ...

@@ -35,6 +35,7 @@ Conn = psycopg.Connection[Any]
 CHANNEL = "queuectl"
 MIGRATION_LOCK = 0x71756575  # pg_advisory_xact_lock key: one migrator at a time
 RECONNECT_FOR_S = 120.0  # keep retrying a lost connection this long before giving up
+ROLLED_BACK_RETRIES = 5  # a write the server rolled back (deadlock, serialization) runs again
 MIN_SKEW = timedelta(seconds=1)
 SKEW_EVERY_S = 60.0
 # Versions recorded by queuectl before the two dialects shared one migration sequence:
@@ -152,6 +153,7 @@ class PostgresDialect:
         delay, deadline = 0.1, time.monotonic() + RECONNECT_FOR_S
         retrying = False
         skew: timedelta | None = None
+        rolled_back = 0
         while True:
             try:
                 if skew is None:
@@ -167,6 +169,16 @@ class PostgresDialect:
                     if done is not None:
                         return done
                 return operation(self.conn)
+            except (
+                psycopg.errors.DeadlockDetected,
+                psycopg.errors.SerializationFailure,
+            ) as exc:
+                # The server rolled the whole write back: running it again is safe.
+                rolled_back += 1
+                if rolled_back > ROLLED_BACK_RETRIES:
+                    raise StoreError(f"{self.display}: {exc}") from None
+                time.sleep(0.01 * rolled_back)
+                continue
             except psycopg.OperationalError as exc:
                 if not (self.conn.closed or self.conn.broken):
                     raise StoreError(f"{self.display}: {exc}") from None

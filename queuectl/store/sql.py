@@ -225,7 +225,7 @@ UPDATE jobs SET command = :command, priority = :priority, run_at = :run_at,
     prune_job: str = """
 UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now
  WHERE id = :id AND state = 'pending' AND updated_at = :expected_updated_at
-RETURNING id, has_dependents
+RETURNING id, has_dependents, lease_token
 """
     spool_file_seen: str = "SELECT 1 FROM spool_files WHERE claim_id = :claim_id"
     record_spool_file: str = """
@@ -249,13 +249,14 @@ UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now,
                 last_error = CASE WHEN state = 'processing' THEN 'canceled while running'
                                   ELSE last_error END
  WHERE id = :id AND (state IN ('pending', 'failed') OR (:running AND state = 'processing'))
-RETURNING id, has_dependents
+RETURNING id, has_dependents, lease_token
 """
     # A canceled job's process is gone: the claim it kept can go too.
     release_claim: str = """
 UPDATE jobs SET lease_token = NULL, lease_expires_at = NULL,
                 output_tail = coalesce(:output_tail, output_tail)
  WHERE id = :job_id AND lease_token = :token AND state = 'canceled'
+RETURNING has_dependents
 """
     retry_dead: str = """
 UPDATE jobs SET state = 'pending', attempts = 0, available_at = :now, updated_at = :now,
@@ -385,6 +386,12 @@ SELECT min(available_at) AS next_at FROM jobs
     lock_needed: str = """
 SELECT id FROM jobs WHERE id IN ({each}(:ids{json})) ORDER BY id {for_update}
 """
+    # The same for the jobs these jobs need, before their needs are counted afresh.
+    lock_needed_by: str = """
+SELECT id FROM jobs
+ WHERE id IN (SELECT need_id FROM job_needs WHERE job_id IN ({each}(:ids{json})))
+ ORDER BY id {for_update}
+"""
     insert_need: str = """
 INSERT INTO job_needs (job_id, need_id, on_state) VALUES (:job_id, :need_id, :on_state)
 ON CONFLICT (job_id, need_id) DO NOTHING
@@ -424,7 +431,8 @@ UPDATE jobs SET waiting = (
      WHERE edge.job_id = jobs.id
        AND NOT ((edge.on_state IN ('success', 'finished') AND parent.state = 'completed')
                 OR (edge.on_state IN ('failure', 'finished') AND parent.state = 'dead')
-                OR (edge.on_state = 'finished' AND parent.state = 'canceled')))
+                OR (edge.on_state = 'finished' AND parent.state = 'canceled'
+                    AND parent.lease_token IS NULL)))
  WHERE state = 'pending' AND id IN ({each}(:ids{json}))
 """
     # Needs that can never be met any more: the parent ended the other way.
@@ -504,7 +512,7 @@ UPDATE schedules SET suspended = :suspended, updated_at = :now, next_slot_at = :
     cancel_runs: str = """
 UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now
  WHERE schedule_id = :id AND state IN ('pending', 'failed')
-RETURNING id, has_dependents
+RETURNING id, has_dependents, lease_token
 """
     canceled_runs_at: str = """
 SELECT id FROM jobs WHERE schedule_id = :id AND state = 'canceled' AND updated_at = :now
@@ -744,6 +752,7 @@ class SqlStore:
         if not job_ids:
             return
         ids = self._ids(job_ids)
+        conn.execute(self.sql.lock_needed_by, {"ids": ids}).fetchall()  # see lock_needed
         conn.execute(self.sql.count_waiting, {"ids": ids})
         ended: list[tuple[str, JobState]] = []
         for row in conn.execute(self.sql.unmeetable_needs, {"ids": ids}).fetchall():
@@ -756,9 +765,17 @@ class SqlStore:
                 ended.append((row["job_id"], JobState.CANCELED))
         self._settle(conn, ended, now)
 
-    def _settle(self, conn: Conn, ended: Sequence[tuple[str, JobState]], now: datetime) -> None:
-        """Jobs just ended: count down the needs their end meets and cancel the jobs whose
-        needs it never will, breadth first down the graph (any depth, no recursion)."""
+    def _settle(
+        self,
+        conn: Conn,
+        ended: Sequence[tuple[str, JobState]],
+        now: datetime,
+        *,
+        meet: bool = True,
+    ) -> None:
+        """Jobs just ended: count down the needs their end meets (unless `meet` is False)
+        and cancel the jobs whose needs it never will, breadth first down the graph (any
+        depth, no recursion)."""
         todo = list(ended)
         while todo:
             parent, state = todo.pop()
@@ -767,7 +784,8 @@ class SqlStore:
             met = [on.value for on, states in NEED_MET_BY.items() if state in states]
             unmet = [on.value for on, states in NEED_MET_BY.items() if state not in states]
             params = {"id": parent, "met": self.d.json(met), "unmet": self.d.json(unmet)}
-            conn.execute(self.sql.meet_needs, params)
+            if meet:
+                conn.execute(self.sql.meet_needs, params)
             upstream = f"upstream {parent} {state.value}"
             canceled = conn.execute(
                 self.sql.fail_needs, {**params, "now": self.d.time(now), "upstream": upstream}
@@ -790,10 +808,15 @@ class SqlStore:
         self._recount(conn, sorted({row["job_id"] for row in children}), now)
 
     def _ended(self, conn: Conn, rows: Sequence[Any], now: datetime) -> None:
-        """Settle the needs on jobs a statement just canceled (rows with id, has_dependents)."""
-        self._settle(
-            conn, [(row["id"], JobState.CANCELED) for row in rows if row["has_dependents"]], now
-        )
+        """Settle the needs on jobs a statement just canceled (rows with id, has_dependents
+        and, for jobs that were running, lease_token). A job canceled while running meets
+        no `finished` need until its processes are gone (release_claim): what waits for
+        it to end must not start beside it."""
+        ended = [row for row in rows if row["has_dependents"]]
+        stopping = [(row["id"], JobState.CANCELED) for row in ended if row["lease_token"]]
+        gone = [(row["id"], JobState.CANCELED) for row in ended if not row["lease_token"]]
+        self._settle(conn, gone, now)
+        self._settle(conn, stopping, now, meet=False)
 
     def waiting_on(self, job_id: str) -> list[tuple[Need, JobState | None]]:
         def op(conn: Conn) -> list[tuple[Need, JobState | None]]:
@@ -881,6 +904,10 @@ class SqlStore:
             for schedule in schedules:
                 self._apply_schedule(conn, schedule, now)
             rewritten: list[NewJob] = []  # created, or with a new spec: needs written after all
+            # Parents before children, as a finish locks them: no deadlock with a worker.
+            needed = sorted({n.job for c in jobs if c.job is not None for n in c.job.spec.needs})
+            if needed:
+                conn.execute(self.sql.lock_needed, {"ids": self._ids(needed)}).fetchall()
             for change in jobs:
                 expected = change.expected
                 guard = {
@@ -1442,21 +1469,24 @@ class SqlStore:
 
         return bool(self.d.write(op, already_done=done))
 
-    def release_claim(self, job_id: str, token: str, output_tail: str | None) -> bool:
+    def release_claim(
+        self, job_id: str, token: str, output_tail: str | None, *, now: datetime
+    ) -> bool:
         params = {"job_id": job_id, "token": token, "output_tail": output_tail}
+
+        def op(conn: Conn) -> bool:
+            row = conn.execute(self.sql.release_claim, params).fetchone()
+            if row is not None and row["has_dependents"]:
+                # Its processes are gone only now: `on: finished` needs are met now.
+                self._settle(conn, [(job_id, JobState.CANCELED)], now)
+            return row is not None
 
         def done(conn: Conn) -> bool | None:
             row = conn.execute(self.sql.get_job, {"id": job_id}).fetchone()
             released = row is not None and row["state"] == "canceled" and not row["lease_token"]
             return True if released else None
 
-        return bool(
-            self.d.write(
-                lambda conn: conn.execute(self.sql.release_claim, params).rowcount == 1,
-                already_done=done,
-                single=True,
-            )
-        )
+        return bool(self.d.write(op, already_done=done))
 
     def processing_jobs(self) -> list[Job]:
         rows = self.d.read(lambda conn: conn.execute(self.sql.processing_jobs).fetchall())
