@@ -110,3 +110,59 @@ def test_a_child_enqueued_as_its_parent_ends_follows_that_end(
         assert sorted(runnable) == ["child", *(f"sibling-{n}" for n in range(siblings))]
     else:
         assert (child.state, child.last_error) == (JobState.CANCELED, "upstream parent dead")
+
+
+def test_a_child_brought_back_as_its_other_parent_ends_counts_that_end(
+    backend: str, db_url: str, store: Store, elsewhere: Store
+) -> None:
+    """`dlq retry` of one parent recounts the child's needs while its other parent's end is
+    recorded on another connection: one of the two writes must see the other."""
+    queue = Queue(store)
+    queue.enqueue(
+        [
+            JobSpec(command="true", id="p1"),
+            JobSpec(command="true", id="p2"),
+            JobSpec(command="true", id="c", needs=(Need("p1"), Need("p2"))),
+        ]
+    )
+    now = datetime.now(UTC)
+    lease = now + timedelta(minutes=1)
+    for parent in ("p1", "p2"):
+        claimed = elsewhere.claim_next("elsewhere:1", [], now, lease, f"token-{parent}")
+        assert claimed is not None and claimed.id == parent
+    assert elsewhere.finish("p1", "token-p1", ENDINGS[JobState.DEAD], datetime.now(UTC))
+    assert queue.get("c").last_error == "upstream p1 dead"
+
+    recorded: list[bool] = []
+    ends = threading.Thread(
+        target=lambda: recorded.append(
+            elsewhere.finish("p2", "token-p2", ENDINGS[JobState.COMPLETED], datetime.now(UTC))
+        )
+    )
+    recount: Any = store._recount  # type: ignore[attr-defined]
+
+    def recount_then_end(*args: Any) -> None:
+        recount(*args)  # c is pending again and counted; the retry is not committed
+        ends.start()
+        if backend == "postgres":
+            backend_pid = elsewhere.d.conn.info.backend_pid  # type: ignore[attr-defined]
+            wait_for(
+                lambda: recorded or waits_on_a_lock(db_url, backend_pid),
+                timeout=30,
+                what="p2's end to be recorded, or to wait for the retry",
+            )
+
+    store._recount = recount_then_end  # type: ignore[attr-defined]
+    try:
+        assert queue.dlq_retry(["p1"]) == ["p1"]
+    finally:
+        del store._recount  # type: ignore[attr-defined]
+    ends.join(timeout=30)
+    assert recorded == [True]
+
+    now = datetime.now(UTC)
+    claimed = elsewhere.claim_next("elsewhere:1", [], now, lease, "token-again")
+    assert claimed is not None and claimed.id == "p1"
+    assert elsewhere.finish("p1", "token-again", ENDINGS[JobState.COMPLETED], datetime.now(UTC))
+    child = queue.get("c")
+    assert (child.state, child.waiting) == (JobState.PENDING, 0)  # claimable
