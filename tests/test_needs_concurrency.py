@@ -9,8 +9,9 @@ enqueue holds a lock that makes it wait.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,6 +49,36 @@ def waits_on_a_lock(db_url: str, backend_pid: int) -> bool:
     return row is not None and row[0] == "Lock"
 
 
+@contextlib.contextmanager
+def ending_during_recount(
+    store: Store, elsewhere: Store, backend: str, db_url: str, end: Callable[[], bool]
+) -> Iterator[list[bool]]:
+    """Within the block, the first recount of needs on `store` is followed, before its
+    write commits, by `end()` on the other connection (which on PostgreSQL either lands
+    or waits on a lock). Yields what `end()` returned, once the block is done."""
+    recorded: list[bool] = []
+    ends = threading.Thread(target=lambda: recorded.append(end()))
+    recount: Any = store._recount  # type: ignore[attr-defined]
+
+    def recount_then_end(*args: Any) -> None:
+        recount(*args)  # the needs are counted; the write is not committed
+        ends.start()
+        if backend == "postgres":
+            backend_pid = elsewhere.d.conn.info.backend_pid  # type: ignore[attr-defined]
+            wait_for(
+                lambda: recorded or waits_on_a_lock(db_url, backend_pid),
+                timeout=30,
+                what="the end to be recorded, or to wait for the other write",
+            )
+
+    store._recount = recount_then_end  # type: ignore[attr-defined]
+    try:
+        yield recorded
+    finally:
+        del store._recount  # type: ignore[attr-defined]
+        ends.join(timeout=30)
+
+
 @pytest.mark.parametrize("ending", [JobState.COMPLETED, JobState.DEAD], ids=str)
 @pytest.mark.parametrize("siblings", [0, 1], ids=["first-child", "second-child"])
 def test_a_child_enqueued_as_its_parent_ends_follows_that_end(
@@ -73,31 +104,11 @@ def test_a_child_enqueued_as_its_parent_ends_follows_that_end(
     claimed = elsewhere.claim_next("elsewhere:1", [], now, now + timedelta(minutes=1), "token")
     assert claimed is not None and claimed.id == "parent"
 
-    recorded: list[bool] = []
-    ends = threading.Thread(
-        target=lambda: recorded.append(
-            elsewhere.finish("parent", "token", ENDINGS[ending], datetime.now(UTC))
-        )
-    )
-    recount: Any = store._recount  # type: ignore[attr-defined]
+    def end() -> bool:
+        return elsewhere.finish("parent", "token", ENDINGS[ending], datetime.now(UTC))
 
-    def recount_then_end(*args: Any) -> None:
-        recount(*args)  # the child's unmet needs are counted; its enqueue is not committed
-        ends.start()
-        if backend == "postgres":
-            backend_pid = elsewhere.d.conn.info.backend_pid  # type: ignore[attr-defined]
-            wait_for(
-                lambda: recorded or waits_on_a_lock(db_url, backend_pid),
-                timeout=30,
-                what="the parent's end to be recorded, or to wait for the enqueue",
-            )
-
-    store._recount = recount_then_end  # type: ignore[attr-defined]
-    try:
+    with ending_during_recount(store, elsewhere, backend, db_url, end) as recorded:
         queue.enqueue([JobSpec(command="true", id="child", needs=(Need("parent"),))])
-    finally:
-        del store._recount  # type: ignore[attr-defined]
-    ends.join(timeout=30)
     assert recorded == [True]
 
     child = queue.get("child")
@@ -133,31 +144,11 @@ def test_a_child_brought_back_as_its_other_parent_ends_counts_that_end(
     assert elsewhere.finish("p1", "token-p1", ENDINGS[JobState.DEAD], datetime.now(UTC))
     assert queue.get("c").last_error == "upstream p1 dead"
 
-    recorded: list[bool] = []
-    ends = threading.Thread(
-        target=lambda: recorded.append(
-            elsewhere.finish("p2", "token-p2", ENDINGS[JobState.COMPLETED], datetime.now(UTC))
-        )
-    )
-    recount: Any = store._recount  # type: ignore[attr-defined]
+    def end() -> bool:
+        return elsewhere.finish("p2", "token-p2", ENDINGS[JobState.COMPLETED], datetime.now(UTC))
 
-    def recount_then_end(*args: Any) -> None:
-        recount(*args)  # c is pending again and counted; the retry is not committed
-        ends.start()
-        if backend == "postgres":
-            backend_pid = elsewhere.d.conn.info.backend_pid  # type: ignore[attr-defined]
-            wait_for(
-                lambda: recorded or waits_on_a_lock(db_url, backend_pid),
-                timeout=30,
-                what="p2's end to be recorded, or to wait for the retry",
-            )
-
-    store._recount = recount_then_end  # type: ignore[attr-defined]
-    try:
-        assert queue.dlq_retry(["p1"]) == ["p1"]
-    finally:
-        del store._recount  # type: ignore[attr-defined]
-    ends.join(timeout=30)
+    with ending_during_recount(store, elsewhere, backend, db_url, end) as recorded:
+        assert queue.dlq_retry(["p1"]) == ["p1"]  # c is pending again and counted
     assert recorded == [True]
 
     now = datetime.now(UTC)
