@@ -88,7 +88,6 @@ def test_a_child_enqueued_as_its_parent_ends_follows_that_end(
     db_url: str,
     store: Store,
     elsewhere: Store,
-    request: pytest.FixtureRequest,
 ) -> None:
     queue = Queue(store)
     queue.enqueue(
