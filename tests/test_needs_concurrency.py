@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -156,3 +159,88 @@ def test_a_child_brought_back_as_its_other_parent_ends_counts_that_end(
     assert elsewhere.finish("p1", "token-again", ENDINGS[JobState.COMPLETED], datetime.now(UTC))
     child = queue.get("c")
     assert (child.state, child.waiting) == (JobState.PENDING, 0)  # claimable
+
+
+@pytest.fixture
+def own_database(backend: str) -> Iterator[str]:
+    """A PostgreSQL database of this test's own: its deadlock counter counts only it."""
+    if backend != "postgres":
+        pytest.skip("SQLite runs one write at a time: there is no lock order to get wrong")
+    import psycopg
+
+    from .conftest import pg_url
+
+    base = urlsplit(pg_url())
+    name = f"qt_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(base.geturl(), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield urlunsplit(base._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(base.geturl(), autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def deadlocks(db_url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_apply_of_a_child_and_its_parents_end_take_locks_in_one_order(
+    own_database: str,
+) -> None:
+    """A worker's finish locks the parent, then updates its children; an apply that
+    rewrites a child must lock the parent first too, or the two deadlock."""
+    from queuectl.models import INLINE, NewJob
+    from queuectl.store import Change
+
+    db_url = own_database
+    store, elsewhere = open_store(db_url), open_store(db_url)
+    try:
+        now = datetime.now(UTC)
+        parent = NewJob("p", JobSpec(command="true", id="p"), 0, now, INLINE)
+        child_spec = JobSpec(command="true", id="c", needs=(Need("p"),))
+        store.insert_jobs([parent, NewJob("c", child_spec, 0, now, INLINE)], now)
+        claimed = elsewhere.claim_next("elsewhere:1", [], now, now + timedelta(minutes=1), "token")
+        assert claimed is not None and claimed.id == "p"
+        child = store.get_job("c")
+        assert child is not None
+        rewritten = NewJob("c", replace(child_spec, command="echo rewritten"), 0, now, INLINE)
+        change = Change("update", "c", rewritten, (child.state, child.updated_at))
+        before = deadlocks(db_url)
+
+        applied: list[bool] = []
+        apply = threading.Thread(
+            target=lambda: applied.append(store.apply_changes([change], datetime.now(UTC)) is None)
+        )
+        settle: Any = elsewhere._settle  # type: ignore[attr-defined]
+
+        def apply_then_settle(*args: Any, **kwargs: Any) -> None:
+            # The finish holds the parent's row lock; the apply starts now and must wait for it.
+            apply.start()
+            backend_pid = store.d.conn.info.backend_pid  # type: ignore[attr-defined]
+            wait_for(
+                lambda: applied or waits_on_a_lock(db_url, backend_pid),
+                timeout=30,
+                what="the apply to wait for the parent's lock",
+            )
+            settle(*args, **kwargs)
+
+        elsewhere._settle = apply_then_settle  # type: ignore[attr-defined]
+        try:
+            assert elsewhere.finish("p", "token", ENDINGS[JobState.COMPLETED], datetime.now(UTC))
+        finally:
+            del elsewhere._settle  # type: ignore[attr-defined]
+        apply.join(timeout=30)
+        assert applied == [True]
+        assert deadlocks(db_url) == before  # no write was rolled back and run again
+        done = store.get_job("c")
+        assert done is not None and (done.command, done.waiting) == ("echo rewritten", 0)
+    finally:
+        store.close()
+        elsewhere.close()
