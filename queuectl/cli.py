@@ -674,6 +674,13 @@ def dlq_retry_cmd(app: App, job_ids: tuple[str, ...], retry_all: bool) -> None:
 END_STATES_ORDER = (JobState.COMPLETED, JobState.CANCELED, JobState.DEAD)
 
 
+def echo_deleted(job_ids: Sequence[str], summary: str) -> None:
+    """The ids deleted (or that would be) on stdout, for scripts; the summary on stderr."""
+    for job_id in job_ids:
+        click.echo(job_id)
+    click.echo(summary, err=True)
+
+
 @dlq_group.command(name="purge")
 @click.argument("job_ids", metavar="[ID]...", nargs=-1, type=TEXT)
 @click.option(
@@ -695,10 +702,7 @@ def dlq_purge_cmd(
         queuectl dlq purge nightly-backup-2026-11-29
     """
     purged = app.queue().dlq_purge(job_ids, older_than_ms=older_than, dry_run=dry_run)
-    for job_id in purged:
-        click.echo(job_id)
-    verb = "would purge" if dry_run else "purged"
-    click.echo(f"{verb} {len(purged)} job(s)", err=True)
+    echo_deleted(purged, f"{'would purge' if dry_run else 'purged'} {len(purged)} job(s)")
 
 
 @cli.command(name="delete")
@@ -715,9 +719,7 @@ def delete_cmd(app: App, job_ids: tuple[str, ...]) -> None:
         queuectl delete report-2026-11-01 report-2026-11-02
     """
     deleted = app.queue().delete(job_ids)
-    for job_id in deleted:
-        click.echo(job_id)
-    click.echo(f"deleted {len(deleted)} job(s)", err=True)
+    echo_deleted(deleted, f"deleted {len(deleted)} job(s)")
 
 
 @cli.command(name="prune")
@@ -750,13 +752,10 @@ def prune_cmd(app: App, states: tuple[str, ...], older_than: int | None, dry_run
     """
     chosen = [JobState(s) for s in states] or list(END_STATES_ORDER)
     pruned = app.queue().prune(states=chosen, older_than_ms=older_than, dry_run=dry_run)
-    for ids in pruned.values():
-        for job_id in ids:
-            click.echo(job_id)
+    every = [job_id for ids in pruned.values() for job_id in ids]
     counts = ", ".join(f"{state.value} {len(ids)}" for state, ids in pruned.items())
     verb = "would prune" if dry_run else "pruned"
-    total = sum(len(ids) for ids in pruned.values())
-    click.echo(f"{verb} {total} job(s)" + (f" ({counts})" if counts else ""), err=True)
+    echo_deleted(every, f"{verb} {len(every)} job(s)" + (f" ({counts})" if counts else ""))
 
 
 # -- schedules ------------------------------------------------------------------------
