@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .errors import ConfigInvalid
+from .logcap import MIN_LOG_MAX_BYTES
 
 Number = int | float
 
@@ -36,6 +37,18 @@ def _int(text: str) -> int:
     if not _INT.fullmatch(text.strip()):  # int() would also take full-width digits or "1_000"
         raise ValueError(text)
     return int(text)
+
+
+_BYTES = re.compile(r"([0-9]+)\s*(|k|kb|kib|m|mb|mib|g|gb|gib)", re.ASCII | re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def _bytes(text: str) -> int:
+    """A size in bytes: 1048576, 1MiB or 1M (sizes are binary here: 1 MB is 1 MiB too)."""
+    match = _BYTES.fullmatch(text.strip())
+    if not match:
+        raise ValueError(text)
+    return int(match[1]) * _UNITS[match[2][:1].lower()]
 
 
 def _float(text: str) -> float:
@@ -122,6 +135,14 @@ KEYS: dict[str, Key] = {
             lambda v: 0 <= v <= 3_600_000,
             "a spool file written in place is taken once unchanged this long "
             "(renaming into place is always safe)",
+        ),
+        Key(
+            "log_max_bytes",
+            10 * 1024**2,
+            _bytes,
+            "0 (no cap) or a size from 4096 to 1TiB, in bytes or with KiB, MiB, GiB",
+            lambda v: v == 0 or MIN_LOG_MAX_BYTES <= v <= 1 << 40,
+            "no job's log ends larger: it keeps its beginning and end, and says what was cut",
         ),
         Key(
             "keep_completed_days",
@@ -290,6 +311,10 @@ class Config:
     @property
     def spool_settle_ms(self) -> int:
         return int(self.values["spool_settle_ms"])
+
+    @property
+    def log_max_bytes(self) -> int:
+        return int(self.values["log_max_bytes"])
 
     @property
     def spool_keep_done_days(self) -> float:

@@ -22,6 +22,7 @@ from .errors import (
     WaitTimedOut,
     first_few,
 )
+from .logcap import read_chunks, resume_after_rewrite
 from .models import (
     INLINE,
     NEED_MET_BY,
@@ -130,7 +131,7 @@ def _decoded(f: BinaryIO) -> Iterator[str]:
     """The file's text from where it stands, in chunks; what is not UTF-8 is replaced."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     with f:
-        while chunk := f.read(LOG_CHUNK_BYTES):
+        for chunk in read_chunks(f, LOG_CHUNK_BYTES):
             yield decoder.decode(chunk)
     yield decoder.decode(b"", final=True)
 
@@ -461,8 +462,10 @@ class Queue:
                     on_unserved(lost)
                     on_unserved = None  # said once
                 log = log or open_log(path)
-                while log is not None and (chunk := log.read(LOG_CHUNK_BYTES)):
-                    yield decoder.decode(chunk)
+                if log is not None:
+                    resume_after_rewrite(log)
+                    for chunk in read_chunks(log, LOG_CHUNK_BYTES):
+                        yield decoder.decode(chunk)
                 if done:
                     yield decoder.decode(b"", final=True)
                     return

@@ -26,6 +26,7 @@ from random import random as random_fraction
 from . import procs
 from .config import Config
 from .errors import NotRegularFile
+from .logcap import CappedLog
 from .models import (
     OUTPUT_TAIL_BYTES,
     Jitter,
@@ -349,13 +350,18 @@ class Runner:
                 log_fd = _open_log(log_path)
         except NotRegularFile as exc:
             return Attempt(None, _log_unusable(exc)), None
+        cap = CappedLog(log_fd, self.config.log_max_bytes, self.clock)
         try:
-            attempt = self._attempt(job, token, log_fd)
-            return attempt, _read_tail(log_fd) if attempt is not None else None
+            attempt = self._attempt(job, token, log_fd, cap)
+            if attempt is None:
+                return None, None
+            with contextlib.suppress(OSError):  # a log that cannot be cut still ran its job
+                cap.rewrite()
+            return attempt, _read_tail(log_fd)
         finally:
             os.close(log_fd)
 
-    def _attempt(self, job: Job, token: str, log_fd: int) -> Attempt | None:
+    def _attempt(self, job: Job, token: str, log_fd: int, cap: CappedLog) -> Attempt | None:
         attempt_no = job.attempts + 1
         shell = isinstance(job.command, str)
         args = ["/bin/sh", "-c", job.command] if isinstance(job.command, str) else list(job.command)
@@ -397,7 +403,7 @@ class Runner:
         if watchdog is not None:
             watchdog.started(proc.pid)
         timeout_ms = job.timeout_ms if job.timeout_ms is not None else self.config.job_timeout_ms
-        return self._note(log_fd, self._wait(proc, timeout_ms, shell=shell, token=token))
+        return self._note(log_fd, self._wait(proc, timeout_ms, cap, shell=shell, token=token))
 
     def _claim_gone(self, job_id: str, token: str) -> str | None:
         """None while the claim is ours and young enough to start the job on; else why not.
@@ -449,9 +455,16 @@ class Runner:
         return attempt
 
     def _wait(
-        self, proc: subprocess.Popen[bytes], timeout_ms: int, *, shell: bool, token: str
+        self,
+        proc: subprocess.Popen[bytes],
+        timeout_ms: int,
+        cap: CappedLog,
+        *,
+        shell: bool,
+        token: str,
     ) -> Attempt:
-        """Wait for the job to exit, its timeout, an interrupt, or the loss of its lease.
+        """Wait for the job to exit, its timeout, an interrupt, or the loss of its lease,
+        holding its log under log_max_bytes meanwhile.
 
         A job whose lease could not be renewed for lease_ms may already be running
         elsewhere (the lease lapsed and another worker recovered it): kill it here, so
@@ -475,7 +488,7 @@ class Runner:
                     self._watchdog.disarm()  # this worker stops the job itself
                 procs.kill_group(proc)
                 return Attempt(None, reason)
-            wait_s = min(deadline - now, lease_left)
+            wait_s = min(deadline - now, lease_left, cap.check())
             if procs.wait_exited([proc], self._wake, max(0.0, wait_s) + 0.001):
                 if proc.returncode < 0 and procs.lease_clock() > self._lease_renewed + lease_s:
                     return Attempt(

@@ -65,8 +65,14 @@ def test_set_then_get_in_another_process(run: Run, key: str, value: str, shown: 
             "red",
             "unknown config key 'colour': use one of max_retries, backoff_base, "
             "backoff_max_ms, poll_interval_ms, job_timeout_ms, lease_ms, spool_max_bytes, "
-            "spool_keep_done_days, spool_settle_ms, keep_completed_days, keep_canceled_days, "
-            "keep_dead_days",
+            "spool_keep_done_days, spool_settle_ms, log_max_bytes, keep_completed_days, "
+            "keep_canceled_days, keep_dead_days",
+        ),
+        (
+            "log_max_bytes",
+            "100",
+            "log_max_bytes: '100' is not valid: use 0 (no cap) or a size from 4096 to 1TiB, "
+            "in bytes or with KiB, MiB, GiB",
         ),
     ],
 )
