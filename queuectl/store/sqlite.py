@@ -4,10 +4,20 @@ Connections open with isolation_level=None so Python never starts a
 transaction on its own; every write goes through `write()` (BEGIN IMMEDIATE,
 so a writer waits for the lock up front instead of failing on upgrade).
 Instants are integer milliseconds since the epoch, JSON is text.
+
+Writers queue on a lock file beside the database before they ask SQLite for its
+write lock. SQLite's own wait sleeps in steps of 1, 2, 5, 10 ms and more and
+looks again, so a writer that found the lock taken usually slept long after it
+was free (two busy workers lost about 13% of their time so); the kernel wakes a
+writer blocked on the lock file the moment it is released. The lock file only
+orders our own writers: SQLite's lock still guards the data, and a process that
+does not use the file (the sqlite3 shell) is waited for the old way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sqlite3
@@ -55,6 +65,7 @@ class SqliteDialect:
         self.url = url
         self.path = path
         self._file_id = _file_id(path)
+        self._writers = _open_writer_lock(path)
         try:
             self.conn = sqlite3.connect(
                 path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
@@ -75,6 +86,8 @@ class SqliteDialect:
 
     def close(self) -> None:
         self.conn.close()
+        if self._writers is not None:
+            os.close(self._writers)
 
     # -- encoding ------------------------------------------------------------------
 
@@ -111,21 +124,34 @@ class SqliteDialect:
         never needed: a local file loses no replies."""
         self._check_same_file()
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = op(self.conn)
-                self.conn.execute("COMMIT")
-            except BaseException:
-                # SQLite may have rolled back already (disk full, I/O error): don't mask it.
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                raise
+            with self._writer_turn():
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = op(self.conn)
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    # SQLite may have rolled back already (disk full, I/O error): don't mask it.
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                    raise
         except sqlite3.OperationalError as exc:
             advice = advice_for(exc)
             if advice is None:
                 raise
             raise StoreError(f"{self.url}: {exc}: {advice}") from None
         return result
+
+    @contextlib.contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """Hold the lock file for one transaction (where there is one)."""
+        if self._writers is None:
+            yield
+            return
+        fcntl.flock(self._writers, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._writers, fcntl.LOCK_UN)
 
     def notify(self, conn: sqlite3.Connection) -> None:
         """Nothing to send: idle workers watch PRAGMA data_version instead."""
@@ -230,6 +256,17 @@ def _statements(script: str) -> Iterator[str]:
         raise MigrationFailed(
             f"migration ends with an incomplete statement: {buffer.strip()[:60]!r}"
         )
+
+
+def _open_writer_lock(path: Path) -> int | None:
+    """The lock file writers queue on (`<database>.lock`, 0600 like the database), or None
+    where it cannot be made (a read-only directory): SQLite's own wait serves there."""
+    try:
+        return os.open(
+            path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+    except OSError:
+        return None
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
