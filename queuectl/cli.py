@@ -116,6 +116,7 @@ class App:
     def close(self) -> None:
         if self._queue is not None:
             self._queue.store.close()
+            self._queue = None
 
 
 pass_app = click.make_pass_decorator(App)
@@ -1061,20 +1062,27 @@ def worker_run_cmd(
             from .spool import Spool
 
             Spool(spool_dir, queue.store).close()  # an unsafe spool stops us here, once
+        url = queue.store.url
         supervisor = Supervisor(
-            queue.store.url,
+            url,
             count,
             _passthrough(poll_interval, queues, drain),
             log=lambda line: click.echo(line, err=True),
             spool=spool_dir.absolute() if spool_dir else None,
+            # A forked child shows this process's environment in /proc, where `worker
+            # stop` checks which store a worker serves: fork only where that tells true.
+            fork=os.environ.get("QUEUECTL_DATABASE_URL", url) == url,
         )
         before = queue.drain_counts() if drain else None
         if drain:
             _warn_empty_queues(queue, queues)
-        with _signals(supervisor.forward), _scheduler(queue.store.url, drain):
-            code = supervisor.run()
+        app.close()  # no connection may cross the fork that starts the children
+        with _signals(supervisor.forward):
+            supervisor.start()  # before the scheduler's thread: forked, one thread
+            with _scheduler(url, drain):
+                code = supervisor.run()
         if before is not None and code == 0:
-            _drain_summary(queue, before, fail_on_dead=fail_on_dead)
+            _drain_summary(app.queue(), before, fail_on_dead=fail_on_dead)
         sys.exit(code)
 
     from .runner import Runner

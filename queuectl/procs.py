@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 FALLBACK_POLL_S = 0.05  # where pidfd_open is missing (macOS)
 KILL_GRACE_S = 3.0  # between SIGTERM and SIGKILL of a job's process group
@@ -79,9 +80,18 @@ def pidfd(pid: int) -> int | None:
         return None
 
 
-def wait_exited(
-    procs: Sequence[subprocess.Popen[bytes]], wake: WakePipe, timeout: float | None
-) -> list[subprocess.Popen[bytes]]:
+class Child(Protocol):
+    """What waiting on a child needs: a Popen, or a worker forked by the Supervisor."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+
+C = TypeVar("C", bound=Child)
+
+
+def wait_exited(procs: Sequence[C], wake: WakePipe, timeout: float | None) -> list[C]:
     """Wait until one of `procs` exits, the pipe is woken, or `timeout` passes.
 
     Returns the processes that have exited (and are reaped).

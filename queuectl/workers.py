@@ -14,10 +14,11 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import procs
 from .errors import QueuectlError
@@ -101,10 +102,57 @@ def _watch_parent(supervisor: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+class ForkedChild:
+    """A worker forked from the Supervisor, with the part of Popen's interface it uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+
+def _run_forked(args: list[str], env: dict[str, str]) -> NoReturn:
+    """In a forked child: be `queuectl ARGS` as a fresh process would, then exit."""
+    code = 1
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        from .cli import cli
+
+        cli.main(args=args, prog_name="queuectl")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
 @dataclass
 class _Child:
     command: list[str]
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | ForkedChild
     started: float
     crashes: int = 0
     early_crashes: int = 0
@@ -121,7 +169,14 @@ class Supervisor:
     """
 
     def __init__(
-        self, url: str, count: int, options: Sequence[str], log: Log, spool: Path | None = None
+        self,
+        url: str,
+        count: int,
+        options: Sequence[str],
+        log: Log,
+        spool: Path | None = None,
+        *,
+        fork: bool = False,
     ) -> None:
         self.commands = [worker_command(options)] * count
         self.spool_command = None
@@ -141,6 +196,7 @@ class Supervisor:
         self.children: list[_Child] = []
         self.stopping = False
         self.failed = False
+        self.fork = fork
         self._wake = procs.WakePipe()
 
     def forward(self, signum: int) -> None:
@@ -152,9 +208,14 @@ class Supervisor:
                 child.proc.send_signal(signum)
         self._wake.wake()
 
+    def start(self) -> None:
+        """Start every child (run() does, if it was not called first)."""
+        self.children = [_Child(c, self._spawn(c), time.monotonic()) for c in self.commands]
+
     def run(self) -> int:
         """Run until every child has exited; 0 when all exited cleanly."""
-        self.children = [_Child(c, self._spawn(c), time.monotonic()) for c in self.commands]
+        if not self.children:
+            self.start()
         while True:
             running = [
                 c for c in self.children if c.proc.returncode is None and c.restart_at is None
@@ -171,8 +232,8 @@ class Supervisor:
                 timeout = max(0.0, min(c.restart_at or 0 for c in pending) - time.monotonic())
             procs.wait_exited([c.proc for c in running], self._wake, timeout)
             for child in running:
-                if child.proc.returncode is not None:
-                    self._exited(child)
+                if (code := child.proc.returncode) is not None:
+                    self._exited(child, code)
             for child in pending:
                 if self.stopping:
                     child.restart_at = None
@@ -181,14 +242,29 @@ class Supervisor:
                     child.proc, child.restart_at = self._spawn(child.command), None
                     child.started = time.monotonic()
 
-    def _spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
-        # Our own interpreter and fixed arguments. Spawned from the supervisor's main
-        # thread: the children's parent-death signal (bind_to_supervisor) fires when the
-        # thread that forked them exits, which must be when the supervisor does.
+    def _spawn(self, command: list[str]) -> subprocess.Popen[bytes] | ForkedChild:
+        """A child running `command`, spawned from the supervisor's main thread: the
+        children's parent-death signal (bind_to_supervisor) fires when the thread that
+        forked them exits, which must be when the supervisor does.
+
+        Forked, where it is safe, rather than a fresh interpreter: a fork skips starting
+        Python and importing queuectl again (about half of a short `--drain`). Safe means
+        the caller said no store connection is open (SQLite and libpq connections must
+        never cross a fork) and this process has no other thread (a lock another thread
+        held at the fork would stay held in the child forever); a restart while the
+        scheduler thread runs starts a fresh interpreter.
+        """
+        if self.fork and hasattr(os, "fork") and threading.active_count() == 1:
+            sys.stdout.flush()
+            sys.stderr.flush()  # else the child would print what was buffered again
+            pid = os.fork()
+            if pid == 0:
+                self._wake.close()
+                _run_forked(command[4:], self.env)  # after [python, -P, -m, queuectl]
+            return ForkedChild(pid)
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, env=self.env)  # noqa: S603
 
-    def _exited(self, child: _Child) -> None:
-        code = child.proc.returncode
+    def _exited(self, child: _Child, code: int) -> None:
         if code == 0 or self.stopping:
             # A repeated SIGTERM can land after a child restored its default handler on
             # the way out; it asked for what the child was already doing.
