@@ -80,6 +80,32 @@ def pidfd(pid: int) -> int | None:
         return None
 
 
+class Spawned:
+    """A child started without subprocess (posix_spawn, fork), with the part of Popen's
+    interface queuectl uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        while self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+
 class Child(Protocol):
     """What waiting on a child needs: a Popen, or a worker forked by the Supervisor."""
 
@@ -141,7 +167,7 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def kill_group(proc: subprocess.Popen[bytes], grace_s: float = KILL_GRACE_S) -> None:
+def kill_group(proc: subprocess.Popen[bytes] | Spawned, grace_s: float = KILL_GRACE_S) -> None:
     """SIGTERM the process group led by `proc`, then SIGKILL it after `grace_s`; reap `proc`."""
     _term_group(proc.pid, grace_s, proc.poll)  # reaping the leader stops it counting as a member
     proc.wait()

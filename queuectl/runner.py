@@ -43,6 +43,7 @@ from .models import (
     worker_namespace,
 )
 from .paths import job_log_path, logs_dir, open_regular
+from .spawn import spawn
 from .store import Store, Transition, open_store
 
 Clock = Callable[[], datetime]
@@ -387,15 +388,7 @@ class Runner:
                 self._lease_renewed + self.config.lease_ms / 1000, job.id, self.worker_id
             )
         try:
-            proc = subprocess.Popen(  # noqa: S603 - running the job's command is the point
-                args,
-                stdin=self._devnull,
-                stdout=log_fd,
-                stderr=log_fd,
-                cwd=job.cwd,
-                env=env,
-                start_new_session=True,  # its own group: timeouts kill it all
-            )
+            proc = spawn(args, env, job.cwd, self._devnull, log_fd)
         except OSError as exc:
             if watchdog is not None:
                 watchdog.disarm()
@@ -456,7 +449,7 @@ class Runner:
 
     def _wait(
         self,
-        proc: subprocess.Popen[bytes],
+        proc: subprocess.Popen[bytes] | procs.Spawned,
         timeout_ms: int,
         cap: CappedLog,
         *,
@@ -489,12 +482,12 @@ class Runner:
                 procs.kill_group(proc)
                 return Attempt(None, reason)
             wait_s = min(deadline - now, lease_left, cap.check())
-            if procs.wait_exited([proc], self._wake, max(0.0, wait_s) + 0.001):
-                if proc.returncode < 0 and procs.lease_clock() > self._lease_renewed + lease_s:
-                    return Attempt(
-                        None, lapsed
-                    )  # killed by the watchdog while this worker was stopped
-                return Attempt.from_returncode(proc.returncode, shell=shell)
+            procs.wait_exited([proc], self._wake, max(0.0, wait_s) + 0.001)
+            if (code := proc.returncode) is not None:
+                if code < 0 and procs.lease_clock() > self._lease_renewed + lease_s:
+                    # killed by the watchdog while this worker was stopped
+                    return Attempt(None, lapsed)
+                return Attempt.from_returncode(code, shell=shell)
             if self._stopping and not self._stop_announced:
                 self._stop_announced = True
                 self.log(

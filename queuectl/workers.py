@@ -102,25 +102,6 @@ def _watch_parent(supervisor: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-class ForkedChild:
-    """A worker forked from the Supervisor, with the part of Popen's interface it uses."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def send_signal(self, sig: int) -> None:
-        if self.returncode is None:
-            os.kill(self.pid, sig)
-
-
 def _run_forked(args: list[str], env: dict[str, str]) -> NoReturn:
     """In a forked child: be `queuectl ARGS` as a fresh process would, then exit."""
     code = 1
@@ -152,7 +133,7 @@ def _run_forked(args: list[str], env: dict[str, str]) -> NoReturn:
 @dataclass
 class _Child:
     command: list[str]
-    proc: subprocess.Popen[bytes] | ForkedChild
+    proc: subprocess.Popen[bytes] | procs.Spawned
     started: float
     crashes: int = 0
     early_crashes: int = 0
@@ -242,7 +223,7 @@ class Supervisor:
                     child.proc, child.restart_at = self._spawn(child.command), None
                     child.started = time.monotonic()
 
-    def _spawn(self, command: list[str]) -> subprocess.Popen[bytes] | ForkedChild:
+    def _spawn(self, command: list[str]) -> subprocess.Popen[bytes] | procs.Spawned:
         """A child running `command`, spawned from the supervisor's main thread: the
         children's parent-death signal (bind_to_supervisor) fires when the thread that
         forked them exits, which must be when the supervisor does.
@@ -261,7 +242,7 @@ class Supervisor:
             if pid == 0:
                 self._wake.close()
                 _run_forked(command[4:], self.env)  # after [python, -P, -m, queuectl]
-            return ForkedChild(pid)
+            return procs.Spawned(pid)
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, env=self.env)  # noqa: S603
 
     def _exited(self, child: _Child, code: int) -> None:

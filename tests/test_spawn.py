@@ -1,0 +1,101 @@
+"""Starting a job's process: glibc's posix_spawn gives what subprocess.Popen gave (its own
+session, stdin from /dev/null, output in the log, no other descriptor, default signals,
+the same errors), and the Popen fallback is held to the same checks. Real processes."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from queuectl.spawn import GLIBC, Glibc, spawn
+
+LIBCS = [pytest.param(GLIBC, id="posix_spawn"), pytest.param(None, id="Popen")]
+if GLIBC is None:
+    LIBCS = LIBCS[1:]
+
+PROBE = r"""
+echo "sid $(cut -d' ' -f6 /proc/$$/stat) pid $$"
+grep -E '^Sig(Ign|Blk)' /proc/$$/status
+ls /proc/$$/fd | tr '\n' ' '; echo
+read line; echo "stdin [$line] $?"
+pwd
+"""
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[int]:
+    fd = os.open(tmp_path / "job.log", os.O_RDWR | os.O_APPEND | os.O_CREAT)
+    yield fd
+    os.close(fd)
+
+
+@pytest.fixture
+def devnull() -> Iterator[int]:
+    fd = os.open(os.devnull, os.O_RDONLY)
+    yield fd
+    os.close(fd)
+
+
+def mask(line: str) -> int:
+    return int(line.split()[1], 16)
+
+
+@pytest.mark.parametrize("libc", LIBCS)
+def test_a_job_runs_in_its_own_session_with_nothing_inherited_but_its_output(
+    libc: Glibc | None, log: int, devnull: int, tmp_path: Path
+) -> None:
+    leaked = os.open(tmp_path, os.O_RDONLY)  # inheritable: only closing keeps it out
+    os.set_inheritable(leaked, True)
+    try:
+        proc = spawn(
+            ["/bin/sh", "-c", PROBE], dict(os.environ), str(tmp_path), devnull, log, libc=libc
+        )
+        assert proc.wait() == 0
+    finally:
+        os.close(leaked)
+    out = (tmp_path / "job.log").read_text().splitlines()
+    sid, pid = out[0].split()[1], out[0].split()[3]
+    assert sid == pid  # a session (and process group) of its own
+    ignored, blocked = mask(out[1]), mask(out[2])
+    assert blocked == 0
+    for sig in (13, 25, 32, 33):  # SIGPIPE, SIGXFSZ, glibc's own two
+        assert not ignored & 1 << (sig - 1), (sig, out[1])
+    assert out[3].split() == ["0", "1", "2"]
+    assert out[4] == "stdin [] 1"  # /dev/null: at its end at once
+    assert out[5] == str(tmp_path)
+
+
+@pytest.mark.parametrize("libc", LIBCS)
+def test_errors_name_the_directory_or_the_command_as_popen_does(
+    libc: Glibc | None, log: int, devnull: int, tmp_path: Path
+) -> None:
+    env = dict(os.environ)
+    with pytest.raises(FileNotFoundError) as missing_dir:
+        spawn(["true"], env, str(tmp_path / "gone"), devnull, log, libc=libc)
+    assert missing_dir.value.filename == str(tmp_path / "gone")
+    with pytest.raises(FileNotFoundError) as missing_cmd:
+        spawn(["no-such-command-here"], env, str(tmp_path), devnull, log, libc=libc)
+    assert missing_cmd.value.filename == "no-such-command-here"
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\n")
+    with pytest.raises(PermissionError):
+        spawn(["./not-executable"], env, str(tmp_path), devnull, log, libc=libc)
+
+
+@pytest.mark.parametrize("libc", LIBCS)
+def test_commands_are_found_on_the_jobs_own_path_and_relative_to_its_directory(
+    libc: Glibc | None, log: int, devnull: int, tmp_path: Path
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "only-in-the-jobs-path"
+    tool.write_text("#!/bin/sh\necho found on PATH\n")
+    tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    assert spawn([tool.name], env, None, devnull, log, libc=libc).wait() == 0
+    assert spawn(["./bin/" + tool.name], env, str(tmp_path), devnull, log, libc=libc).wait() == 0
+    assert (tmp_path / "job.log").read_text() == "found on PATH\n" * 2
