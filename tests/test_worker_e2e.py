@@ -321,17 +321,28 @@ def test_detached_workers_start_work_and_stop(
 def test_stop_waits_for_the_running_job(
     tmp_path: Path, run: Run, enqueue: Callable[..., str], show: Any, workers: Workers
 ) -> None:
-    started, finished = tmp_path / "started", tmp_path / "finished"
-    first = enqueue(f"touch {q(started)}; sleep 2; touch {q(finished)}", "--priority", "1")
+    started, release, finished = (tmp_path / name for name in ("started", "release", "finished"))
+    # The first job runs until the test releases it: the stop lands while it runs, however
+    # long `worker stop` takes to start on a loaded machine.
+    hold = f"while [ ! -e {q(release)} ]; do sleep 0.02; done"
+    first = enqueue(f"touch {q(started)}; {hold}; touch {q(finished)}", "--priority", "1")
     second = enqueue(f"touch {q(tmp_path / 'second')}")
     assert run("worker", "start", "--count", "1").returncode == 0
     wait_for(started.exists, timeout=15, what="the first job to start")
     assert show(first)["state"] == "processing"
 
-    result = run("worker", "stop", "--timeout", "30")
+    stop = subprocess.Popen(
+        [QUEUECTL, "worker", "stop", "--timeout", "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: "stopping: job" in workers.output(), what="the worker to take the stop")
+    release.touch()
+    out, err = stop.communicate(timeout=60)
 
-    assert result.returncode == 0, result.stderr + workers.output()
-    assert result.stdout.strip() == "stopped 1 worker(s)"
+    assert stop.returncode == 0, err + workers.output()
+    assert out.strip() == "stopped 1 worker(s)"
     assert finished.exists()
     job = show(first)
     assert (job["state"], job["exit_code"]) == ("completed", 0)
