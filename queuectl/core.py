@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import itertools
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -43,12 +44,13 @@ from .models import (
     worker_host_pid,
     worker_is_local,
 )
-from .paths import job_log_path, open_log
+from .paths import job_log_path, logs_dir, open_log
 from .schedules import Timetable, due_slots, format_in_zone, jitter_for, run_id
 from .store import NewSchedule, Store, Tick, redact_url
 
 Clock = Callable[[], datetime]
 PRUNE_BATCH = 500  # jobs deleted per write: a claim waits for none of them long
+LOG_SWEEP_AGE = timedelta(hours=1)  # a log this long untouched is no running job's
 LOG_CHUNK_BYTES = 64 * 1024  # `logs` streams: memory stays flat whatever the log's size
 FOLLOW_POLL_S = 0.2
 
@@ -699,6 +701,35 @@ class Queue:
                 f"nothing deleted: {'; '.join(problems)} (only ended jobs that no waiting job "
                 "needs can be deleted)"
             )
+
+    def sweep_logs(self, *, older_than: timedelta = LOG_SWEEP_AGE) -> list[str]:
+        """Delete this host's log files of jobs no longer in the store, untouched for
+        `older_than`; the ids. A job's log lives on the host that ran it, and a job pruned
+        or deleted by a process on another host (PostgreSQL) leaves it there; so does a
+        process that died between deleting a job and its log."""
+        cutoff = (self.clock() - older_than).timestamp()
+        directory = logs_dir()
+        found: dict[str, str] = {}
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                job_id = entry.name.removeprefix("job-").removesuffix(".log")
+                if (
+                    len(job_id) + 8 == len(entry.name)
+                    and entry.is_file(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_mtime < cutoff
+                ):
+                    found[job_id] = entry.path
+        swept = []
+        ids = list(found)
+        for start in range(0, len(ids), PRUNE_BATCH):
+            chunk = ids[start : start + PRUNE_BATCH]
+            kept = self.store.get_jobs(chunk)
+            for job_id in chunk:
+                if job_id not in kept:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(found[job_id])
+                    swept.append(job_id)
+        return swept
 
     def _delete(self, job_ids: Sequence[str]) -> list[str]:
         deleted = self.store.delete_jobs(job_ids)

@@ -29,6 +29,7 @@ CHANGE_CHECK_S = 0.5  # a new or resumed schedule is picked up this soon
 ERROR_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)  # a failing tick is retried ever slower, never dropped
 JOIN_TIMEOUT_S = 10.0
 PRUNE_EVERY = timedelta(minutes=1)  # one batch of 500 per state: 720,000 jobs a day
+SWEEP_EVERY = timedelta(hours=1)  # reads the whole logs directory: rarely
 
 
 class Scheduler:
@@ -41,6 +42,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._store: Store | None = None
         self._prune_at: datetime | None = None  # the first pass prunes
+        self._sweep_at: datetime | None = None
 
     def stop(self) -> None:
         """Return from run() at once (after the tick in progress). Safe from a signal handler."""
@@ -67,7 +69,8 @@ class Scheduler:
         return min(RESCAN_S, max(0.0, (next_tick - self.clock()).total_seconds()))
 
     def _prune(self, queue: Queue) -> None:
-        """Once a minute, delete a batch of each state's jobs past their keep_*_days."""
+        """Once a minute, delete a batch of each state's jobs past their keep_*_days; once
+        an hour, the log files on this host of jobs deleted elsewhere."""
         now = self.clock()
         if self._prune_at is not None and now < self._prune_at:
             return
@@ -76,6 +79,10 @@ class Scheduler:
         if any(pruned.values()):
             counts = ", ".join(f"{state.value} {len(ids)}" for state, ids in pruned.items() if ids)
             self.log(f"pruned ended jobs past their keep_*_days: {counts}")
+        if self._sweep_at is None or now >= self._sweep_at:
+            self._sweep_at = now + SWEEP_EVERY
+            if swept := queue.sweep_logs():
+                self.log(f"deleted {len(swept)} log file(s) of jobs no longer in the store")
 
     def run(self) -> None:
         """Tick at every slot until stopped. A failing tick is logged and tried again."""

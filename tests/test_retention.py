@@ -4,6 +4,7 @@ on both stores, and through the CLI with real log files."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,28 @@ def test_prune_through_the_cli_deletes_the_jobs_and_their_log_files(
     assert run("delete", "b").stdout == "b\n"
     assert not (logs / "job-b.log").exists()
     assert json.loads(run("list").stdout) == []
+
+
+def test_sweep_deletes_old_logs_of_jobs_gone_from_the_store_and_nothing_else(
+    store: Store, clock: FakeClock, home: Path
+) -> None:
+    """A job pruned by a process on another host leaves its log on the host that ran it:
+    the sweep finds such logs by their job's absence, once untouched for an hour."""
+    queue = Queue(store, clock=clock)
+    ended(store, clock, "kept", JobState.COMPLETED)
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    now = clock().timestamp()
+    for name in ("job-kept.log", "job-gone.log", "job-gone-recently.log", "workers.log"):
+        (logs / name).write_text("output\n")
+        touched = now - (60 if name == "job-gone-recently.log" else 3700)
+        os.utime(logs / name, (touched, touched))
+    (logs / "job-a-directory.log").mkdir()
+
+    assert queue.sweep_logs() == ["gone"]
+    assert sorted(p.name for p in logs.iterdir()) == [
+        "job-a-directory.log",
+        "job-gone-recently.log",
+        "job-kept.log",
+        "workers.log",
+    ]
