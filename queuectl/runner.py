@@ -182,6 +182,7 @@ class Runner:
         self._logs = logs_dir()
         self._environ = dict(os.environ)  # copied once: decoding os.environ per job costs
         self._devnull = os.open(os.devnull, os.O_RDONLY)  # every job's stdin, opened once
+        self._claimed: tuple[Job, str, float] | None = None  # claimed with the last result
 
     # -- control (safe from signal handlers) ---------------------------------------
 
@@ -225,7 +226,9 @@ class Runner:
         beat = threading.Thread(target=self._heartbeat_loop, args=(beat_stop,), daemon=True)
         beat.start()
         try:
-            while not self._stopping:
+            # A job claimed with the last result runs even if a stop came meanwhile: it was
+            # claimed first, as a claim and then a stop would have gone before.
+            while not self._stopping or self._claimed is not None:
                 if self.run_once():
                     continue
                 if drain and self.store.drain_blockers(self.queues, self.clock()) == 0:
@@ -241,18 +244,20 @@ class Runner:
             self.log(f"worker {self.worker_id} stopped after {self.jobs_run} job(s)")
 
     def run_once(self) -> bool:
-        """Claim and run at most one due job; True if one ran."""
+        """Claim and run at most one due job (or the one the last result claimed); True if
+        one ran."""
         self.recover_lost_jobs()
-        if self._stopping:
+        claimed, self._claimed = self._claimed, None
+        if claimed is None and not self._stopping:
+            leased = procs.lease_clock()  # before `now`: the lease runs out no sooner than this
+            now = self.clock()
+            token = secrets.token_hex(8)
+            lease_until = now + timedelta(milliseconds=self.config.lease_ms)
+            job = self.store.claim_next(self.worker_id, self.queues, now, lease_until, token)
+            claimed = (job, token, leased) if job is not None else None
+        if claimed is None:
             return False
-        leased = procs.lease_clock()  # before `now`: the lease runs out no sooner than this
-        now = self.clock()
-        token = secrets.token_hex(8)
-        lease_until = now + timedelta(milliseconds=self.config.lease_ms)
-        job = self.store.claim_next(self.worker_id, self.queues, now, lease_until, token)
-        if job is None:
-            return False
-        self._lease_renewed = leased
+        job, token, self._lease_renewed = claimed
         if (late := past_deadline(job, self.clock())) is not None:  # no attempt starts now
             outcome = Transition(JobState.DEAD, job.attempts, self.clock(), None, late, None)
             if self.store.finish(job.id, token, outcome, self.clock()):
@@ -275,6 +280,7 @@ class Runner:
     def _record(
         self, job: Job, token: str, attempt: Attempt, tail: str | None, took: float
     ) -> None:
+        leased = procs.lease_clock()  # before `now`, for the job claimed with this result
         now = self.clock()
         if attempt.error is None:
             outcome = Transition(JobState.COMPLETED, job.attempts, job.available_at, 0, None, tail)
@@ -286,7 +292,23 @@ class Runner:
             outcome = failure_transition(
                 job, now, latest, exit_code=attempt.exit_code, error=attempt.error, tail=tail
             )
-        if not self.store.finish(job.id, token, outcome, now):
+        if self._stopping:
+            landed = self.store.finish(job.id, token, outcome, now)
+        else:  # the next job is claimed in the same write, as the next pass would have
+            next_token = secrets.token_hex(8)
+            landed, next_job = self.store.finish_and_claim(
+                job.id,
+                token,
+                outcome,
+                now,
+                worker_id=self.worker_id,
+                queues=self.queues,
+                lease_until=now + timedelta(milliseconds=self.config.lease_ms),
+                next_token=next_token,
+            )
+            if next_job is not None:
+                self._claimed = (next_job, next_token, leased)
+        if not landed:
             self._claim_lost(job.id, token, tail)
             return
         detail = f" ({attempt.error})" if attempt.error else ""

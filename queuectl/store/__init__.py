@@ -291,6 +291,22 @@ class Store(Protocol):
         expired_before, only if the claim's lease expired before then); else change nothing."""
         ...
 
+    def finish_and_claim(
+        self,
+        job_id: str,
+        token: str,
+        outcome: Transition,
+        now: datetime,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        lease_until: datetime,
+        next_token: str,
+    ) -> tuple[bool, Job | None]:
+        """finish(), then claim_next() for the same worker: in one write where the claim
+        cannot roll back (SQLite), which saves a transaction per job; apart elsewhere."""
+        ...
+
     def release_claim(
         self, job_id: str, token: str, output_tail: str | None, *, now: datetime
     ) -> bool:

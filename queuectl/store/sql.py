@@ -1390,7 +1390,31 @@ class SqlStore:
         lease_until: datetime,
         token: str,
     ) -> Job | None:
-        params = {
+        params = self._claim_params(worker_id, queues, now, lease_until, token)
+        op = self._claim_op(params)
+        for _ in range(CLAIM_TRIES):
+            try:
+                row = self.d.write(
+                    op,
+                    already_done=lambda conn: conn.execute(
+                        self.sql.claimed_with, params
+                    ).fetchone(),
+                    single=not self.sql.key_lock,
+                )
+            except _OverLimit:
+                continue  # another claim took the key's last slot: the next try passes it by
+            return self._job(row) if row else None
+        return None  # claims keep racing for keys: the worker tries again at its next poll
+
+    def _claim_params(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        now: datetime,
+        lease_until: datetime,
+        token: str,
+    ) -> dict[str, Any]:
+        return {
             "worker_id": worker_id,
             "token": token,
             "now": self.d.time(now),
@@ -1398,6 +1422,7 @@ class SqlStore:
             "queues": self._ids(queues) if queues else None,
         }
 
+    def _claim_op(self, params: dict[str, Any]) -> Callable[[Conn], Any]:
         def op(conn: Conn) -> Any:
             row = conn.execute(self.sql.claim_next, params).fetchone()
             if row is None or row["concurrency_key"] is None or not self.sql.key_lock:
@@ -1413,19 +1438,29 @@ class SqlStore:
                 raise _OverLimit
             return row
 
-        for _ in range(CLAIM_TRIES):
-            try:
-                row = self.d.write(
-                    op,
-                    already_done=lambda conn: conn.execute(
-                        self.sql.claimed_with, params
-                    ).fetchone(),
-                    single=not self.sql.key_lock,
-                )
-            except _OverLimit:
-                continue  # another claim took the key's last slot: the next try passes it by
-            return self._job(row) if row else None
-        return None  # claims keep racing for keys: the worker tries again at its next poll
+        return op
+
+    def finish_and_claim(
+        self,
+        job_id: str,
+        token: str,
+        outcome: Transition,
+        now: datetime,
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        lease_until: datetime,
+        next_token: str,
+    ) -> tuple[bool, Job | None]:
+        if self.sql.key_lock:  # a claim that may roll back over a key's limit stands alone
+            landed = self.finish(job_id, token, outcome, now)
+            return landed, self.claim_next(worker_id, queues, now, lease_until, next_token)
+        finish = self._finish_op(
+            job_id, outcome, now, self._finish_params(job_id, token, outcome, now)
+        )
+        claim = self._claim_op(self._claim_params(worker_id, queues, now, lease_until, next_token))
+        landed, row = self.d.write(lambda conn: (finish(conn), claim(conn)))
+        return bool(landed), self._job(row) if row else None
 
     def finish(
         self,
@@ -1436,18 +1471,8 @@ class SqlStore:
         *,
         expired_before: datetime | None = None,
     ) -> bool:
-        params = {
-            "expired_before": self.d.time(expired_before),
-            "job_id": job_id,
-            "token": token,
-            "state": outcome.state.value,
-            "attempts": outcome.attempts,
-            "available_at": self.d.time(outcome.available_at),
-            "exit_code": outcome.exit_code,
-            "last_error": outcome.last_error,
-            "output_tail": outcome.output_tail,
-            "now": self.d.time(now),
-        }
+        params = self._finish_params(job_id, token, outcome, now, expired_before)
+        op = self._finish_op(job_id, outcome, now, params)
 
         def done(conn: Conn) -> bool | None:
             # The outcome is there, written at this very instant, claim dropped: it was ours.
@@ -1461,13 +1486,39 @@ class SqlStore:
             )
             return True if landed else None
 
+        return bool(self.d.write(op, already_done=done))
+
+    def _finish_params(
+        self,
+        job_id: str,
+        token: str,
+        outcome: Transition,
+        now: datetime,
+        expired_before: datetime | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "expired_before": self.d.time(expired_before),
+            "job_id": job_id,
+            "token": token,
+            "state": outcome.state.value,
+            "attempts": outcome.attempts,
+            "available_at": self.d.time(outcome.available_at),
+            "exit_code": outcome.exit_code,
+            "last_error": outcome.last_error,
+            "output_tail": outcome.output_tail,
+            "now": self.d.time(now),
+        }
+
+    def _finish_op(
+        self, job_id: str, outcome: Transition, now: datetime, params: dict[str, Any]
+    ) -> Callable[[Conn], bool]:
         def op(conn: Conn) -> bool:
             row = conn.execute(self.sql.finish_job, params).fetchone()
             if row is not None and row["has_dependents"]:  # in the same write, or never
                 self._settle(conn, [(job_id, outcome.state)], now)
             return row is not None
 
-        return bool(self.d.write(op, already_done=done))
+        return op
 
     def release_claim(
         self, job_id: str, token: str, output_tail: str | None, *, now: datetime
