@@ -619,6 +619,11 @@ class Queue:
         slots = Timetable.of(schedule.spec).next_slots(self.clock(), count)
         return format_in_zone(slots, schedule.spec.timezone)
 
+    def next_run(self, schedule: Schedule) -> datetime:
+        """The first slot after the schedule's last tick: its next run when schedulers keep
+        ticking, in the past when none has for a while (metrics alert on that)."""
+        return Timetable.of(schedule.spec).next_slots(schedule.last_tick_at, 1)[0]
+
     def next_tick_at(self) -> datetime | None:
         """When the earliest active schedule next needs a tick; None when none is active."""
         return self.store.next_tick_at()
