@@ -179,6 +179,25 @@ SELECT schedules.*,
 """
 
 
+_PAGE_ALL = """
+SELECT * FROM jobs
+ WHERE (:queue{{text}} IS NULL OR queue = :queue) AND {{labels_match}} {after}
+ ORDER BY created_at DESC, id DESC LIMIT :limit{{int}}
+"""
+_PAGE_ENDED = """
+SELECT * FROM jobs {{finished_order}}
+ WHERE state IN ('completed', 'dead', 'canceled') AND state = :state
+   AND (:queue{{text}} IS NULL OR queue = :queue) AND {{labels_match}} {after}
+ ORDER BY state DESC, finished_at DESC, id DESC LIMIT :limit{{int}}
+"""
+_PAGE_WAITING = """
+SELECT * FROM jobs
+ WHERE state = :state
+   AND (:queue{{text}} IS NULL OR queue = :queue) AND {{labels_match}} {after}
+ ORDER BY state, available_at, id LIMIT :limit{{int}}
+"""
+
+
 class _LostRace(Exception):
     """Another scheduler ticked one of a batch's schedules: the batch is undone."""
 
@@ -567,27 +586,19 @@ SELECT available_at FROM jobs
 """
     # Pages for the dashboard, each walking an index from a keyset cursor (never OFFSET):
     # every job newest first; ended jobs by when they ended, newest first; waiting and
-    # running ones in the order they became due.
-    page_all: str = """
-SELECT * FROM jobs
- WHERE (:after_id{text} IS NULL OR (created_at, id) < (:after_key{time}, :after_id))
-   AND (:queue{text} IS NULL OR queue = :queue) AND {labels_match}
- ORDER BY created_at DESC, id DESC LIMIT :limit{int}
-"""
-    page_ended: str = """
-SELECT * FROM jobs {finished_order}
- WHERE state IN ('completed', 'dead', 'canceled') AND state = :state
-   AND (:after_id{text} IS NULL OR (finished_at, id) < (:after_key{time}, :after_id))
-   AND (:queue{text} IS NULL OR queue = :queue) AND {labels_match}
- ORDER BY state DESC, finished_at DESC, id DESC LIMIT :limit{int}
-"""
-    page_waiting: str = """
-SELECT * FROM jobs
- WHERE state = :state
-   AND (:after_id{text} IS NULL OR (available_at, id) > (:after_key{time}, :after_id))
-   AND (:queue{text} IS NULL OR queue = :queue) AND {labels_match}
- ORDER BY state, available_at, id LIMIT :limit{int}
-"""
+    # running ones in the order they became due. A first page and a page after a cursor
+    # are two statements: an `:after IS NULL OR ...` would keep the cursor out of the
+    # index range, and a deep page would walk every page before it.
+    page_all: str = _PAGE_ALL.format(after="")
+    page_all_after: str = _PAGE_ALL.format(after="AND (created_at, id) < (:after_key, :after_id)")
+    page_ended: str = _PAGE_ENDED.format(after="")
+    page_ended_after: str = _PAGE_ENDED.format(
+        after="AND (finished_at, id) < (:after_key, :after_id)"
+    )
+    page_waiting: str = _PAGE_WAITING.format(after="")
+    page_waiting_after: str = _PAGE_WAITING.format(
+        after="AND (available_at, id) > (:after_key, :after_id)"
+    )
 
     def render(self, dialect: Dialect) -> Statements:
         """The statements in the dialect's SQL and placeholder style."""
@@ -1103,19 +1114,19 @@ class SqlStore:
         limit: int = 50,
     ) -> list[Job]:
         if state is None:
-            statement = self.sql.page_all
+            statement = self.sql.page_all_after if after else self.sql.page_all
         elif state in END_STATES:
-            statement = self.sql.page_ended
+            statement = self.sql.page_ended_after if after else self.sql.page_ended
         else:
-            statement = self.sql.page_waiting
+            statement = self.sql.page_waiting_after if after else self.sql.page_waiting
         params = {
             "state": state.value if state else None,
             "queue": queue,
             "labels": self.d.json(dict(labels or {})),
-            "after_key": self.d.time(after[0]) if after else None,
-            "after_id": after[1] if after else None,
             "limit": limit,
         }
+        if after:
+            params |= {"after_key": self.d.time(after[0]), "after_id": after[1]}
         rows = self.d.read(lambda conn: conn.execute(statement, params).fetchall())
         return [self._job(row) for row in rows]
 
