@@ -77,7 +77,7 @@ SELECT (:now / 60000 - k) * 60000, q.name, o.name, 100, 40 + k % 7, 2000
 """
 POSTGRES_RUNS = """
 INSERT INTO run_stats (minute, queue, outcome, le_ms, n, sum_ms)
-SELECT date_trunc('minute', now()) - k * interval '1 minute', q, o, 100, 40 + k %% 7, 2000
+SELECT date_trunc('minute', now()) - k * interval '1 minute', q, o, 100, 40 + k % 7, 2000
   FROM generate_series(0, 59) AS k, unnest(ARRAY['default', 'mail']) AS q,
        unnest(ARRAY['completed', 'dead']) AS o
 """
