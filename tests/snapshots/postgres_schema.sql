@@ -28,7 +28,6 @@ CREATE INDEX jobs_schedule ON jobs USING btree (schedule_id, created_at, id) WHE
 CREATE INDEX jobs_schedule_active ON jobs USING btree (schedule_id, id) WHERE ((schedule_id IS NOT NULL) AND (state = ANY (ARRAY['pending'::text, 'processing'::text, 'failed'::text])))
 CREATE INDEX jobs_state_available ON jobs USING btree (state, available_at, id)
 CREATE INDEX jobs_stopping ON jobs USING btree (id) WHERE ((state = 'canceled'::text) AND (lease_token IS NOT NULL))
-CREATE INDEX run_stats_minute ON run_stats USING btree (minute)
 CREATE INDEX schedules_due ON schedules USING btree (next_slot_at) WHERE (suspended = false)
 CREATE INDEX spool_files_ingested ON spool_files USING btree (ingested_at)
 CREATE UNIQUE INDEX config_pkey ON config USING btree (key)
