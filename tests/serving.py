@@ -36,14 +36,19 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 def fill(home: Path) -> None:
     """A dead job whose output, command and label are markup; a completed one; one pending
-    an hour from now; a schedule. Run by a real worker, so the log is a real file."""
+    till 2100; a schedule. Run by a real worker, so the log is a real file."""
     env = env_for(home)
-    cli(env, "enqueue", f"echo '{XSS}'; exit 3", "--id", XSS_ID, "--max-retries", "0",
-        "--label", f"tag={XSS_LABEL}")  # fmt: skip
-    cli(env, "enqueue", "echo done", "--id", "done-job")
-    cli(env, "enqueue", "true", "--id", "later-job", "--delay", "1h")
-    schedule = {"id": "nightly", "command": "true", "schedule": {"every": "1h"}}
-    cli(env, "enqueue", json.dumps(schedule))
+    specs = [
+        {"id": XSS_ID, "command": f"echo '{XSS}'; exit 3", "max_retries": 0,
+         "labels": {"tag": XSS_LABEL}},
+        {"id": "done-job", "command": "echo done"},
+        {"id": "later-job", "command": "true", "run_at": "2100-01-01T00:00:00Z"},
+        {"id": "nightly", "command": "true", "schedule": {"every": "1h"}},
+    ]  # fmt: skip
+    subprocess.run(
+        [QUEUECTL, "enqueue", "-"], input=json.dumps(specs), env=env, capture_output=True,
+        text=True, timeout=60, check=True,
+    )  # fmt: skip
     cli(env, "worker", "run", "--drain", "--count", "1", "--poll-interval", "50")
 
 

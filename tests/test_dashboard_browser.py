@@ -19,7 +19,7 @@ import pytest
 
 from .serving import TOKEN, XSS, XSS_ID, XSS_LABEL, fill, request, serving
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("dashboard")]  # one browser per run
 
 BROWSER_ARGS = [
     "--no-sandbox",

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from .conftest import QUEUECTL
 from .serving import TOKEN, XSS, XSS_ID, XSS_LABEL, env_for, fill, request, serving
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("serve")]  # one server per run
 
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 ANY_HOST = "0.0.0.0"  # noqa: S104 (refused, never bound)
@@ -48,7 +48,8 @@ def test_every_endpoint_answers_json_or_metrics(url: str) -> None:
     assert status == 200 and XSS in body["text"] and body["origin"] == "file"
     page = request(url + "api/jobs?limit=2")[1]
     rest = request(url + f"api/jobs?limit=2&cursor={page['next']}")[1]
-    assert [j["id"] for j in page["jobs"] + rest["jobs"]] == ["later-job", "done-job", XSS_ID]
+    # one batch, one instant: newest first means by id, descending
+    assert [j["id"] for j in page["jobs"] + rest["jobs"]] == [XSS_ID, "later-job", "done-job"]
     assert request(url + "api/dlq")[1]["jobs"][0]["id"] == XSS_ID
     schedules = request(url + "api/schedules")[1]["schedules"]
     assert schedules[0]["id"] == "nightly" and len(schedules[0]["next_slots"]) == 5

@@ -252,6 +252,13 @@ class Handler(BaseHTTPRequestHandler):
             reply = route(self.server.queue())
         except QueuectlError as exc:
             reply = api.error_reply(exc)
+        except Exception:
+            # A bug: the client gets a JSON 500, the operator the traceback on stderr.
+            self.server.handle_error(self.request, self.client_address)
+            reply = api.Reply(
+                500,
+                {"error": {"status": 500, "category": "failed", "message": "internal error"}},
+            )
         self.send_json(reply)
 
     def answer_metrics(self) -> None:
