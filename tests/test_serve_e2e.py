@@ -152,3 +152,14 @@ def test_a_port_in_use_is_one_line(home: Path, url: str) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith(f"Error: cannot listen on 127.0.0.1:{port}: ")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_beyond_loopback_every_read_needs_the_token_too(home: Path) -> None:
+    with serving(home, "--host", ANY_HOST) as found:
+        url = found.replace(ANY_HOST, "127.0.0.1")
+        assert request(url + "api/status")[0] == 401
+        assert request(url + "metrics")[0] == 401
+        assert request(url + "api/status", headers=BEARER)[0] == 200
+        assert request(url + "metrics", headers=BEARER)[0] == 200
+        assert request(url + "healthz")[0] == 200  # for load balancers and HEALTHCHECKs
+        assert request(url)[0] == 200  # the page, which then asks for the token
