@@ -578,11 +578,10 @@ SELECT :epoch{time}, queue, outcome, le_ms, sum(n), sum(sum_ms) FROM run_stats
     forget_run_minutes: str = """
 DELETE FROM run_stats WHERE minute > :epoch{time} AND minute < :before
 """
-    # The index on (state, available_at, id) in order: the first due job of the queue.
+    # The first entry of the queue in the index of pending jobs by queue (migration 0012).
     oldest_due: str = """
-SELECT available_at FROM jobs
- WHERE state = 'pending' AND queue = :queue AND available_at <= :now
- ORDER BY available_at, id LIMIT 1
+SELECT min(available_at) AS available_at FROM jobs
+ WHERE state = 'pending' AND waiting = 0 AND queue = :queue AND available_at <= :now
 """
     # Pages for the dashboard, each walking an index from a keyset cursor (never OFFSET):
     # every job newest first; ended jobs by when they ended, newest first; waiting and
@@ -1102,7 +1101,7 @@ class SqlStore:
     def oldest_due(self, queue: str, now: datetime) -> datetime | None:
         params = {"queue": queue, "now": self.d.time(now)}
         row = self.d.read(lambda conn: conn.execute(self.sql.oldest_due, params).fetchone())
-        return self.d.instant(row["available_at"]) if row else None
+        return self.d.instant(row["available_at"]) if row and row["available_at"] else None
 
     def page_jobs(
         self,

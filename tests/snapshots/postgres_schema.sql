@@ -24,6 +24,7 @@ CREATE INDEX jobs_claim_order ON jobs USING btree (priority DESC, created_at, id
 CREATE INDEX jobs_concurrency ON jobs USING btree (concurrency_key) WHERE ((lease_token IS NOT NULL) AND (concurrency_key IS NOT NULL))
 CREATE INDEX jobs_created ON jobs USING btree (created_at, id)
 CREATE INDEX jobs_finished ON jobs USING btree (state, finished_at, id) WHERE (state = ANY (ARRAY['completed'::text, 'dead'::text, 'canceled'::text]))
+CREATE INDEX jobs_pending_queue ON jobs USING btree (queue, available_at) WHERE ((state = 'pending'::text) AND (waiting = 0))
 CREATE INDEX jobs_schedule ON jobs USING btree (schedule_id, created_at, id) WHERE (schedule_id IS NOT NULL)
 CREATE INDEX jobs_schedule_active ON jobs USING btree (schedule_id, id) WHERE ((schedule_id IS NOT NULL) AND (state = ANY (ARRAY['pending'::text, 'processing'::text, 'failed'::text])))
 CREATE INDEX jobs_state_available ON jobs USING btree (state, available_at, id)

@@ -8,6 +8,7 @@ CREATE INDEX jobs_concurrency ON jobs (concurrency_key)
 CREATE INDEX jobs_created ON jobs (created_at, id);
 CREATE INDEX jobs_finished ON jobs (state, finished_at, id)
     WHERE state IN ('completed', 'dead', 'canceled');
+CREATE INDEX jobs_pending_queue ON jobs (queue, available_at) WHERE state = 'pending' AND waiting = 0;
 CREATE INDEX jobs_schedule ON jobs (schedule_id, created_at, id) WHERE schedule_id IS NOT NULL;
 CREATE INDEX jobs_schedule_active ON jobs (schedule_id, id)
     WHERE schedule_id IS NOT NULL AND state IN ('pending', 'processing', 'failed');

@@ -95,3 +95,9 @@ END $$;
 -- gains the id, so ties need no sort, and no write maintains one more index.
 DROP INDEX jobs_state_available;
 CREATE INDEX jobs_state_available ON jobs (state, available_at, id);
+
+-- 4. queuectl_queue_oldest_pending_age_seconds{queue}: the first due job of each queue,
+-- read from this index whatever the other queues hold (walking the index above, a queue
+-- behind another's backlog of a million would be a walk of a million). It holds only the
+-- jobs that wait for nothing but their time: an enqueue adds an entry, a claim removes it.
+CREATE INDEX jobs_pending_queue ON jobs (queue, available_at) WHERE state = 'pending' AND waiting = 0;
