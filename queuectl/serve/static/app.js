@@ -254,21 +254,26 @@ async function route() {
   }
 }
 
-async function start() {
-  const form = document.getElementById("token-form");
-  form.addEventListener("submit", event => {
-    event.preventDefault();
-    sessionStorage.setItem("queuectl-token", document.getElementById("token").value);
-    route();
-  });
+async function refreshMode(form) {
   try {
     const status = await api("status");
     actions = status.actions;
     form.hidden = !actions;
     document.getElementById("mode").textContent = actions ? "actions allowed (with the token)" : "read-only";
   } catch (error) {
-    if (error.status === 401) form.hidden = false;
+    if (error.status === 401) form.hidden = false;  // beyond loopback, reads need the token too
   }
+}
+
+async function start() {
+  const form = document.getElementById("token-form");
+  form.addEventListener("submit", async event => {
+    event.preventDefault();
+    sessionStorage.setItem("queuectl-token", document.getElementById("token").value);
+    await refreshMode(form);
+    await route();
+  });
+  await refreshMode(form);
   window.addEventListener("hashchange", route);
   await route();
   document.body.dataset.ready = "1";
