@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -499,6 +500,105 @@ def status_cmd(app: App, fmt: str) -> None:
             fmt,
             ("id", "pid", "host", "started_at", "heartbeat_at", "current_job"),
         )
+
+
+@cli.command(name="metrics")
+@pass_app
+def metrics_cmd(app: App) -> None:
+    """Print the store's metrics in the Prometheus text format.
+
+    Counts per queue and state, live workers, the age of the oldest due pending job
+    per queue, attempts ended (a counter per queue and outcome, and a duration
+    histogram) and, per schedule, its next run, last success, missed slots and
+    whether it is overdue. Counters live in the store: every host reads the same.
+
+    \b
+    Example:
+        queuectl metrics > /var/lib/node_exporter/queuectl.prom
+    """
+    from .metrics import exposition
+
+    click.echo(exposition(app.queue()).decode(), nl=False)
+
+
+MIN_TOKEN_CHARS = 16
+
+
+@cli.command(name="serve")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Anything but loopback needs QUEUECTL_SERVE_TOKEN.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8470,
+    show_default=True,
+    help="Port to listen on (0: any free port). The URL is printed on stderr.",
+)
+@click.option(
+    "--allow-actions",
+    is_flag=True,
+    help="Allow retry, cancel, pause, resume and trigger, each with the token.",
+)
+@pass_app
+def serve_cmd(app: App, host: str, port: int, allow_actions: bool) -> None:
+    """Serve /metrics, /healthz, a JSON API under /api/ and a dashboard at /.
+
+    Read-only unless started with --allow-actions, which needs a token in the
+    environment variable QUEUECTL_SERVE_TOKEN (16 characters or more); every
+    state-changing request must carry it as `Authorization: Bearer TOKEN`. Binding
+    an address other than loopback needs the token too, and then every API read
+    and /metrics need it as well. Runs until SIGTERM or Ctrl-C.
+
+    \b
+    Examples:
+        queuectl serve
+        QUEUECTL_SERVE_TOKEN=$(openssl rand -hex 32) queuectl serve --allow-actions
+    """
+    from .serve import ServeOptions, is_loopback, make_server
+
+    token = os.environ.get("QUEUECTL_SERVE_TOKEN") or None
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise UsageFailure(
+            f"QUEUECTL_SERVE_TOKEN has {len(token)} characters: use {MIN_TOKEN_CHARS} or more "
+            "(e.g. `openssl rand -hex 32`)"
+        )
+    if allow_actions and token is None:
+        raise UsageFailure(
+            "--allow-actions needs a token: set QUEUECTL_SERVE_TOKEN (e.g. to the output of "
+            "`openssl rand -hex 32`)"
+        )
+    if not is_loopback(host) and token is None:
+        raise UsageFailure(
+            f"--host {host} is not a loopback address: set QUEUECTL_SERVE_TOKEN to serve "
+            "beyond this machine, or bind 127.0.0.1"
+        )
+    options = ServeOptions(app.url, host, port, allow_actions=allow_actions, token=token)
+    try:
+        server = make_server(options)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}: choose another --port "
+            "(0 picks a free one) or stop what holds it"
+        ) from None
+    mode = "actions allowed with the token" if allow_actions else "read-only"
+    click.echo(f"queuectl serve: listening on {server.url} ({mode})", err=True)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        # shutdown() waits for serve_forever to return: not from the thread running it.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.server_close()
 
 
 @cli.command(name="cancel")

@@ -178,6 +178,7 @@ KEYS: dict[str, Key] = {
 OTHER_ENV_NAMES = frozenset(
     {
         "QUEUECTL_HOME",
+        "QUEUECTL_SERVE_TOKEN",
         "QUEUECTL_DATABASE_URL",
         "QUEUECTL_JOB_ID",
         "QUEUECTL_ATTEMPT",

@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -25,6 +25,7 @@ from .errors import (
 )
 from .logcap import read_chunks, resume_after_rewrite
 from .models import (
+    END_STATES,
     INLINE,
     NEED_MET_BY,
     Job,
@@ -46,7 +47,7 @@ from .models import (
 )
 from .paths import job_log_path, logs_dir, open_log
 from .schedules import Timetable, due_slots, format_in_zone, jitter_for, run_id
-from .store import NewSchedule, Store, Tick, redact_url
+from .store import NewSchedule, RunCount, Store, Tick, redact_url
 
 Clock = Callable[[], datetime]
 PRUNE_BATCH = 500  # jobs deleted per write: a claim waits for none of them long
@@ -161,6 +162,49 @@ class DrainCounts:
         # max: a `dlq purge` during the drain must not make a count negative
         completed = max(0, self.completed - before.completed)
         return DrainCounts(completed, max(0, self.dead - before.dead), self.failed)
+
+
+LOG_TAIL_BYTES = 64 * 1024  # what the dashboard shows of a log
+RUN_OUTCOMES = ("completed", "failed", "dead")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+RUN_MINUTES_KEPT = timedelta(hours=2)  # per-minute attempt counters older than this fold
+
+
+@dataclass(frozen=True)
+class LogTail:
+    """The end of a job's output; `origin` is where it was read ("file", "store", "none")."""
+
+    text: str
+    origin: Literal["file", "store", "none"]
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of jobs and the cursor of the next (None: this was the last)."""
+
+    jobs: list[Job]
+    next: str | None
+
+
+def page_key(job: Job, state: JobState | None) -> datetime:
+    """The instant a page of `state` is sorted by (see Queue.page)."""
+    if state is None:
+        return job.created_at
+    if state in END_STATES and job.finished_at is not None:
+        return job.finished_at
+    return job.available_at
+
+
+def make_cursor(key: datetime, job_id: str) -> str:
+    return f"{(key - EPOCH) // timedelta(microseconds=1)}:{job_id}"
+
+
+def parse_cursor(cursor: str) -> tuple[datetime, str]:
+    micros, sep, job_id = cursor.partition(":")
+    if not sep or not micros.isdigit() or not job_id or len(micros) > 18:
+        raise UsageProblem(f"cursor {cursor!r} is not one a page gave: start from the first page")
+    return EPOCH + timedelta(microseconds=int(micros)), job_id
 
 
 class Queue:
@@ -476,6 +520,81 @@ class Queue:
             if log is not None:
                 log.close()
 
+    def log_tail(self, job_id: str, max_bytes: int = LOG_TAIL_BYTES) -> LogTail:
+        """The end of the job's output (at most `max_bytes`, from a line start): the local
+        log file if this machine has it, else the tail kept in the store."""
+        job = self.get(job_id)
+        log = open_log(job_log_path(job_id))
+        if log is None:
+            tail = job.output_tail or ""
+            return LogTail(tail[-max_bytes:], "store" if tail else "none", len(tail) > max_bytes)
+        with log:
+            size = log.seek(0, 2)
+            start = max(0, size - max_bytes)
+            log.seek(start)
+            data = log.read(max_bytes)
+        if start:
+            data = data[data.find(b"\n") + 1 :]  # from a whole line
+        return LogTail(data.decode("utf-8", errors="replace"), "file", start > 0)
+
+    # -- observability (SPEC 15) -------------------------------------------------------
+
+    def counts_by_queue(self) -> dict[tuple[str, JobState], int]:
+        """Jobs per (queue, state), from counters: never a count of the jobs table."""
+        return self.store.count_by_queue()
+
+    def run_totals(self) -> list[RunCount]:
+        """Every attempt ever ended, per queue, outcome and duration bucket."""
+        return self.store.run_totals()
+
+    def oldest_due(self, queues: Iterable[str]) -> dict[str, datetime]:
+        """Per queue, when its longest-waiting due pending job became due (queues with none
+        left out)."""
+        now = self.clock()
+        found = {queue: self.store.oldest_due(queue, now) for queue in queues}
+        return {queue: at for queue, at in found.items() if at is not None}
+
+    def throughput(self, minutes: int = 60) -> list[dict[str, Any]]:
+        """Attempts ended in each of the last `minutes` minutes (the current one last), by
+        outcome."""
+        now = self.clock()
+        last = now.replace(second=0, microsecond=0)
+        first = last - timedelta(minutes=minutes - 1)
+        rows: dict[datetime, dict[str, Any]] = {
+            first + timedelta(minutes=i): {"minute": format_time(first + timedelta(minutes=i))}
+            | dict.fromkeys(RUN_OUTCOMES, 0)
+            for i in range(minutes)
+        }
+        for minute, outcome, n in self.store.runs_per_minute(first):
+            row = rows.get(minute)
+            if row is not None and outcome in RUN_OUTCOMES:
+                row[outcome] += n
+        return list(rows.values())
+
+    def page(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> Page:
+        """One page of jobs, through an index from `cursor` (the `next` of the page before):
+        every job newest first; ended ones by when they ended, newest first; waiting and
+        running ones by when they are due, oldest first.
+
+        :raises UsageProblem: the cursor is not one a page gave.
+        """
+        after = None if cursor is None else parse_cursor(cursor)
+        jobs = self.store.page_jobs(
+            state=state, queue=queue, labels=labels, after=after, limit=limit + 1
+        )
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        next_cursor = make_cursor(page_key(jobs[-1], state), jobs[-1].id) if more else None
+        return Page(jobs, next_cursor)
+
     # -- schedules -----------------------------------------------------------------
 
     def add_schedules(
@@ -504,6 +623,11 @@ class Queue:
         """The next `count` slots after now, as RFC 3339 instants in the schedule's zone."""
         slots = Timetable.of(schedule.spec).next_slots(self.clock(), count)
         return format_in_zone(slots, schedule.spec.timezone)
+
+    def next_run(self, schedule: Schedule) -> datetime:
+        """The first slot after the schedule's last tick: its next run when schedulers keep
+        ticking, in the past when none has for a while (metrics alert on that)."""
+        return Timetable.of(schedule.spec).next_slots(schedule.last_tick_at, 1)[0]
 
     def next_tick_at(self) -> datetime | None:
         """When the earliest active schedule next needs a tick; None when none is active."""
@@ -661,6 +785,8 @@ class Queue:
         settled."""
         config = self.config()
         now = self.clock()
+        if not dry_run:  # housekeeping of the attempt counters too (migration 0012)
+            self.store.fold_run_stats(now - RUN_MINUTES_KEPT)
         pruned: dict[JobState, list[str]] = {}
         for state in states:
             keep_ms = older_than_ms

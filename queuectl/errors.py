@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+# What kind of failure an error is, for callers that are not the CLI (the HTTP API maps
+# each to a status: 400, 404, 409, 503, 500). The CLI needs only usage vs the rest.
+Category = Literal["usage", "invalid", "not_found", "conflict", "unavailable", "failed"]
 
 
 def first_few(items: Sequence[str], limit: int = 10) -> str:
@@ -17,11 +22,22 @@ def first_few(items: Sequence[str], limit: int = 10) -> str:
 
 
 class QueuectlError(Exception):
-    """An operation failed; the message says why and what to do."""
+    """An operation failed; the message says why and what to do.
+
+    `category` says what sort of failure it is and `data` what it was about (a job id, a
+    state), so an API can answer with a status and fields, not only the wording."""
+
+    category: ClassVar[Category] = "failed"
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {}
 
 
 class UsageProblem(QueuectlError):
     """The command was called with a value it cannot accept (exit code 2)."""
+
+    category: ClassVar[Category] = "usage"
 
 
 class ConfigInvalid(UsageProblem):
@@ -29,8 +45,15 @@ class ConfigInvalid(UsageProblem):
 
 
 class JobNotFound(QueuectlError):
+    category: ClassVar[Category] = "not_found"
+
     def __init__(self, job_id: str, message: str | None = None) -> None:
+        self.job_id = job_id
         super().__init__(message or f"job {job_id!r} not found: check the id with `queuectl list`")
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"job_id": self.job_id}
 
     @classmethod
     def while_waiting(cls, job_id: str) -> JobNotFound:
@@ -42,10 +65,17 @@ class JobNotFound(QueuectlError):
 
 
 class ScheduleNotFound(QueuectlError):
+    category: ClassVar[Category] = "not_found"
+
     def __init__(self, schedule_id: str) -> None:
+        self.schedule_id = schedule_id
         super().__init__(
             f"schedule {schedule_id!r} not found: check the id with `queuectl schedule list`"
         )
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"schedule_id": self.schedule_id}
 
 
 class WaitTimedOut(QueuectlError):
@@ -53,11 +83,26 @@ class WaitTimedOut(QueuectlError):
 
 
 class InvalidState(QueuectlError):
-    """The job is not in a state that allows the operation."""
+    """The job is not in a state that allows the operation (`job_id` and its `state`, when
+    one job is meant)."""
+
+    category: ClassVar[Category] = "conflict"
+
+    def __init__(
+        self, message: str, *, job_id: str | None = None, state: str | None = None
+    ) -> None:
+        self.job_id, self.state = job_id, state
+        super().__init__(message)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "state": self.state} if self.job_id else {}
 
 
 class JobConflict(QueuectlError):
     """A job with this id exists with a different spec."""
+
+    category: ClassVar[Category] = "conflict"
 
 
 class UnknownNeed(QueuectlError):
@@ -86,6 +131,8 @@ class NeedsCycle(QueuectlError):
 class ConcurrentChange(QueuectlError):
     """A job changed between planning and applying; nothing was written."""
 
+    category: ClassVar[Category] = "conflict"
+
 
 class NotRegularFile(QueuectlError):
     """Something other than a regular file stands at a path where queuectl keeps one (a
@@ -99,6 +146,8 @@ class NotRegularFile(QueuectlError):
 
 class StoreError(QueuectlError):
     """The store cannot be opened or used."""
+
+    category: ClassVar[Category] = "unavailable"
 
 
 class StoreReplaced(StoreError):
@@ -150,6 +199,8 @@ def one_line(text: str) -> str:
 
 class SpecInvalid(QueuectlError):
     """One or more job specs broke the schema; `problems` lists every one."""
+
+    category: ClassVar[Category] = "invalid"
 
     def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems = list(problems)

@@ -219,3 +219,58 @@ def test_postgres_counts_stay_right_through_folds(pg_url: str, clock: FakeClock)
     filled.pop("dead")
     assert store.count_by_state() == expected_counts(filled)
     store.close()
+
+
+# -- 0012: counts per queue and state, rebuilt from the jobs ---------------------------------
+
+ROWS_0011 = [
+    ("a1", "default", "pending"),
+    ("a2", "default", "completed"),
+    ("b1", "mail", "completed"),
+    ("b2", "mail", "completed"),
+    ("b3", "mail", "dead"),
+]
+COUNTS_0012 = {
+    ("default", JobState.PENDING): 1,
+    ("default", JobState.COMPLETED): 1,
+    ("mail", JobState.COMPLETED): 2,
+    ("mail", JobState.DEAD): 1,
+}
+
+
+def test_0012_counts_a_sqlite_store_s_jobs_per_queue(db_path: Path) -> None:
+    with sqlite3.connect(db_path, isolation_level=None) as conn:
+        for number, script in migrations("sqlite")[:11]:
+            conn.executescript(script.read_text())
+            conn.execute(f"PRAGMA user_version = {number}")
+        for job_id, queue, state in ROWS_0011:
+            conn.execute(
+                "INSERT INTO jobs (id, command, max_retries, queue, state, created_at, updated_at,"
+                " available_at, spec_hash) VALUES (?, '\"true\"', 3, ?, ?, 1, 1, 1, 'h')",
+                (job_id, queue, state),
+            )
+    store = open_store(f"sqlite:///{db_path}")
+    assert store.count_by_queue() == COUNTS_0012
+    assert store.count_by_state()[JobState.COMPLETED] == 3
+    store.close()
+
+
+def test_0012_counts_a_postgres_store_s_jobs_per_queue(pg_url: str) -> None:
+    pg(pg_url, "CREATE TABLE queuectl_schema (version integer NOT NULL)")
+    pg(pg_url, "INSERT INTO queuectl_schema (version) VALUES (0)")
+    for number, script in migrations("postgres")[:11]:
+        pg(pg_url, script.read_text())
+        pg(pg_url, "UPDATE queuectl_schema SET version = %s", number)
+    for job_id, queue, state in ROWS_0011:
+        pg(
+            pg_url,
+            "INSERT INTO jobs (id, command, max_retries, queue, state, created_at, updated_at,"
+            " available_at, spec_hash) VALUES (%s, '\"true\"', 3, %s, %s, now(), now(), now(),"
+            " 'h')",
+            job_id,
+            queue,
+            state,
+        )
+    store = open_store(pg_url)
+    assert store.count_by_queue() == COUNTS_0012
+    store.close()

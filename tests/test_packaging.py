@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 import venv
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import yaml
 
 from queuectl.cli import cli
 
-from .conftest import QUEUECTL
+from .conftest import QUEUECTL, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -252,7 +253,16 @@ def test_wheel_installs_and_runs_in_a_fresh_venv_without_dev_dependencies(tmp_pa
         text=True,
     ).stdout
     names = {p["name"].lower() for p in json.loads(installed)}
-    assert {"queuectl", "click", "pyyaml", "jsonschema", "watchdog", "cronsim", "tzdata"} <= names
+    assert {
+        "queuectl",
+        "click",
+        "pyyaml",
+        "jsonschema",
+        "watchdog",
+        "cronsim",
+        "tzdata",
+        "prometheus_client",
+    } <= names
     assert not names & {"pytest", "ruff", "mypy", "hypothesis", "psycopg"}, names
 
     home = tmp_path / "home"
@@ -280,3 +290,25 @@ def test_wheel_installs_and_runs_in_a_fresh_venv_without_dev_dependencies(tmp_pa
     job = json.loads(queuectl("show", "w1").stdout)
     assert job["state"] == "completed"
     assert "\nfrom the wheel\n" in queuectl("logs", "w1").stdout
+
+    # The dashboard's files ship in the wheel: the installed `serve` serves them.
+    log = tmp_path / "serve.err"
+    with log.open("w") as err:
+        server = subprocess.Popen(
+            [bin_dir / "queuectl", "serve", "--port", "0"], env=env, cwd=tmp_path, stderr=err
+        )
+    try:
+        found = wait_for(
+            lambda: re.search(r"listening on (http://\S+)", log.read_text()), what="serve"
+        )
+        for path, needle in [
+            ("", b"/static/app.js"),
+            ("static/app.js", b"textContent"),
+            ("static/app.css", b"--accent"),
+            ("metrics", b'queuectl_jobs{queue="default",state="completed"} 1.0'),
+        ]:
+            with urllib.request.urlopen(found.group(1) + path, timeout=30) as response:  # noqa: S310
+                assert needle in response.read(), path
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -108,6 +108,18 @@ class Tick:
 
 
 @dataclass(frozen=True)
+class RunCount:
+    """Attempts of one queue that ended one way (`outcome`: completed, failed or dead) in
+    one duration bucket (`le_ms`, its upper bound; -1 for +Inf), and their total duration."""
+
+    queue: str
+    outcome: str
+    le_ms: int
+    n: int
+    sum_ms: int
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     stop_requested: bool
     claim_held: bool  # False when the current job's claim was taken over or canceled
@@ -200,6 +212,40 @@ class Store(Protocol):
     def delete_jobs(self, job_ids: Sequence[str]) -> list[str]:
         """Delete those of the jobs that are still deletable (see deletable_jobs), with
         their needs edges; return the ids that are gone."""
+        ...
+
+    # observability (SPEC 15): counters kept by triggers, pages read through indexes
+    def count_by_queue(self) -> dict[tuple[str, JobState], int]:
+        """Jobs per (queue, state) that has or had any."""
+        ...
+
+    def run_totals(self) -> list[RunCount]:
+        """Every attempt that ended, ever (they outlive pruned jobs), summed per bucket."""
+        ...
+
+    def runs_per_minute(self, since: datetime) -> list[tuple[datetime, str, int]]:
+        """(minute, outcome, attempts) for each minute since `since` that had any."""
+        ...
+
+    def fold_run_stats(self, before: datetime) -> None:
+        """Fold the per-minute attempt counters of minutes before `before` together."""
+        ...
+
+    def oldest_due(self, queue: str, now: datetime) -> datetime | None:
+        """When the longest-waiting due pending job of `queue` became due."""
+        ...
+
+    def page_jobs(
+        self,
+        *,
+        state: JobState | None,
+        queue: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        """One page of jobs after a keyset cursor (sort key, id): every job newest first;
+        ended ones by finished_at, newest first; others by available_at, oldest first."""
         ...
 
     # schedules
@@ -431,17 +477,24 @@ def schedule_conflict(schedule_id: str, source: Source) -> JobConflict:
 def not_cancelable(job_id: str, state: str) -> InvalidState:
     if state == "processing":
         return InvalidState(
-            f"job {job_id!r} is processing: use `queuectl cancel --kill {job_id}` to stop it"
+            f"job {job_id!r} is processing: use `queuectl cancel --kill {job_id}` to stop it",
+            job_id=job_id,
+            state=state,
         )
     return InvalidState(
         f"job {job_id!r} is {state}: only pending, failed or (with --kill) processing jobs "
-        "can be canceled"
+        "can be canceled",
+        job_id=job_id,
+        state=state,
     )
 
 
 def not_dead(job_id: str, state: str) -> InvalidState:
     return InvalidState(
-        f"job {job_id!r} is {state}, not dead: `dlq retry` takes jobs listed by `queuectl dlq list`"
+        f"job {job_id!r} is {state}, not dead: `dlq retry` takes jobs listed by "
+        "`queuectl dlq list`",
+        job_id=job_id,
+        state=state,
     )
 
 

@@ -56,6 +56,7 @@ FRAGMENTS = {
     "for_update": "FOR UPDATE",
     "finished_order": "",
     "fold_counts": "SELECT queuectl_fold_job_counts()",
+    "merge_run_stats": "",  # appended; queuectl_fold_job_counts() merges (migration 0012)
 }
 
 

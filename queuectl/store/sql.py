@@ -19,7 +19,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -50,6 +50,7 @@ from . import (
     Change,
     Heartbeat,
     NewSchedule,
+    RunCount,
     ScheduleChange,
     SpoolFile,
     Tick,
@@ -69,6 +70,7 @@ T = TypeVar("T")
 Conn = Any  # a sqlite3 or psycopg connection: execute(sql, params) -> cursor
 MIGRATIONS = Path(__file__).parent / "migrations"
 FOLD_AFTER_ROWS = 1000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # run_stats rows of minutes folded together
 
 
 class Dialect(Protocol):
@@ -144,6 +146,7 @@ class Dialect(Protocol):
 #   {for_update}   a row lock held to the commit (PostgreSQL; SQLite has one writer)
 #   {key_lock}     a lock on a concurrency key held to the commit (PostgreSQL)
 #   {fold_counts}  folding the job counters' deltas (PostgreSQL: see migration 0006)
+#   {merge_run_stats}  adding a folded row to one with its key (SQLite; PostgreSQL appends)
 
 
 _LIST_JOBS = """
@@ -173,6 +176,25 @@ SELECT schedules.*,
          WHERE jobs.schedule_id = schedules.id AND schedule_id IS NOT NULL
            AND state IN ('pending', 'processing', 'failed')) AS active_run
   FROM schedules WHERE {where}
+"""
+
+
+_PAGE_ALL = """
+SELECT * FROM jobs
+ WHERE (:queue{{text}} IS NULL OR queue = :queue) AND {{labels_match}} {after}
+ ORDER BY created_at DESC, id DESC LIMIT :limit{{int}}
+"""
+_PAGE_ENDED = """
+SELECT * FROM jobs {{finished_order}}
+ WHERE state IN ('completed', 'dead', 'canceled') AND state = :state
+   AND (:queue{{text}} IS NULL OR queue = :queue) AND {{labels_match}} {after}
+ ORDER BY state DESC, finished_at DESC, id DESC LIMIT :limit{{int}}
+"""
+_PAGE_WAITING = """
+SELECT * FROM jobs
+ WHERE state = :state
+   AND (:queue{{text}} IS NULL OR queue = :queue) AND {{labels_match}} {after}
+ ORDER BY state, available_at, id LIMIT :limit{{int}}
 """
 
 
@@ -532,6 +554,50 @@ UPDATE schedules SET last_tick_at = :tick_at, missed = missed + :missed,
  WHERE id = :id AND last_tick_at = :last_tick_at AND spec_hash = :spec_hash
    AND suspended = FALSE
 """
+
+    # -- observability (SPEC 15): counters kept by triggers (migration 0012) --
+    count_by_queue: str = """
+SELECT queue, state, sum(n) AS n FROM job_counts GROUP BY queue, state ORDER BY queue, state
+"""
+    run_totals: str = """
+SELECT queue, outcome, le_ms, sum(n) AS n, sum(sum_ms) AS sum_ms FROM run_stats
+ GROUP BY queue, outcome, le_ms ORDER BY queue, outcome, le_ms
+"""
+    runs_per_minute: str = """
+SELECT minute, outcome, sum(n) AS n FROM run_stats WHERE minute >= :since
+ GROUP BY minute, outcome ORDER BY minute, outcome
+"""
+    # Minutes too old for the dashboard's hour fold into one row per key, at the epoch.
+    fold_run_minutes: str = """
+INSERT INTO run_stats (minute, queue, outcome, le_ms, n, sum_ms)
+SELECT :epoch{time}, queue, outcome, le_ms, sum(n), sum(sum_ms) FROM run_stats
+ WHERE minute > :epoch{time} AND minute < :before
+ GROUP BY queue, outcome, le_ms
+{merge_run_stats}
+"""
+    forget_run_minutes: str = """
+DELETE FROM run_stats WHERE minute > :epoch{time} AND minute < :before
+"""
+    # The first entry of the queue in the index of pending jobs by queue (migration 0012).
+    oldest_due: str = """
+SELECT min(available_at) AS available_at FROM jobs
+ WHERE state = 'pending' AND waiting = 0 AND queue = :queue AND available_at <= :now
+"""
+    # Pages for the dashboard, each walking an index from a keyset cursor (never OFFSET):
+    # every job newest first; ended jobs by when they ended, newest first; waiting and
+    # running ones in the order they became due. A first page and a page after a cursor
+    # are two statements: an `:after IS NULL OR ...` would keep the cursor out of the
+    # index range, and a deep page would walk every page before it.
+    page_all: str = _PAGE_ALL.format(after="")
+    page_all_after: str = _PAGE_ALL.format(after="AND (created_at, id) < (:after_key, :after_id)")
+    page_ended: str = _PAGE_ENDED.format(after="")
+    page_ended_after: str = _PAGE_ENDED.format(
+        after="AND (finished_at, id) < (:after_key, :after_id)"
+    )
+    page_waiting: str = _PAGE_WAITING.format(after="")
+    page_waiting_after: str = _PAGE_WAITING.format(
+        after="AND (available_at, id) > (:after_key, :after_id)"
+    )
 
     def render(self, dialect: Dialect) -> Statements:
         """The statements in the dialect's SQL and placeholder style."""
@@ -1002,6 +1068,66 @@ class SqlStore:
     def queue_names(self) -> list[str]:
         rows = self.d.read(lambda conn: conn.execute(self.sql.queue_names).fetchall())
         return [str(row["queue"]) for row in rows]
+
+    # -- observability (SPEC 15) ------------------------------------------------------
+
+    def count_by_queue(self) -> dict[tuple[str, JobState], int]:
+        rows = self.d.read(lambda conn: conn.execute(self.sql.count_by_queue).fetchall())
+        return {(row["queue"], JobState(row["state"])): int(row["n"]) for row in rows}
+
+    def run_totals(self) -> list[RunCount]:
+        rows = self.d.read(lambda conn: conn.execute(self.sql.run_totals).fetchall())
+        return [
+            RunCount(
+                row["queue"], row["outcome"], int(row["le_ms"]), int(row["n"]), int(row["sum_ms"])
+            )
+            for row in rows
+        ]
+
+    def runs_per_minute(self, since: datetime) -> list[tuple[datetime, str, int]]:
+        params = {"since": self.d.time(since)}
+        rows = self.d.read(lambda conn: conn.execute(self.sql.runs_per_minute, params).fetchall())
+        return [(self._required(row["minute"]), row["outcome"], int(row["n"])) for row in rows]
+
+    def fold_run_stats(self, before: datetime) -> None:
+        params = {"epoch": self.d.time(EPOCH), "before": self.d.time(before)}
+
+        def op(conn: Conn) -> None:
+            conn.execute(self.sql.fold_run_minutes, params)
+            conn.execute(self.sql.forget_run_minutes, params)
+
+        self.d.write(op)  # replay-safe: a second fold of folded minutes finds none
+
+    def oldest_due(self, queue: str, now: datetime) -> datetime | None:
+        params = {"queue": queue, "now": self.d.time(now)}
+        row = self.d.read(lambda conn: conn.execute(self.sql.oldest_due, params).fetchone())
+        return self.d.instant(row["available_at"]) if row and row["available_at"] else None
+
+    def page_jobs(
+        self,
+        *,
+        state: JobState | None,
+        queue: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        if state is None:
+            statement = self.sql.page_all_after if after else self.sql.page_all
+        elif state in END_STATES:
+            statement = self.sql.page_ended_after if after else self.sql.page_ended
+        else:
+            statement = self.sql.page_waiting_after if after else self.sql.page_waiting
+        params = {
+            "state": state.value if state else None,
+            "queue": queue,
+            "labels": self.d.json(dict(labels or {})),
+            "limit": limit,
+        }
+        if after:
+            params |= {"after_key": self.d.time(after[0]), "after_id": after[1]}
+        rows = self.d.read(lambda conn: conn.execute(statement, params).fetchall())
+        return [self._job(row) for row in rows]
 
     def count_by_state(self) -> dict[JobState, int]:
         counts = dict.fromkeys(JobState, 0)

@@ -52,6 +52,8 @@ FRAGMENTS = {
     "for_update": "",  # one writer at a time: nothing to lock
     "finished_order": "INDEXED BY jobs_finished",
     "fold_counts": "",  # triggers keep one counter row per state (migration 0004)
+    "merge_run_stats": """ON CONFLICT (minute, queue, outcome, le_ms)
+        DO UPDATE SET n = n + excluded.n, sum_ms = sum_ms + excluded.sum_ms""",
 }
 
 
