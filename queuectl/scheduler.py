@@ -28,7 +28,8 @@ RESCAN_S = 5.0
 CHANGE_CHECK_S = 0.5  # a new or resumed schedule is picked up this soon
 ERROR_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)  # a failing tick is retried ever slower, never dropped
 JOIN_TIMEOUT_S = 10.0
-PRUNE_EVERY = timedelta(minutes=1)  # one batch of 500 per state: 720,000 jobs a day
+PRUNE_EVERY = timedelta(minutes=1)
+PRUNE_BATCHES = 10  # per state and pass: 10 x 200 a minute is 2,880,000 jobs a day
 SWEEP_EVERY = timedelta(hours=1)  # reads the whole logs directory: rarely
 
 
@@ -69,13 +70,13 @@ class Scheduler:
         return min(RESCAN_S, max(0.0, (next_tick - self.clock()).total_seconds()))
 
     def _prune(self, queue: Queue) -> None:
-        """Once a minute, delete a batch of each state's jobs past their keep_*_days; once
+        """Once a minute, delete a few batches of each state's jobs past their keep_*_days; once
         an hour, the log files on this host of jobs deleted elsewhere."""
         now = self.clock()
         if self._prune_at is not None and now < self._prune_at:
             return
         self._prune_at = now + PRUNE_EVERY
-        pruned = queue.prune(max_batches=1)
+        pruned = queue.prune(max_batches=PRUNE_BATCHES)
         if any(pruned.values()):
             counts = ", ".join(f"{state.value} {len(ids)}" for state, ids in pruned.items() if ids)
             self.log(f"pruned ended jobs past their keep_*_days: {counts}")

@@ -55,6 +55,7 @@ FRAGMENTS = {
     "key_lock": "SELECT pg_advisory_xact_lock(hashtext(:key))",
     "for_update": "FOR UPDATE",
     "finished_order": "",
+    "by_id_only": "",
     "fold_counts": "SELECT queuectl_fold_job_counts()",
     "merge_run_stats": "",  # appended; queuectl_fold_job_counts() merges (migration 0012)
 }

@@ -307,7 +307,7 @@ SELECT id FROM jobs {finished_order}
 """
     delete_jobs: str = """
 DELETE FROM jobs
- WHERE id IN ({each}(:ids{json})) AND state IN ('completed', 'dead', 'canceled')
+ WHERE id IN ({each}(:ids{json})) AND {by_id_only}state IN ('completed', 'dead', 'canceled')
    AND lease_token IS NULL
    AND NOT EXISTS (SELECT 1 FROM job_needs AS edge JOIN jobs AS child ON child.id = edge.job_id
                     WHERE edge.need_id = jobs.id

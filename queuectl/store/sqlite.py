@@ -51,6 +51,9 @@ FRAGMENTS = {
     "key_lock": "",  # one writer at a time: a claim's count of holders stands
     "for_update": "",  # one writer at a time: nothing to lock
     "finished_order": "INDEXED BY jobs_finished",
+    # Unary + keeps a column out of index choice: without statistics SQLite would find a
+    # batch of ids to delete by walking every ended job through jobs_finished.
+    "by_id_only": "+",
     "fold_counts": "",  # triggers keep one counter row per state (migration 0004)
     "merge_run_stats": """ON CONFLICT (minute, queue, outcome, le_ms)
         DO UPDATE SET n = n + excluded.n, sum_ms = sum_ms + excluded.sum_ms""",
