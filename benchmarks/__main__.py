@@ -21,6 +21,7 @@ from .harness import (
     BenchSkipped,
     bench_env,
     bytecode_cache,
+    deferred_removal,
     fresh_home,
     queuectl,
     require_queuectl,
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     results: list[ScenarioResult] = []
     session = time.perf_counter()
     try:
-        with bytecode_cache():
+        # Every home stays until the last scenario ends: see deferred_removal().
+        with bytecode_cache(), deferred_removal():
             warm_up()
             for scenario in selected:
                 results.append(run_scenario(scenario, settings))

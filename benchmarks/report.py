@@ -115,10 +115,15 @@ def markdown(results: list[ScenarioResult], meta: dict[str, Any]) -> str:
             lines.append(f"| {res.scenario.name} | {reason} | | | | | |")
     lines += [
         "",
-        "Each run uses a fresh QUEUECTL_HOME. Ratios are computed per run against a baseline "
+        "Each run uses a fresh QUEUECTL_HOME, removed only at the end of the session (deleting "
+        "thousands of log files slows creating files for minutes after). Ratios are computed "
+        "per run against a baseline "
         "measured in that run: `python -c pass` (interpreter start-up) for command times; for "
         "throughput the same 2,000 `/bin/sh -c true` spawns from N threads of a plain Python "
-        "loop (the floor); for idle CPU the CPU time one `python -c pass` costs. "
+        "loop, `subprocess.run` without `timeout=` (the floor; until issue 19 it passed "
+        "`timeout=`, whose polling wait halved the spawn rate and flattered every ratio), "
+        "with `os.posix_spawn` + `waitpid` beside it, each the mean of one run just before "
+        "and one just after the work; for idle CPU the CPU time one `python -c pass` costs. "
         "Spool figures poll the SQLite file read-only every 5 ms (no `queuectl` start-up in "
         "the measurement); a latency sample runs from just before the rename into place. "
         "The postgres rows measure SQLite beside PostgreSQL in the same run, each PostgreSQL "

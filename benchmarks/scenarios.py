@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import importlib.util
 import itertools
 import json
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .harness import (
     BASELINE_CMD,
@@ -57,6 +58,8 @@ from .stores import PostgresServer, SqlitePeek
 
 if TYPE_CHECKING:
     from queuectl.store import Store
+
+_T = TypeVar("_T")
 
 THROUGHPUT_WORKERS = (1, 2, 4)
 WORKER_START_TIMEOUT_S = 30.0
@@ -389,15 +392,47 @@ def run_batch(settings: Settings) -> RunResult:
 # -- 3. throughput ------------------------------------------------------------------------
 
 
-def shell_floor(jobs: int, parallel: int, timeout: float) -> float:
-    """Seconds for `jobs` runs of `/bin/sh -c true` from `parallel` threads sharing the work."""
+FLOOR_ARGV = ("/bin/sh", "-c", "true")
+FLOOR_TIMEOUT_S = 120.0  # for all of a floor's spawns together, not for each
+
+
+def _spawn_subprocess() -> None:
+    # No `timeout=`: Popen.wait(timeout) polls waitpid with sleeps from about 1 ms,
+    # doubling, so it notices each exit late and roughly halves the spawn rate on 2 cores
+    # (issue 19). Without it, wait() blocks in waitpid and returns at the exit.
+    subprocess.run(FLOOR_ARGV, check=True)
+
+
+def _spawn_posix() -> None:
+    pid = os.posix_spawn(FLOOR_ARGV[0], list(FLOOR_ARGV), os.environ)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise BenchError(f"{' '.join(FLOOR_ARGV)!r} ended with wait status {status}")
+
+
+FLOOR_SPAWNS: dict[str, Callable[[], None]] = {
+    "subprocess": _spawn_subprocess,
+    "posix_spawn": _spawn_posix,
+}
+
+
+def shell_floor(jobs: int, parallel: int, *, spawn: str = "subprocess") -> float:
+    """Seconds for `jobs` runs of `/bin/sh -c true` from `parallel` threads sharing the
+    work: `subprocess.run(...)` (the floor every throughput ratio divides by), or
+    `os.posix_spawn` + `os.waitpid` (reported beside it).
+
+    A hang is caught by the joining thread's deadline (FLOOR_TIMEOUT_S for the whole
+    floor), which costs the spawns nothing; a hung thread is a daemon, so it cannot keep
+    the session alive.
+    """
+    spawn_one = FLOOR_SPAWNS[spawn]
     counter = itertools.count()  # next() on a count is atomic under the GIL
     errors: list[BaseException] = []
 
     def work() -> None:
         try:
             while next(counter) < jobs:
-                subprocess.run(["/bin/sh", "-c", "true"], check=True, timeout=timeout)
+                spawn_one()
         except BaseException as exc:  # reported by the caller
             errors.append(exc)
 
@@ -405,14 +440,48 @@ def shell_floor(jobs: int, parallel: int, timeout: float) -> float:
     with Stopwatch() as sw:
         for t in threads:
             t.start()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + FLOOR_TIMEOUT_S
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
     if any(t.is_alive() for t in threads):
-        raise BenchError(f"the shell floor did not finish {jobs} spawns in {timeout:g} s")
+        raise BenchError(f"the {spawn} floor did not finish {jobs} spawns in {FLOOR_TIMEOUT_S:g} s")
     if errors:
-        raise BenchError(f"the shell floor failed: {errors[0]}")
+        raise BenchError(f"the {spawn} floor failed: {errors[0]}")
     return sw.seconds
+
+
+@dataclass(frozen=True)
+class Floors:
+    """The floors of one measurement, each the mean of a run just before and one just
+    after the work it is the yardstick for (so a change of load in between weighs on
+    both sides alike)."""
+
+    shell_s: float  # subprocess.run: the floor
+    posix_s: float  # os.posix_spawn + os.waitpid
+    samples: dict[str, list[float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shell_s": self.shell_s, "posix_spawn_s": self.posix_s, **self.samples}
+
+
+def bracket_floors(jobs: int, parallel: int, work: Callable[[], _T]) -> tuple[_T, Floors]:
+    """`work()` between two measurements of both floors, interleaved: one definition of
+    the floor serves every throughput figure (throughput, postgres, peers)."""
+    samples: dict[str, list[float]] = {name: [] for name in FLOOR_SPAWNS}
+
+    def measure() -> None:
+        for name in FLOOR_SPAWNS:
+            samples[name].append(shell_floor(jobs, parallel, spawn=name))
+
+    measure()
+    result = work()
+    measure()
+    floors = Floors(
+        shell_s=sum(samples["subprocess"]) / 2,
+        posix_s=sum(samples["posix_spawn"]) / 2,
+        samples={f"{name}_samples_s": values for name, values in samples.items()},
+    )
+    return result, floors
 
 
 def _drain(jobs: int, workers: int, db_url: str | None = None, **fields: object) -> Exit:
@@ -432,22 +501,27 @@ def _drain(jobs: int, workers: int, db_url: str | None = None, **fields: object)
     return result
 
 
+THROUGHPUT_TARGET = 2.2  # N=2, SQLite: time ÷ floor (issue 19: at least 0.45x the floor's rate)
+
+
 def run_throughput(settings: Settings) -> RunResult:
     """`worker run --count N --drain` over 2,000 pre-enqueued `true` jobs, vs the shell floor."""
     jobs = settings.throughput_jobs
     metrics: dict[str, float] = {}
     raw: dict[str, Any] = {"jobs": jobs}
     for workers in THROUGHPUT_WORKERS:
-        floor_s = shell_floor(jobs, workers, timeout=120)
-        result = _drain(jobs, workers)
+        result, floors = bracket_floors(jobs, workers, functools.partial(_drain, jobs, workers))
         metrics[f"jobs_per_s_{workers}"] = jobs / result.wall_s
-        metrics[f"floor_per_s_{workers}"] = jobs / floor_s
-        metrics[f"ratio_{workers}"] = result.wall_s / floor_s
+        metrics[f"floor_per_s_{workers}"] = jobs / floors.shell_s
+        metrics[f"posix_spawn_per_s_{workers}"] = jobs / floors.posix_s
+        metrics[f"ratio_{workers}"] = result.wall_s / floors.shell_s
+        metrics[f"posix_ratio_{workers}"] = result.wall_s / floors.posix_s
         raw[f"workers_{workers}"] = {
             "wall_s": result.wall_s,
             "cpu_s": result.cpu_s,  # the worker processes and every job they ran
             "cpu_ms_per_job": _ms(result.cpu_s) / jobs,
-            "floor_wall_s": floor_s,
+            "floor_wall_s": floors.shell_s,
+            "floors": floors.to_dict(),
         }
     # The claim's concurrency-key check, at a limit the 2 workers never reach: its cost.
     plain = _drain(jobs, 2)
@@ -462,10 +536,21 @@ def run_throughput(settings: Settings) -> RunResult:
 def _throughput_metrics() -> tuple[Metric, ...]:
     metrics: list[Metric] = []
     for n in THROUGHPUT_WORKERS:
+        target = THROUGHPUT_TARGET if n == 2 else None
         metrics += [
+            Metric(
+                f"floor_per_s_{n}",
+                f"floor: {n} thread(s) of `subprocess.run(sh -c true)`",
+                "jobs/s",
+            ),
+            Metric(
+                f"posix_spawn_per_s_{n}",
+                f"beside it: {n} thread(s) of `posix_spawn` + `waitpid`",
+                "jobs/s",
+            ),
             Metric(f"jobs_per_s_{n}", f"`worker run --count {n} --drain`", "jobs/s"),
-            Metric(f"floor_per_s_{n}", f"floor: {n} thread(s) of `sh -c true`", "jobs/s"),
-            Metric(f"ratio_{n}", f"N={n}: time ÷ floor", "x", 1.5 if n == 2 else None),
+            Metric(f"ratio_{n}", f"N={n}: time ÷ floor", "x", target),
+            Metric(f"posix_ratio_{n}", f"N={n}: time ÷ posix_spawn floor", "x"),
         ]
     metrics += [
         Metric("keyed_per_s_2", "N=2, every job with a concurrency_key (limit 2)", "jobs/s"),
@@ -917,10 +1002,14 @@ def run_postgres(settings: Settings) -> RunResult:
     with PostgresServer.find() as server:
         raw: dict[str, Any] = {"jobs": jobs, "server": server.display, "version": server.version}
         for n in POSTGRES_WORKERS:
-            floor_s = shell_floor(jobs, n, timeout=120)
-            lite = _drain(jobs, n)
-            with server.database() as db_url:
-                pg = _drain(jobs, n, db_url)
+
+            def both(n: int = n) -> tuple[Exit, Exit]:
+                lite = _drain(jobs, n)
+                with server.database() as db_url:
+                    return lite, _drain(jobs, n, db_url)
+
+            (lite, pg), floors = bracket_floors(jobs, n, both)
+            floor_s = floors.shell_s
             metrics[f"sqlite_jobs_per_s_{n}"] = jobs / lite.wall_s
             metrics[f"pg_jobs_per_s_{n}"] = jobs / pg.wall_s
             metrics[f"floor_per_s_{n}"] = jobs / floor_s
@@ -929,6 +1018,7 @@ def run_postgres(settings: Settings) -> RunResult:
             metrics[f"pg_vs_sqlite_{n}"] = pg.wall_s / lite.wall_s
             raw[f"workers_{n}"] = {
                 "floor_wall_s": floor_s,
+                "floors": floors.to_dict(),
                 "sqlite_wall_s": lite.wall_s,
                 "sqlite_cpu_s": lite.cpu_s,
                 "pg_wall_s": pg.wall_s,
@@ -949,11 +1039,15 @@ def run_postgres(settings: Settings) -> RunResult:
 def _postgres_metrics() -> tuple[Metric, ...]:
     metrics: list[Metric] = []
     for n in POSTGRES_WORKERS:
-        target = 1.5 if n == 2 else None
+        target = THROUGHPUT_TARGET if n == 2 else None
         metrics += [
             Metric(f"sqlite_jobs_per_s_{n}", f"N={n}: SQLite, `worker run --drain`", "jobs/s"),
             Metric(f"pg_jobs_per_s_{n}", f"N={n}: PostgreSQL, `worker run --drain`", "jobs/s"),
-            Metric(f"floor_per_s_{n}", f"N={n}: floor, {n} thread(s) of `sh -c true`", "jobs/s"),
+            Metric(
+                f"floor_per_s_{n}",
+                f"N={n}: floor, {n} thread(s) of `subprocess.run(sh -c true)`",
+                "jobs/s",
+            ),
             Metric(f"sqlite_ratio_{n}", f"N={n}: SQLite time ÷ floor", "x", target),
             Metric(f"pg_ratio_{n}", f"N={n}: PostgreSQL time ÷ floor", "x", target),
             Metric(f"pg_vs_sqlite_{n}", f"N={n}: PostgreSQL time ÷ SQLite time", "x"),
@@ -1283,10 +1377,11 @@ def run_peers(settings: Settings) -> RunResult:
     each against the shell floor measured in the same run."""
     jobs = settings.peers_jobs
     n = PEERS_WORKERS
-    floor_s = shell_floor(jobs, n, timeout=120)
-    ours = _drain(jobs, n)
+    ours, floors = bracket_floors(jobs, n, functools.partial(_drain, jobs, n))
+    floor_s = floors.shell_s
     metrics: dict[str, float] = {
         "floor_per_s": jobs / floor_s,
+        "posix_spawn_per_s": jobs / floors.posix_s,
         "queuectl_jobs_per_s": jobs / ours.wall_s,
         "queuectl_ratio": ours.wall_s / floor_s,
     }
@@ -1294,6 +1389,7 @@ def run_peers(settings: Settings) -> RunResult:
         "jobs": jobs,
         "workers": n,
         "floor_wall_s": floor_s,
+        "floors": floors.to_dict(),
         "queuectl": {"wall_s": ours.wall_s, "cpu_s": ours.cpu_s},
     }
     skipped: dict[str, str] = {}
@@ -1329,9 +1425,12 @@ def run_peers(settings: Settings) -> RunResult:
 def _peers_metrics() -> tuple[Metric, ...]:
     n = PEERS_WORKERS
     return (
-        Metric("floor_per_s", f"floor: {n} threads of `sh -c true`", "jobs/s"),
+        Metric("floor_per_s", f"floor: {n} threads of `subprocess.run(sh -c true)`", "jobs/s"),
+        Metric(
+            "posix_spawn_per_s", f"beside it: {n} threads of `posix_spawn` + `waitpid`", "jobs/s"
+        ),
         Metric("queuectl_jobs_per_s", f"queuectl `worker run --count {n} --drain`", "jobs/s"),
-        Metric("queuectl_ratio", "queuectl: time ÷ floor", "x", 1.5),
+        Metric("queuectl_ratio", "queuectl: time ÷ floor", "x", THROUGHPUT_TARGET),
         Metric(
             "huey_jobs_per_s", f"huey (SqliteHuey, `-k process -w {n}`)", "jobs/s", None, "huey"
         ),
