@@ -56,6 +56,10 @@ def format_value(value: float, unit: str) -> str:
         return f"{value:.2f} %"
     if unit == "/s":
         return f"{value:.1f} /s"
+    if unit in ("jobs", "files"):
+        return f"{value:,.0f} {unit}"
+    if unit == "MB":
+        return f"{value:,.1f} MB"
     return f"{value:g} {unit}"
 
 
