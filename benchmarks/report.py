@@ -143,6 +143,12 @@ def markdown(results: list[ScenarioResult], meta: dict[str, Any]) -> str:
         "supervisor, its workers and their watchdogs (/proc), against the same `worker run` "
         "with no schedule, in the same run; `schedule tick` is timed beside `queuectl status` "
         "on the same store (the start-up), after one UPDATE moved every last tick a day back. "
+        "The prune-scale rows (only with --only) insert completed jobs finished 10 days ago "
+        "directly, with a small log file each, then run `queuectl prune` under `worker run "
+        "--count 2` and a stream of 100 `true` jobs a second enqueued in-process; a pickup is "
+        "a stream job's started_at minus its created_at, grouped by when it was enqueued "
+        "(before the prune, during back-to-back background passes, during the prune); a "
+        "batch's write is `store.delete_jobs` timed in-process. "
         "The enqueue figure is the median of its runs' samples; p99 is nearest-rank. "
         "Child Pythons share a private bytecode cache (PYTHONPYCACHEPREFIX), as an installed "
         "package has compiled bytecode.",
