@@ -2327,6 +2327,7 @@ class _Stream:
         self.url = url
         self.period_s = 1.0 / per_s
         self.phase = "warm-up"
+        self.phase_started: list[tuple[str, float]] = [("warm-up", time.time())]
         self.sent: list[tuple[str, str, float]] = []  # (id, phase, enqueue call seconds)
         self.errors: list[BaseException] = []
         self._stop = threading.Event()
@@ -2335,6 +2336,11 @@ class _Stream:
     def __enter__(self) -> _Stream:
         self._thread.start()
         return self
+
+    def begin(self, phase: str) -> None:
+        """Jobs enqueued from now on belong to `phase`; claims from now on are in its window."""
+        self.phase_started.append((phase, time.time()))
+        self.phase = phase
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -2364,39 +2370,46 @@ class _Stream:
 
 
 def _stream_figures(url: str, stream: _Stream, timeout: float) -> dict[str, dict[str, Any]]:
-    """Per phase: pickup (created_at to started_at, the claim's delay as a job sees it),
-    the largest gap between consecutive started_at, and the enqueue call's time."""
+    """Per phase: pickup (created_at to started_at, the claim's delay as a job sees it, by
+    the phase the job was enqueued in), the largest gap between consecutive claims
+    (started_at of any stream job) while the phase lasted, and the enqueue call's time."""
+    from queuectl.models import JobState
     from queuectl.store import open_store
 
     ids = [job_id for job_id, _, _ in stream.sent]
+    unsettled = (JobState.PENDING, JobState.PROCESSING, JobState.FAILED)
     store = open_store(url)
     try:
 
-        def all_finished() -> bool:
-            jobs = store.get_jobs(ids)
-            return all(job.finished_at is not None for job in jobs.values())
+        def all_finished() -> bool:  # a count, not the jobs: cheap enough to poll
+            counts = store.count_by_state()
+            return not any(counts.get(state, 0) for state in unsettled)
 
-        wait_until(all_finished, timeout=timeout, what="every stream job to end", interval=0.2)
+        wait_until(all_finished, timeout=timeout, what="every stream job to end", interval=0.5)
         jobs = store.get_jobs(ids)
     finally:
         store.close()
+    every_start = sorted(job.started_at.timestamp() for job in jobs.values() if job.started_at)
+    bounds = [*stream.phase_started, ("end", math.inf)]
     phases: dict[str, dict[str, Any]] = {}
-    for phase in dict.fromkeys(p for _, p, _ in stream.sent):
+    for (phase, since), (_, until) in itertools.pairwise(bounds):
         mine = [(jobs[i], secs) for i, p, secs in stream.sent if p == phase]
         pickup = [
             _ms((job.started_at - job.created_at).total_seconds())
             for job, _ in mine
             if job.started_at is not None
         ]
-        starts = sorted(job.started_at.timestamp() for job, _ in mine if job.started_at)
-        gaps = [_ms(b - a) for a, b in itertools.pairwise(starts)]
+        window = [t for t in every_start if since <= t < until]
+        gaps = [_ms(b - a) for a, b in itertools.pairwise(window)]
         enqueue = [_ms(secs) for _, secs in mine]
         phases[phase] = {
             "jobs": len(mine),
+            "seconds": (until if math.isfinite(until) else window[-1] if window else since) - since,
+            "claims": len(window),
             "pickup_p50_ms": percentile(pickup, 50),
             "pickup_p99_ms": percentile(pickup, 99),
             "pickup_max_ms": max(pickup, default=math.nan),
-            "start_gap_max_ms": max(gaps, default=math.nan),
+            "claim_gap_max_ms": max(gaps, default=math.nan),
             "enqueue_p50_ms": percentile(enqueue, 50),
             "enqueue_max_ms": max(enqueue, default=math.nan),
         }
@@ -2489,15 +2502,15 @@ def _prune_scale(settings: Settings, server: PostgresServer | None) -> RunResult
             _wait_workers(workers, env, PRUNE_WORKERS)
             with _Stream(url, PRUNE_STREAM_PER_S) as stream:
                 time.sleep(PRUNE_SETTLE_S)
-                stream.phase = "before"
+                stream.begin("before")
                 time.sleep(settings.prune_window_s)
-                stream.phase = "background"
+                stream.begin("background")
                 background = _background_batches(url, home, settings.prune_background_batches)
-                stream.phase = "prune"
+                stream.begin("prune")
                 pruned = run(prune_cmd, env=env, timeout=PRUNE_TIMEOUT_S)
                 sizes["after_prune_live"] = _db_size(url)
                 backlog = {state.value: n for state, n in _open_counts(url).items()}
-                stream.phase = "after"
+                stream.begin("after")
                 time.sleep(PRUNE_SETTLE_S)
             if stream.errors:
                 raise BenchError(f"the stream's enqueue failed: {stream.errors[0]}")
@@ -2541,10 +2554,11 @@ def _prune_scale(settings: Settings, server: PostgresServer | None) -> RunResult
         "prune_pickup_p99_ms": during["pickup_p99_ms"],
         "prune_pickup_max_ms": during["pickup_max_ms"],
         "stall_ratio": during["pickup_max_ms"] / before["pickup_max_ms"],
-        "before_gap_max_ms": before["start_gap_max_ms"],
-        "prune_gap_max_ms": during["start_gap_max_ms"],
+        "before_gap_max_ms": before["claim_gap_max_ms"],
+        "prune_gap_max_ms": during["claim_gap_max_ms"],
         "prune_enqueue_max_ms": during["enqueue_max_ms"],
         "backlog": float(backlog.get("pending", 0)),
+        "prune_claims_per_s": during["claims"] / during["seconds"],
         "bg_write_p50_ms": percentile(big["write_ms"], 50),
         "bg_write_max_ms": max(big["write_ms"], default=math.nan),
         "bg_pass_p50_ms": percentile(big["pass_ms"], 50),
@@ -2614,10 +2628,15 @@ def _prune_metrics(postgres: bool) -> tuple[Metric, ...]:
         Metric("prune_pickup_p99_ms", "stream pickup during the prune, p99", "ms"),
         Metric("prune_pickup_max_ms", "stream pickup during the prune, longest", "ms"),
         Metric("stall_ratio", "longest pickup: during ÷ before", "x"),
-        Metric("before_gap_max_ms", "longest gap between started_at, before", "ms"),
-        Metric("prune_gap_max_ms", "longest gap between started_at, during", "ms"),
+        Metric("before_gap_max_ms", "longest gap between two claims, before", "ms"),
+        Metric("prune_gap_max_ms", "longest gap between two claims, during the prune", "ms"),
         Metric("prune_enqueue_max_ms", "longest enqueue during the prune", "ms"),
         Metric("backlog", "stream jobs still pending when the prune ended", "jobs"),
+        Metric(
+            "prune_claims_per_s",
+            f"stream jobs claimed per second during the prune (of {PRUNE_STREAM_PER_S:g} enqueued)",
+            "/s",
+        ),
         Metric("bg_write_p50_ms", "background batch of 500: its delete write, p50", "ms"),
         Metric("bg_write_max_ms", "background batch of 500: its delete write, longest", "ms", 5.0),
         Metric("bg_pass_p50_ms", "background pass (select, delete, unlink 500 logs), p50", "ms"),
