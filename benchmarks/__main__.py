@@ -21,6 +21,7 @@ from .harness import (
     BenchSkipped,
     bench_env,
     bytecode_cache,
+    deferred_removal,
     fresh_home,
     queuectl,
     require_queuectl,
@@ -34,7 +35,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Benchmark the installed queuectl against baselines measured in the same run.",
-        epilog=f"Scenarios: {', '.join(SCENARIO_NAMES)}. Raw runs: {RESULTS_DIR / 'latest.json'}",
+        epilog=f"Scenarios: {', '.join(SCENARIO_NAMES)} (only with --only: "
+        f"{', '.join(s.name for s in SCENARIOS if not s.default)}). "
+        f"Raw runs: {RESULTS_DIR / 'latest.json'}",
     )
     parser.add_argument(
         "--repeat",
@@ -128,12 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         progress(f"error: {exc}")
         return 1
-    selected = [s for s in SCENARIOS if not args.only or s.name in args.only]
+    selected = [s for s in SCENARIOS if s.name in args.only or (not args.only and s.default)]
     meta = session_meta(settings, argv)
     results: list[ScenarioResult] = []
     session = time.perf_counter()
     try:
-        with bytecode_cache():
+        # Every home stays until the last scenario ends: see deferred_removal().
+        with bytecode_cache(), deferred_removal():
             warm_up()
             for scenario in selected:
                 results.append(run_scenario(scenario, settings))

@@ -56,6 +56,10 @@ def format_value(value: float, unit: str) -> str:
         return f"{value:.2f} %"
     if unit == "/s":
         return f"{value:.1f} /s"
+    if unit in ("jobs", "files"):
+        return f"{value:,.0f} {unit}"
+    if unit == "MB":
+        return f"{value:,.1f} MB"
     return f"{value:g} {unit}"
 
 
@@ -115,10 +119,15 @@ def markdown(results: list[ScenarioResult], meta: dict[str, Any]) -> str:
             lines.append(f"| {res.scenario.name} | {reason} | | | | | |")
     lines += [
         "",
-        "Each run uses a fresh QUEUECTL_HOME. Ratios are computed per run against a baseline "
+        "Each run uses a fresh QUEUECTL_HOME, removed only at the end of the session (deleting "
+        "thousands of log files slows creating files for minutes after). Ratios are computed "
+        "per run against a baseline "
         "measured in that run: `python -c pass` (interpreter start-up) for command times; for "
         "throughput the same 2,000 `/bin/sh -c true` spawns from N threads of a plain Python "
-        "loop (the floor); for idle CPU the CPU time one `python -c pass` costs. "
+        "loop, `subprocess.run` without `timeout=` (the floor; until issue 19 it passed "
+        "`timeout=`, whose polling wait halved the spawn rate and flattered every ratio), "
+        "with `os.posix_spawn` + `waitpid` beside it, each the mean of one run just before "
+        "and one just after the work; for idle CPU the CPU time one `python -c pass` costs. "
         "Spool figures poll the SQLite file read-only every 5 ms (no `queuectl` start-up in "
         "the measurement); a latency sample runs from just before the rename into place. "
         "The postgres rows measure SQLite beside PostgreSQL in the same run, each PostgreSQL "
@@ -134,6 +143,12 @@ def markdown(results: list[ScenarioResult], meta: dict[str, Any]) -> str:
         "supervisor, its workers and their watchdogs (/proc), against the same `worker run` "
         "with no schedule, in the same run; `schedule tick` is timed beside `queuectl status` "
         "on the same store (the start-up), after one UPDATE moved every last tick a day back. "
+        "The prune-scale rows (only with --only) insert completed jobs finished 10 days ago "
+        "directly, with a small log file each, then run `queuectl prune` under `worker run "
+        "--count 2` and a stream of 100 `true` jobs a second enqueued in-process; a pickup is "
+        "a stream job's started_at minus its created_at, grouped by when it was enqueued "
+        "(before the prune, during back-to-back background passes, during the prune); a "
+        "batch's write is `store.delete_jobs` timed in-process. "
         "The enqueue figure is the median of its runs' samples; p99 is nearest-rank. "
         "Child Pythons share a private bytecode cache (PYTHONPYCACHEPREFIX), as an installed "
         "package has compiled bytecode.",

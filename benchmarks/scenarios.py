@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import importlib.util
 import itertools
 import json
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .harness import (
     BASELINE_CMD,
@@ -57,6 +58,8 @@ from .stores import PostgresServer, SqlitePeek
 
 if TYPE_CHECKING:
     from queuectl.store import Store
+
+_T = TypeVar("_T")
 
 THROUGHPUT_WORKERS = (1, 2, 4)
 WORKER_START_TIMEOUT_S = 30.0
@@ -179,6 +182,19 @@ class Settings:
         return 3 if self.quick else 5
 
     @property
+    def prune_jobs(self) -> int:
+        return 100_000 if self.quick else 1_000_000
+
+    @property
+    def prune_window_s(self) -> float:
+        """The stream measured before the prune, beside the prune itself."""
+        return 10.0 if self.quick else 20.0
+
+    @property
+    def prune_background_batches(self) -> int:
+        return 10 if self.quick else 20
+
+    @property
     def schedule_latency_slots(self) -> int:
         return 10 if self.quick else 30
 
@@ -226,6 +242,9 @@ class Settings:
             "scale_waiting": self.scale_waiting,
             "scale_claims": self.scale_claims,
             "scale_status_runs": self.scale_status_runs,
+            "prune_jobs": self.prune_jobs,
+            "prune_window_s": self.prune_window_s,
+            "prune_background_batches": self.prune_background_batches,
             "schedule_latency_slots": self.schedule_latency_slots,
             "schedule_workers": SCHEDULE_WORKERS,
             "schedule_idle_schedules": self.schedule_idle_schedules,
@@ -262,6 +281,7 @@ class Scenario:
     title: str
     metrics: tuple[Metric, ...]
     run: Callable[[Settings], RunResult]
+    default: bool = True  # False: runs only when named with --only (it takes many minutes)
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -389,15 +409,47 @@ def run_batch(settings: Settings) -> RunResult:
 # -- 3. throughput ------------------------------------------------------------------------
 
 
-def shell_floor(jobs: int, parallel: int, timeout: float) -> float:
-    """Seconds for `jobs` runs of `/bin/sh -c true` from `parallel` threads sharing the work."""
+FLOOR_ARGV = ("/bin/sh", "-c", "true")
+FLOOR_TIMEOUT_S = 120.0  # for all of a floor's spawns together, not for each
+
+
+def _spawn_subprocess() -> None:
+    # No `timeout=`: Popen.wait(timeout) polls waitpid with sleeps from about 1 ms,
+    # doubling, so it notices each exit late and roughly halves the spawn rate on 2 cores
+    # (issue 19). Without it, wait() blocks in waitpid and returns at the exit.
+    subprocess.run(FLOOR_ARGV, check=True)
+
+
+def _spawn_posix() -> None:
+    pid = os.posix_spawn(FLOOR_ARGV[0], list(FLOOR_ARGV), os.environ)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise BenchError(f"{' '.join(FLOOR_ARGV)!r} ended with wait status {status}")
+
+
+FLOOR_SPAWNS: dict[str, Callable[[], None]] = {
+    "subprocess": _spawn_subprocess,
+    "posix_spawn": _spawn_posix,
+}
+
+
+def shell_floor(jobs: int, parallel: int, *, spawn: str = "subprocess") -> float:
+    """Seconds for `jobs` runs of `/bin/sh -c true` from `parallel` threads sharing the
+    work: `subprocess.run(...)` (the floor every throughput ratio divides by), or
+    `os.posix_spawn` + `os.waitpid` (reported beside it).
+
+    A hang is caught by the joining thread's deadline (FLOOR_TIMEOUT_S for the whole
+    floor), which costs the spawns nothing; a hung thread is a daemon, so it cannot keep
+    the session alive.
+    """
+    spawn_one = FLOOR_SPAWNS[spawn]
     counter = itertools.count()  # next() on a count is atomic under the GIL
     errors: list[BaseException] = []
 
     def work() -> None:
         try:
             while next(counter) < jobs:
-                subprocess.run(["/bin/sh", "-c", "true"], check=True, timeout=timeout)
+                spawn_one()
         except BaseException as exc:  # reported by the caller
             errors.append(exc)
 
@@ -405,14 +457,48 @@ def shell_floor(jobs: int, parallel: int, timeout: float) -> float:
     with Stopwatch() as sw:
         for t in threads:
             t.start()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + FLOOR_TIMEOUT_S
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
     if any(t.is_alive() for t in threads):
-        raise BenchError(f"the shell floor did not finish {jobs} spawns in {timeout:g} s")
+        raise BenchError(f"the {spawn} floor did not finish {jobs} spawns in {FLOOR_TIMEOUT_S:g} s")
     if errors:
-        raise BenchError(f"the shell floor failed: {errors[0]}")
+        raise BenchError(f"the {spawn} floor failed: {errors[0]}")
     return sw.seconds
+
+
+@dataclass(frozen=True)
+class Floors:
+    """The floors of one measurement, each the mean of a run just before and one just
+    after the work it is the yardstick for (so a change of load in between weighs on
+    both sides alike)."""
+
+    shell_s: float  # subprocess.run: the floor
+    posix_s: float  # os.posix_spawn + os.waitpid
+    samples: dict[str, list[float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shell_s": self.shell_s, "posix_spawn_s": self.posix_s, **self.samples}
+
+
+def bracket_floors(jobs: int, parallel: int, work: Callable[[], _T]) -> tuple[_T, Floors]:
+    """`work()` between two measurements of both floors, interleaved: one definition of
+    the floor serves every throughput figure (throughput, postgres, peers)."""
+    samples: dict[str, list[float]] = {name: [] for name in FLOOR_SPAWNS}
+
+    def measure() -> None:
+        for name in FLOOR_SPAWNS:
+            samples[name].append(shell_floor(jobs, parallel, spawn=name))
+
+    measure()
+    result = work()
+    measure()
+    floors = Floors(
+        shell_s=sum(samples["subprocess"]) / 2,
+        posix_s=sum(samples["posix_spawn"]) / 2,
+        samples={f"{name}_samples_s": values for name, values in samples.items()},
+    )
+    return result, floors
 
 
 def _drain(jobs: int, workers: int, db_url: str | None = None, **fields: object) -> Exit:
@@ -432,22 +518,27 @@ def _drain(jobs: int, workers: int, db_url: str | None = None, **fields: object)
     return result
 
 
+THROUGHPUT_TARGET = 2.2  # N=2, SQLite: time ÷ floor (issue 19: at least 0.45x the floor's rate)
+
+
 def run_throughput(settings: Settings) -> RunResult:
     """`worker run --count N --drain` over 2,000 pre-enqueued `true` jobs, vs the shell floor."""
     jobs = settings.throughput_jobs
     metrics: dict[str, float] = {}
     raw: dict[str, Any] = {"jobs": jobs}
     for workers in THROUGHPUT_WORKERS:
-        floor_s = shell_floor(jobs, workers, timeout=120)
-        result = _drain(jobs, workers)
+        result, floors = bracket_floors(jobs, workers, functools.partial(_drain, jobs, workers))
         metrics[f"jobs_per_s_{workers}"] = jobs / result.wall_s
-        metrics[f"floor_per_s_{workers}"] = jobs / floor_s
-        metrics[f"ratio_{workers}"] = result.wall_s / floor_s
+        metrics[f"floor_per_s_{workers}"] = jobs / floors.shell_s
+        metrics[f"posix_spawn_per_s_{workers}"] = jobs / floors.posix_s
+        metrics[f"ratio_{workers}"] = result.wall_s / floors.shell_s
+        metrics[f"posix_ratio_{workers}"] = result.wall_s / floors.posix_s
         raw[f"workers_{workers}"] = {
             "wall_s": result.wall_s,
             "cpu_s": result.cpu_s,  # the worker processes and every job they ran
             "cpu_ms_per_job": _ms(result.cpu_s) / jobs,
-            "floor_wall_s": floor_s,
+            "floor_wall_s": floors.shell_s,
+            "floors": floors.to_dict(),
         }
     # The claim's concurrency-key check, at a limit the 2 workers never reach: its cost.
     plain = _drain(jobs, 2)
@@ -462,10 +553,21 @@ def run_throughput(settings: Settings) -> RunResult:
 def _throughput_metrics() -> tuple[Metric, ...]:
     metrics: list[Metric] = []
     for n in THROUGHPUT_WORKERS:
+        target = THROUGHPUT_TARGET if n == 2 else None
         metrics += [
+            Metric(
+                f"floor_per_s_{n}",
+                f"floor: {n} thread(s) of `subprocess.run(sh -c true)`",
+                "jobs/s",
+            ),
+            Metric(
+                f"posix_spawn_per_s_{n}",
+                f"beside it: {n} thread(s) of `posix_spawn` + `waitpid`",
+                "jobs/s",
+            ),
             Metric(f"jobs_per_s_{n}", f"`worker run --count {n} --drain`", "jobs/s"),
-            Metric(f"floor_per_s_{n}", f"floor: {n} thread(s) of `sh -c true`", "jobs/s"),
-            Metric(f"ratio_{n}", f"N={n}: time ÷ floor", "x", 1.5 if n == 2 else None),
+            Metric(f"ratio_{n}", f"N={n}: time ÷ floor", "x", target),
+            Metric(f"posix_ratio_{n}", f"N={n}: time ÷ posix_spawn floor", "x"),
         ]
     metrics += [
         Metric("keyed_per_s_2", "N=2, every job with a concurrency_key (limit 2)", "jobs/s"),
@@ -917,10 +1019,14 @@ def run_postgres(settings: Settings) -> RunResult:
     with PostgresServer.find() as server:
         raw: dict[str, Any] = {"jobs": jobs, "server": server.display, "version": server.version}
         for n in POSTGRES_WORKERS:
-            floor_s = shell_floor(jobs, n, timeout=120)
-            lite = _drain(jobs, n)
-            with server.database() as db_url:
-                pg = _drain(jobs, n, db_url)
+
+            def both(n: int = n) -> tuple[Exit, Exit]:
+                lite = _drain(jobs, n)
+                with server.database() as db_url:
+                    return lite, _drain(jobs, n, db_url)
+
+            (lite, pg), floors = bracket_floors(jobs, n, both)
+            floor_s = floors.shell_s
             metrics[f"sqlite_jobs_per_s_{n}"] = jobs / lite.wall_s
             metrics[f"pg_jobs_per_s_{n}"] = jobs / pg.wall_s
             metrics[f"floor_per_s_{n}"] = jobs / floor_s
@@ -929,6 +1035,7 @@ def run_postgres(settings: Settings) -> RunResult:
             metrics[f"pg_vs_sqlite_{n}"] = pg.wall_s / lite.wall_s
             raw[f"workers_{n}"] = {
                 "floor_wall_s": floor_s,
+                "floors": floors.to_dict(),
                 "sqlite_wall_s": lite.wall_s,
                 "sqlite_cpu_s": lite.cpu_s,
                 "pg_wall_s": pg.wall_s,
@@ -949,11 +1056,15 @@ def run_postgres(settings: Settings) -> RunResult:
 def _postgres_metrics() -> tuple[Metric, ...]:
     metrics: list[Metric] = []
     for n in POSTGRES_WORKERS:
-        target = 1.5 if n == 2 else None
+        target = THROUGHPUT_TARGET if n == 2 else None
         metrics += [
             Metric(f"sqlite_jobs_per_s_{n}", f"N={n}: SQLite, `worker run --drain`", "jobs/s"),
             Metric(f"pg_jobs_per_s_{n}", f"N={n}: PostgreSQL, `worker run --drain`", "jobs/s"),
-            Metric(f"floor_per_s_{n}", f"N={n}: floor, {n} thread(s) of `sh -c true`", "jobs/s"),
+            Metric(
+                f"floor_per_s_{n}",
+                f"N={n}: floor, {n} thread(s) of `subprocess.run(sh -c true)`",
+                "jobs/s",
+            ),
             Metric(f"sqlite_ratio_{n}", f"N={n}: SQLite time ÷ floor", "x", target),
             Metric(f"pg_ratio_{n}", f"N={n}: PostgreSQL time ÷ floor", "x", target),
             Metric(f"pg_vs_sqlite_{n}", f"N={n}: PostgreSQL time ÷ SQLite time", "x"),
@@ -1283,10 +1394,11 @@ def run_peers(settings: Settings) -> RunResult:
     each against the shell floor measured in the same run."""
     jobs = settings.peers_jobs
     n = PEERS_WORKERS
-    floor_s = shell_floor(jobs, n, timeout=120)
-    ours = _drain(jobs, n)
+    ours, floors = bracket_floors(jobs, n, functools.partial(_drain, jobs, n))
+    floor_s = floors.shell_s
     metrics: dict[str, float] = {
         "floor_per_s": jobs / floor_s,
+        "posix_spawn_per_s": jobs / floors.posix_s,
         "queuectl_jobs_per_s": jobs / ours.wall_s,
         "queuectl_ratio": ours.wall_s / floor_s,
     }
@@ -1294,6 +1406,7 @@ def run_peers(settings: Settings) -> RunResult:
         "jobs": jobs,
         "workers": n,
         "floor_wall_s": floor_s,
+        "floors": floors.to_dict(),
         "queuectl": {"wall_s": ours.wall_s, "cpu_s": ours.cpu_s},
     }
     skipped: dict[str, str] = {}
@@ -1329,9 +1442,12 @@ def run_peers(settings: Settings) -> RunResult:
 def _peers_metrics() -> tuple[Metric, ...]:
     n = PEERS_WORKERS
     return (
-        Metric("floor_per_s", f"floor: {n} threads of `sh -c true`", "jobs/s"),
+        Metric("floor_per_s", f"floor: {n} threads of `subprocess.run(sh -c true)`", "jobs/s"),
+        Metric(
+            "posix_spawn_per_s", f"beside it: {n} threads of `posix_spawn` + `waitpid`", "jobs/s"
+        ),
         Metric("queuectl_jobs_per_s", f"queuectl `worker run --count {n} --drain`", "jobs/s"),
-        Metric("queuectl_ratio", "queuectl: time ÷ floor", "x", 1.5),
+        Metric("queuectl_ratio", "queuectl: time ÷ floor", "x", THROUGHPUT_TARGET),
         Metric(
             "huey_jobs_per_s", f"huey (SqliteHuey, `-k process -w {n}`)", "jobs/s", None, "huey"
         ),
@@ -2060,6 +2176,498 @@ def _schedule_tick_metrics() -> tuple[Metric, ...]:
 # -- the list -----------------------------------------------------------------------------
 
 
+# -- 13. pruning at scale ---------------------------------------------------------------
+
+
+PRUNE_KEEP_DAYS_AGO = 10  # the bulk's finished_at: past the default keep_completed_days (7)
+PRUNE_WORKERS = 2
+PRUNE_STREAM_PER_S = 100.0  # the steady stream of `true` jobs the workers run meanwhile
+PRUNE_SETTLE_S = 3.0  # after the workers registered and the stream began, before measuring
+PRUNE_TIMEOUT_S = 3_600.0
+PRUNE_LOG_TEXT = (  # what the runner writes around a silent `true`
+    b"=== 2026-01-01T00:00:00.000Z attempt 1 worker bench-host:1:0000\n"
+    b"=== 2026-01-01T00:00:00.020Z exit code 0\n"
+)
+PG_PRUNE_FILL = """
+INSERT INTO jobs (id, command, max_retries, state, attempts, created_at, updated_at,
+                  available_at, started_at, finished_at, exit_code, worker_id, origin, spec_hash)
+SELECT %(prefix)s || lpad(i::text, 8, '0'), '"true"', 3, 'completed', 1, t, t, t, t, t, 0,
+       'bench-host:1:0000', 'inline', %(hash)s
+  FROM generate_series(1, %(jobs)s) AS i,
+       LATERAL (SELECT %(start)s::timestamptz + i * interval '1 millisecond' AS t) AS at
+"""
+
+
+@contextlib.contextmanager
+def _queuectl_home(home: Path) -> Iterator[None]:
+    """QUEUECTL_HOME=home in this process: in-process prunes unlink the home's log files."""
+    before = os.environ.get("QUEUECTL_HOME")
+    os.environ["QUEUECTL_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["QUEUECTL_HOME"]
+        else:
+            os.environ["QUEUECTL_HOME"] = before
+
+
+def _write_logs(logs: Path, ids: Iterator[str]) -> int:
+    """One small log file per job id, where the runner puts it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    written = 0
+    for job_id in ids:
+        fd = os.open(logs / f"job-{job_id}.log", flags, 0o600)
+        try:
+            os.write(fd, PRUNE_LOG_TEXT)
+        finally:
+            os.close(fd)
+        written += 1
+    return written
+
+
+def _fill_completed(url: str, jobs: int, start: datetime, prefix: str) -> list[str]:
+    """`jobs` completed `true` jobs, one ms apart from `start`, inserted straight into the
+    store (triggers keep job_counts right); returns their ids."""
+    from queuectl.models import JobSpec
+
+    if url.startswith("sqlite:"):
+        start_ms = int(start.timestamp() * 1000)
+        ids: list[str] = []
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("BEGIN IMMEDIATE")
+            rows = _scale_rows(jobs, 0, start_ms)
+            while chunk := list(itertools.islice(rows, SCALE_BUILD_CHUNK)):
+                conn.executemany(SCALE_INSERT, chunk)
+                ids += [str(row[0]) for row in chunk]
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        return ids
+    import psycopg
+
+    params = {"jobs": jobs, "start": start, "prefix": prefix, "hash": JobSpec("true").spec_hash}
+    with psycopg.connect(url, autocommit=True) as pg:
+        pg.execute(PG_PRUNE_FILL, params)
+    return [f"{prefix}{i:08d}" for i in range(1, jobs + 1)]
+
+
+def _db_size(url: str) -> dict[str, Any]:
+    """How big the store is: SQLite, the file, its -wal and page counts; PostgreSQL, the
+    database, the jobs table with its indexes and TOAST, and its tuple statistics."""
+    if url.startswith("sqlite:"):
+        db = Path(url.removeprefix("sqlite:///"))
+        wal = db.with_name(db.name + "-wal")
+        conn = sqlite3.connect(db, isolation_level=None)
+        try:
+            pragmas = {
+                name: int(conn.execute(f"PRAGMA {name}").fetchone()[0])
+                for name in ("page_size", "page_count", "freelist_count", "auto_vacuum")
+            }
+        finally:
+            conn.close()
+        size = db.stat().st_size
+        wal_size = wal.stat().st_size if wal.exists() else 0
+        return {"bytes": size + wal_size, "db_bytes": size, "wal_bytes": wal_size, **pragmas}
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as pg:
+        pg.execute("SELECT pg_stat_clear_snapshot()")
+        row = pg.execute(
+            "SELECT pg_database_size(current_database()), pg_total_relation_size('jobs'),"
+            "       n_live_tup, n_dead_tup, autovacuum_count, vacuum_count,"
+            "       last_autovacuum::text"
+            "  FROM pg_stat_user_tables WHERE relname = 'jobs'"
+        ).fetchone()
+    if row is None:
+        raise BenchError("no statistics for the jobs table")
+    keys = ("database_bytes", "jobs_bytes", "live_tuples", "dead_tuples", "autovacuums")
+    sizes = dict(zip((*keys, "vacuums", "last_autovacuum"), row, strict=True))
+    sizes["bytes"] = sizes["jobs_bytes"]
+    return sizes
+
+
+def _checkpoint(url: str) -> None:
+    """SQLite: fold the WAL into the file and truncate it, so the file size is the store's."""
+    if url.startswith("sqlite:"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+
+
+def _vacuum(url: str, how: str = "VACUUM") -> float:
+    """Seconds `how` (VACUUM, or on PostgreSQL also VACUUM FULL) took on the store."""
+    with Stopwatch() as sw:
+        if url.startswith("sqlite:"):
+            conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+            try:
+                conn.execute("PRAGMA busy_timeout = 10000")
+                conn.execute(how)
+            finally:
+                conn.close()
+        else:
+            import psycopg
+
+            with psycopg.connect(url, autocommit=True) as pg:
+                pg.execute(f"{how} jobs")  # `how` is one of two constants
+    _checkpoint(url)
+    return sw.seconds
+
+
+class _Stream:
+    """A steady stream of `true` jobs, enqueued in-process (as `queuectl enqueue` writes
+    them) PRUNE_STREAM_PER_S a second; each job remembers the phase it was enqueued in."""
+
+    def __init__(self, url: str, per_s: float) -> None:
+        self.url = url
+        self.period_s = 1.0 / per_s
+        self.phase = "warm-up"
+        self.phase_started: list[tuple[str, float]] = [("warm-up", time.time())]
+        self.sent: list[tuple[str, str, float]] = []  # (id, phase, enqueue call seconds)
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._feed, name="prune-stream", daemon=True)
+
+    def __enter__(self) -> _Stream:
+        self._thread.start()
+        return self
+
+    def begin(self, phase: str) -> None:
+        """Jobs enqueued from now on belong to `phase`; claims from now on are in its window."""
+        self.phase_started.append((phase, time.time()))
+        self.phase = phase
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _feed(self) -> None:
+        from queuectl.core import Queue
+        from queuectl.models import JobSpec
+        from queuectl.store import open_store
+
+        store = open_store(self.url)
+        try:
+            queue = Queue(store)
+            due = time.monotonic()
+            for number in itertools.count():
+                if self._stop.wait(max(0.0, due - time.monotonic())):
+                    return
+                due += self.period_s
+                job_id, phase = f"stream-{number:07d}", self.phase
+                with Stopwatch() as sw:
+                    queue.enqueue([JobSpec("true", id=job_id)])
+                self.sent.append((job_id, phase, sw.seconds))
+        except BaseException as exc:  # reported by the caller
+            self.errors.append(exc)
+        finally:
+            store.close()
+
+
+def _stream_figures(url: str, stream: _Stream, timeout: float) -> dict[str, dict[str, Any]]:
+    """Per phase: pickup (created_at to started_at, the claim's delay as a job sees it, by
+    the phase the job was enqueued in), the largest gap between consecutive claims
+    (started_at of any stream job) while the phase lasted, and the enqueue call's time."""
+    from queuectl.models import JobState
+    from queuectl.store import open_store
+
+    ids = [job_id for job_id, _, _ in stream.sent]
+    unsettled = (JobState.PENDING, JobState.PROCESSING, JobState.FAILED)
+    store = open_store(url)
+    try:
+
+        def all_finished() -> bool:  # a count, not the jobs: cheap enough to poll
+            counts = store.count_by_state()
+            return not any(counts.get(state, 0) for state in unsettled)
+
+        wait_until(all_finished, timeout=timeout, what="every stream job to end", interval=0.5)
+        jobs = store.get_jobs(ids)
+    finally:
+        store.close()
+    every_start = sorted(job.started_at.timestamp() for job in jobs.values() if job.started_at)
+    bounds = [*stream.phase_started, ("end", math.inf)]
+    phases: dict[str, dict[str, Any]] = {}
+    for (phase, since), (_, until) in itertools.pairwise(bounds):
+        mine = [(jobs[i], secs) for i, p, secs in stream.sent if p == phase]
+        pickup = [
+            _ms((job.started_at - job.created_at).total_seconds())
+            for job, _ in mine
+            if job.started_at is not None
+        ]
+        window = [t for t in every_start if since <= t < until]
+        gaps = [_ms(b - a) for a, b in itertools.pairwise(window)]
+        enqueue = [_ms(secs) for _, secs in mine]
+        phases[phase] = {
+            "jobs": len(mine),
+            "seconds": (until if math.isfinite(until) else window[-1] if window else since) - since,
+            "claims": len(window),
+            "pickup_p50_ms": percentile(pickup, 50),
+            "pickup_p99_ms": percentile(pickup, 99),
+            "pickup_max_ms": max(pickup, default=math.nan),
+            "claim_gap_max_ms": max(gaps, default=math.nan),
+            "enqueue_p50_ms": percentile(enqueue, 50),
+            "enqueue_max_ms": max(enqueue, default=math.nan),
+        }
+    return phases
+
+
+class _TimedDeletes:
+    """A store whose delete_jobs calls are timed: each is one batch's write transaction
+    (and a read-back of what is gone), the time a claim could wait on it."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.write_ms: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def delete_jobs(self, job_ids: list[str]) -> list[str]:
+        with Stopwatch() as sw:
+            deleted = self._store.delete_jobs(job_ids)
+        self.write_ms.append(_ms(sw.seconds))
+        return deleted
+
+
+def _background_batches(url: str, home: Path, batches: int) -> dict[int, dict[str, Any]]:
+    """`batches` passes of the workers' background prune (`Queue.prune(max_batches=1)`, one
+    batch per state), back to back, each timed whole and in its write: with the batch
+    size the workers use (PRUNE_BATCH), then with a tenth of it, for comparison."""
+    from typing import cast
+
+    from queuectl.core import PRUNE_BATCH, Queue
+    from queuectl.store import open_store
+
+    store = open_store(url, durable=False)  # as the scheduler thread opens it
+    results: dict[int, dict[str, Any]] = {}
+    try:
+        with _queuectl_home(home):
+            for size in (PRUNE_BATCH, PRUNE_BATCH // 10):
+                timed = _TimedDeletes(store)
+                queue = Queue(cast("Store", timed))
+                passes_ms: list[float] = []
+                deleted = 0
+                for _ in range(batches):
+                    with Stopwatch() as sw:
+                        pruned = queue.prune(batch=size, max_batches=1)
+                    passes_ms.append(_ms(sw.seconds))
+                    deleted += sum(len(ids) for ids in pruned.values())
+                results[size] = {
+                    "deleted": deleted,
+                    "pass_ms": passes_ms,
+                    "write_ms": timed.write_ms,
+                }
+    finally:
+        store.close()
+    return results
+
+
+def _logs_left(logs: Path) -> int:
+    """Log files in the home other than the stream's."""
+    with os.scandir(logs) as entries:
+        return sum(1 for e in entries if not e.name.startswith("job-stream-"))
+
+
+def _prune_scale(settings: Settings, server: PostgresServer | None) -> RunResult:
+    jobs = settings.prune_jobs
+    with contextlib.ExitStack() as stack:
+        db_url = stack.enter_context(server.database()) if server is not None else None
+        home = stack.enter_context(fresh_home(prefix="queuectl-bench-prune-"))
+        env = _store_env(home, db_url)
+        _init_store(env)
+        url = db_url or f"sqlite:///{(home / 'queue.db').absolute()}"
+        logs = home / "logs"
+        logs.mkdir(mode=0o700, exist_ok=True)
+        start = datetime.now(UTC) - timedelta(days=PRUNE_KEEP_DAYS_AGO, milliseconds=jobs)
+        with Stopwatch() as filled:
+            ids = _fill_completed(url, jobs, start, "bulk-")
+            if db_url is not None:
+                import psycopg
+
+                with psycopg.connect(db_url, autocommit=True) as pg:
+                    pg.execute("VACUUM ANALYZE jobs")  # as autovacuum leaves an old table
+            _checkpoint(url)
+        with Stopwatch() as wrote:
+            log_files = _write_logs(logs, iter(ids))
+        del ids
+        sizes = {"before": _db_size(url)}
+        cmd = queuectl("worker", "run", "--count", str(PRUNE_WORKERS))
+        prune_cmd = queuectl("prune", "--state", "completed", "--older-than", "1d")
+        with Proc(cmd, env=env, output_dir=home.parent, name="prune-workers") as workers:
+            _wait_workers(workers, env, PRUNE_WORKERS)
+            with _Stream(url, PRUNE_STREAM_PER_S) as stream:
+                time.sleep(PRUNE_SETTLE_S)
+                stream.begin("before")
+                time.sleep(settings.prune_window_s)
+                stream.begin("background")
+                background = _background_batches(url, home, settings.prune_background_batches)
+                stream.begin("prune")
+                pruned = run(prune_cmd, env=env, timeout=PRUNE_TIMEOUT_S)
+                sizes["after_prune_live"] = _db_size(url)
+                backlog = {state.value: n for state, n in _open_counts(url).items()}
+                stream.begin("after")
+                time.sleep(PRUNE_SETTLE_S)
+            if stream.errors:
+                raise BenchError(f"the stream's enqueue failed: {stream.errors[0]}")
+            # Claims starved during the prune leave a backlog: let the workers catch up.
+            phases = _stream_figures(url, stream, timeout=PRUNE_TIMEOUT_S)
+            worker_log = workers.read_stderr()
+        by_cli = len(pruned.stdout.split())
+        left = _logs_left(logs)
+        counts = {state.value: n for state, n in _open_counts(url).items()}
+        if left or counts.get("completed", 0) != len(stream.sent):
+            raise BenchError(f"after the prune: {left} bulk log files left, counts {counts}")
+        sizes["after_prune"] = _db_size(url)
+        _checkpoint(url)
+        sizes["after_prune_checkpoint"] = _db_size(url)
+        reuse = max(1, jobs // 10)
+        _fill_completed(url, reuse, datetime.now(UTC) - timedelta(hours=1), "reuse-")
+        _checkpoint(url)
+        sizes["after_reinsert"] = _db_size(url)
+        vacuum_s = _vacuum(url)
+        sizes["after_vacuum"] = _db_size(url)
+        extra: dict[str, float] = {}
+        if db_url is not None:
+            _fill_completed(url, reuse, datetime.now(UTC) - timedelta(hours=1), "again-")
+            sizes["after_vacuum_reinsert"] = _db_size(url)
+            extra["vacuum_full_s"] = _vacuum(url, "VACUUM FULL")
+            sizes["after_vacuum_full"] = _db_size(url)
+    mb = 1 / 1_000_000
+    before, during = phases["before"], phases["prune"]
+    bg = phases["background"]
+    big, small = background.values()
+    bg_deleted = sum(b["deleted"] for b in background.values())
+    grown = sizes["after_reinsert"]["bytes"] - sizes["after_prune_checkpoint"]["bytes"]
+    metrics = {
+        "jobs": float(jobs),
+        "log_files": float(log_files),
+        "fill_s": filled.seconds + wrote.seconds,
+        "prune_s": pruned.wall_s,
+        "prune_per_s": jobs / pruned.wall_s,
+        "before_pickup_p99_ms": before["pickup_p99_ms"],
+        "before_pickup_max_ms": before["pickup_max_ms"],
+        "prune_pickup_p99_ms": during["pickup_p99_ms"],
+        "prune_pickup_max_ms": during["pickup_max_ms"],
+        "stall_ratio": during["pickup_max_ms"] / before["pickup_max_ms"],
+        "before_gap_max_ms": before["claim_gap_max_ms"],
+        "prune_gap_max_ms": during["claim_gap_max_ms"],
+        "prune_enqueue_max_ms": during["enqueue_max_ms"],
+        "backlog": float(backlog.get("pending", 0)),
+        "prune_claims_per_s": during["claims"] / during["seconds"],
+        "bg_write_p50_ms": percentile(big["write_ms"], 50),
+        "bg_write_max_ms": max(big["write_ms"], default=math.nan),
+        "bg_pass_p50_ms": percentile(big["pass_ms"], 50),
+        "bg_small_write_p50_ms": percentile(small["write_ms"], 50),
+        "bg_small_write_max_ms": max(small["write_ms"], default=math.nan),
+        "bg_pickup_max_ms": bg["pickup_max_ms"],
+        "size_before_mb": sizes["before"]["bytes"] * mb,
+        "size_after_mb": sizes["after_prune_checkpoint"]["bytes"] * mb,
+        "wal_after_mb": sizes["after_prune_live"].get("wal_bytes", 0) * mb,
+        "reinsert_growth_mb": grown * mb,
+        "vacuum_s": vacuum_s,
+        "size_vacuum_mb": sizes["after_vacuum"]["bytes"] * mb,
+        **extra,
+    }
+    if db_url is not None:
+        metrics["vacuum_reinsert_growth_mb"] = (
+            sizes["after_vacuum_reinsert"]["bytes"] - sizes["after_vacuum"]["bytes"]
+        ) * mb
+        metrics["size_vacuum_full_mb"] = sizes["after_vacuum_full"]["bytes"] * mb
+    raw: dict[str, Any] = {
+        "jobs": jobs,
+        "reinserted": reuse,
+        "deleted_by_prune_command": by_cli,
+        "deleted_in_background_passes": bg_deleted,
+        "deleted_by_workers_meanwhile": jobs - by_cli - bg_deleted,
+        "stream_per_s": PRUNE_STREAM_PER_S,
+        "counts_right_after_prune": backlog,
+        "phases": phases,
+        "background": background,
+        "sizes": sizes,
+        "worker_prune_lines": [line for line in worker_log.splitlines() if "pruned" in line],
+    }
+    return RunResult(metrics, raw)
+
+
+def _open_counts(url: str) -> dict[Any, int]:
+    from queuectl.store import open_store
+
+    store = open_store(url)
+    try:
+        return dict(store.count_by_state())
+    finally:
+        store.close()
+
+
+def run_prune_scale(settings: Settings) -> RunResult:
+    """Prune 1,000,000 completed jobs and their log files from SQLite under 2 busy workers."""
+    return _prune_scale(settings, None)
+
+
+def run_prune_scale_postgres(settings: Settings) -> RunResult:
+    """The same on PostgreSQL, in a database made for it."""
+    with PostgresServer.find() as server:
+        return _prune_scale(settings, server)
+
+
+def _prune_metrics(postgres: bool) -> tuple[Metric, ...]:
+    vacuum = "plain `VACUUM jobs`" if postgres else "`VACUUM`"
+    metrics = [
+        Metric("jobs", "completed jobs, finished 10 days ago (inserted directly)", "jobs"),
+        Metric("log_files", "their log files, as the runner lays them out", "files"),
+        Metric("fill_s", "setup: rows and log files (not timed below)", "s"),
+        Metric("prune_s", "`queuectl prune --state completed --older-than 1d`", "s"),
+        Metric("prune_per_s", "jobs deleted per second, log files included", "jobs/s"),
+        Metric("before_pickup_p99_ms", "stream pickup before the prune, p99", "ms"),
+        Metric("before_pickup_max_ms", "stream pickup before the prune, longest", "ms"),
+        Metric("prune_pickup_p99_ms", "stream pickup during the prune, p99", "ms"),
+        Metric("prune_pickup_max_ms", "stream pickup during the prune, longest", "ms"),
+        Metric("stall_ratio", "longest pickup: during ÷ before", "x"),
+        Metric("before_gap_max_ms", "longest gap between two claims, before", "ms"),
+        Metric("prune_gap_max_ms", "longest gap between two claims, during the prune", "ms"),
+        Metric("prune_enqueue_max_ms", "longest enqueue during the prune", "ms"),
+        Metric("backlog", "stream jobs still pending when the prune ended", "jobs"),
+        Metric(
+            "prune_claims_per_s",
+            f"stream jobs claimed per second during the prune (of {PRUNE_STREAM_PER_S:g} enqueued)",
+            "/s",
+        ),
+        Metric("bg_write_p50_ms", "background batch of 500: its delete write, p50", "ms"),
+        Metric("bg_write_max_ms", "background batch of 500: its delete write, longest", "ms", 5.0),
+        Metric("bg_pass_p50_ms", "background pass (select, delete, unlink 500 logs), p50", "ms"),
+        Metric("bg_small_write_p50_ms", "the same with batches of 50: the write, p50", "ms"),
+        Metric("bg_small_write_max_ms", "the same with batches of 50: the write, longest", "ms"),
+        Metric(
+            "bg_pickup_max_ms", "stream pickup during back-to-back background passes, longest", "ms"
+        ),
+        Metric("size_before_mb", "store size before", "MB"),
+        Metric("size_after_mb", "store size after the prune", "MB"),
+    ]
+    if not postgres:
+        metrics.append(
+            Metric("wal_after_mb", "its -wal file, right after the prune (workers running)", "MB")
+        )
+    metrics += [
+        Metric("reinsert_growth_mb", "growth from re-inserting 10% of the jobs, no VACUUM", "MB"),
+        Metric("vacuum_s", vacuum, "s"),
+        Metric("size_vacuum_mb", f"store size after {vacuum} (and the 10% re-inserted)", "MB"),
+    ]
+    if postgres:
+        metrics += [
+            Metric(
+                "vacuum_reinsert_growth_mb", "growth from re-inserting 10% more after VACUUM", "MB"
+            ),
+            Metric("vacuum_full_s", "`VACUUM FULL jobs` (an exclusive lock throughout)", "s"),
+            Metric("size_vacuum_full_mb", "store size after VACUUM FULL", "MB"),
+        ]
+    return tuple(metrics)
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "enqueue",
@@ -2162,6 +2770,20 @@ SCENARIOS: tuple[Scenario, ...] = (
         "a PostgreSQL store of 1,000,000 jobs (1,000 pending): `status` and the claim",
         _scale_metrics(),
         run_scale_postgres,
+    ),
+    Scenario(
+        "prune-scale",
+        "prune 1,000,000 completed jobs and their log files from SQLite under 2 busy workers",
+        _prune_metrics(postgres=False),
+        run_prune_scale,
+        default=False,
+    ),
+    Scenario(
+        "prune-scale-postgres",
+        "prune 1,000,000 completed jobs and their log files from PostgreSQL under 2 busy workers",
+        _prune_metrics(postgres=True),
+        run_prune_scale_postgres,
+        default=False,
     ),
     Scenario(
         "schedule-latency",
