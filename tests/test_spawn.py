@@ -62,7 +62,9 @@ def test_a_job_runs_in_its_own_session_with_nothing_inherited_but_its_output(
     assert sid == pid  # a session (and process group) of its own
     ignored, blocked = mask(out[1]), mask(out[2])
     assert blocked == 0
-    for sig in (13, 25, 32, 33):  # SIGPIPE, SIGXFSZ, glibc's own two
+    # SIGPIPE and SIGXFSZ, which Python ignores, are reset; posix_spawn also resets glibc's
+    # own two (Popen leaves them as this process has them, which a CI runner may ignore).
+    for sig in (13, 25, *((32, 33) if libc is not None else ())):
         assert not ignored & 1 << (sig - 1), (sig, out[1])
     assert out[3].split() == ["0", "1", "2"]
     assert out[4] == "stdin [] 1"  # /dev/null: at its end at once
