@@ -131,7 +131,7 @@ def slots_of(jobs: list[dict[str, Any]]) -> list[datetime]:
     return sorted(stamp.replace(tzinfo=UTC) for stamp in stamps)
 
 
-def test_many_supervisors_create_each_of_20_slots_exactly_once(
+def test_many_supervisors_create_each_of_10_slots_exactly_once(
     backend: str,
     run_json: Callable[..., Any],
     add_schedule: Callable[[str], None],
@@ -142,7 +142,8 @@ def test_many_supervisors_create_each_of_20_slots_exactly_once(
     for _ in range(supervisors):
         workers.start("--count", "1")
 
-    wait_for(lambda: len(runs(run_json)) >= 21, timeout=60, what="21 runs")
+    # 10 slots after the first (each a second of wall time: 20 cost the suite 20 s more).
+    wait_for(lambda: len(runs(run_json)) >= 11, timeout=60, what="11 runs")
     workers.stop()
 
     jobs = runs(run_json)
