@@ -46,6 +46,7 @@ class CommitReplyDropper:
         self.pattern = b"COMMIT"
         self.dropped = 0
         self._closing = False
+        self._sockets: list[socket.socket] = []  # every connection's two ends, closed by close()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def arm(self, pattern: bytes = b"COMMIT") -> None:
@@ -54,8 +55,12 @@ class CommitReplyDropper:
         self.armed.set()
 
     def close(self) -> None:
+        """Stop accepting and close every connection: none is left for the garbage
+        collector to warn about in a later test."""
         self._closing = True
         self.listener.close()
+        for sock in self._sockets:
+            sock.close()
 
     def _accept(self) -> None:
         while not self._closing:
@@ -64,6 +69,7 @@ class CommitReplyDropper:
             except OSError:
                 return
             upstream = socket.create_connection(self.server)
+            self._sockets += [client, upstream]
             swallow = threading.Event()
             threading.Thread(target=self._up, args=(client, upstream, swallow), daemon=True).start()
             threading.Thread(
@@ -71,7 +77,7 @@ class CommitReplyDropper:
             ).start()
 
     def _up(self, client: socket.socket, upstream: socket.socket, swallow: threading.Event) -> None:
-        with contextlib.suppress(OSError):  # a socket closed under a pump ends it
+        with contextlib.suppress(OSError), client, upstream:  # a closed socket ends a pump
             while data := client.recv(65536):
                 if self.armed.is_set() and self.pattern in data:
                     self.armed.clear()
@@ -82,15 +88,13 @@ class CommitReplyDropper:
         self, upstream: socket.socket, client: socket.socket, swallow: threading.Event
     ) -> None:
         seen = b""
-        with contextlib.suppress(OSError):  # a socket closed under a pump ends it
+        with contextlib.suppress(OSError), upstream, client:  # a closed socket ends a pump
             while data := upstream.recv(65536):
                 if swallow.is_set():
                     seen += data
                     if READY_FOR_QUERY in seen:  # committed: now lose the reply
                         self.dropped += 1
                         client.shutdown(socket.SHUT_RDWR)
-                        client.close()
-                        upstream.close()
                         return
                     continue
                 client.sendall(data)
