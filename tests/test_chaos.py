@@ -138,13 +138,13 @@ for i in range(int(sys.argv[3])):
 """
 
 STATUS_LOOP = """
-import sys, time
+import os, sys, time
 from queuectl.core import Queue
 from queuectl.store import open_store
 queue = Queue(open_store(sys.argv[1]))
-deadline = time.monotonic() + float(sys.argv[2])
+deadline = time.monotonic() + 120  # a safety net: the test says when to end, by the file
 calls = 0
-while time.monotonic() < deadline:
+while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:
     queue.status()
     calls += 1
 print(calls)
@@ -164,8 +164,11 @@ def test_enqueuers_workers_and_status_contend_without_locking_errors(
         )
         for n in range(4)
     ]
+    # `status` runs from the first enqueue to the last job done (it ran a fixed 15 s, though
+    # everything was done within about 6 s).
+    status_done = tmp_path / "status-done"
     status = subprocess.Popen(
-        [sys.executable, "-c", STATUS_LOOP, url, "15"],
+        [sys.executable, "-c", STATUS_LOOP, url, str(status_done)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -183,9 +186,6 @@ def test_enqueuers_workers_and_status_contend_without_locking_errors(
             _, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err
             assert "locked" not in err
-        calls, err = status.communicate(timeout=60)
-        assert status.returncode == 0, err
-        assert int(calls) > 0
 
         def all_done() -> bool:
             counts = json.loads(run("status").stdout)["counts"]
@@ -194,7 +194,15 @@ def test_enqueuers_workers_and_status_contend_without_locking_errors(
         from .conftest import wait_for
 
         wait_for(all_done, timeout=120, what="all 2,000 jobs to complete")
+        status_done.touch()
+        calls, err = status.communicate(timeout=60)
+        assert status.returncode == 0, err
+        assert int(calls) > 0
     finally:
+        status_done.touch()
+        if status.poll() is None:
+            status.kill()
+            status.wait()
         workers.send_signal(signal.SIGTERM)
         workers.wait(timeout=60)
     assert workers.returncode == 0
