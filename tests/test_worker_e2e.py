@@ -8,6 +8,7 @@ workers and orphaned jobs are killed at teardown, pass or fail.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shlex
@@ -130,7 +131,8 @@ def test_failing_job_without_retries_is_dead_after_one_run(
 def test_retries_wait_backoff_base_to_the_power_of_attempts(
     tmp_path: Path, run: Run, enqueue: Callable[..., str], show: Any, drain: Any
 ) -> None:
-    assert run("config", "set", "backoff_base", "2").returncode == 0
+    base = 1.5  # waits of 1.5 s and 2.25 s (base 2 waited 6 s, and 2 * n also gives 2, 4)
+    assert run("config", "set", "backoff_base", str(base)).returncode == 0
     stamps = tmp_path / "stamps"
     job_id = enqueue(f"{STAMP} >> {q(stamps)}; exit 1", "--max-retries", "2")
 
@@ -140,9 +142,12 @@ def test_retries_wait_backoff_base_to_the_power_of_attempts(
     assert (job["state"], job["attempts"], job["last_error"]) == ("dead", 3, "exit code 1")
     times = [float(line) for line in stamps.read_text().split()]
     assert len(times) == 3
-    first_gap, second_gap = times[1] - times[0], times[2] - times[1]
-    assert 1.9 <= first_gap < 3.5, times
-    assert 3.9 <= second_gap < 6, times
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # Retry n waits base ** n: less than base ** (n + 1) (2.25 s, then 3.375 s), and the
+    # second less than base * 2 (3 s), a wait growing linearly.
+    for attempts, gap in enumerate(gaps, start=1):
+        assert base**attempts - 0.1 <= gap < base ** (attempts + 1), times
+    assert gaps[1] < base * 2, times
 
 
 @pytest.mark.parametrize(
@@ -367,20 +372,29 @@ def test_stop_signal_lets_the_running_job_finish(
     show: Any,
     workers: Workers,
 ) -> None:
-    started, finished = tmp_path / "started", tmp_path / "finished"
-    first = enqueue(f"touch {q(started)}; sleep 1.5; touch {q(finished)}", "--priority", "1")
+    pidfile, release, finished = (tmp_path / name for name in ("job.pid", "release", "finished"))
+    # The first job runs until the test releases it, after the last signal has had its say.
+    hold = f"while [ ! -e {q(release)} ]; do sleep 0.02; done"
+    first = enqueue(f"echo $$ > {q(pidfile)}; {hold}; touch {q(finished)}", "--priority", "1")
     second = enqueue(f"touch {q(tmp_path / 'second')}")
     worker = workers.start()
-    wait_for(started.exists, timeout=15, what="the first job to start")
+    job_pid = wait_for(lambda: read_pid(pidfile), timeout=15, what="the first job to start")
 
     for n, signum in enumerate(signals):
         if n:  # 0.2 s apart: signals sent back to back would merge into one in the kernel
             lasts(
-                lambda: worker.poll() is None and not finished.exists(),
+                lambda: worker.poll() is None and not pid_gone(job_pid),
                 0.2,
                 "the job must run on after a stop signal",
             )
         worker.send_signal(signum)
+    wait_for(lambda: "stopping: job" in workers.output(), what="the worker to take the stop")
+    lasts(
+        lambda: worker.poll() is None and not pid_gone(job_pid),
+        0.2,
+        "the job must run on after the last stop signal",
+    )
+    release.touch()
 
     assert worker.wait(timeout=20) == 0, workers.output()
     assert finished.exists()
@@ -609,7 +623,8 @@ def test_heartbeats_keep_a_job_longer_than_its_lease_alive(
     drain: Callable[..., subprocess.CompletedProcess[str]],
     show: Callable[[str], dict[str, Any]],
 ) -> None:
-    job_id = enqueue("sleep 2", "--max-retries", "0")
+    # 1.5 s is 2.5 leases: unrenewed, the lease would lapse and the job be killed at 0.6 s.
+    job_id = enqueue("sleep 1.5", "--max-retries", "0")
     result = drain(env={"QUEUECTL_LEASE_MS": "600"})
     job = show(job_id)
     assert (job["state"], job["attempts"]) == ("completed", 0), result.stderr
@@ -721,8 +736,8 @@ def test_cancel_kill_of_a_job_ignoring_sigterm_holds_until_its_processes_are_gon
     spec.parent.mkdir()
     spec.write_text(json.dumps({"id": "stubborn", "command": script}))
     assert run("apply", str(spec.parent)).returncode == 0
-    # Heartbeats every 3 s: `apply --replace` below runs within that and the 3 s grace.
-    workers.start(env={"QUEUECTL_LEASE_MS": "9000"})
+    # Heartbeats every 2 s: `apply --replace` below runs within that and the 3 s grace.
+    workers.start(env={"QUEUECTL_LEASE_MS": "6000"})
     wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, what="the pids")
 
     assert run("cancel", "--kill", "stubborn").returncode == 0
