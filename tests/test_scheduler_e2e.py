@@ -4,7 +4,9 @@ processes on both stores. Conditions are polled with a deadline, never slept for
 from __future__ import annotations
 
 import itertools
+import json
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -101,8 +103,13 @@ def test_a_drain_creates_no_runs(
     run: Run, run_json: Callable[..., Any], add_schedule: Callable[[str], None]
 ) -> None:
     add_schedule(every_second(overlap="allow"))
-    # The job outlasts at least one slot, so a scheduler in the drain would have made a run.
-    assert run("enqueue", "-", input="id: slow\ncommand: sleep 2.5\n").returncode == 0
+    # The job runs for 1 s, and until 1 s past the schedule's first slot, whichever ends
+    # later: a scheduler in the drain would have had a second to make that slot's run.
+    first_slot = datetime.fromisoformat(run_json("schedule", "show", "tick")["next_slots"][0])
+    until = first_slot.timestamp() + 1
+    wait = f"import time; time.sleep(max(1.0, {until!r} - time.time()))"
+    job = json.dumps({"id": "slow", "command": [sys.executable, "-c", wait]})
+    assert run("enqueue", job).returncode == 0
 
     result = run("worker", "run", "--count", "2", "--drain")
 
