@@ -1186,7 +1186,9 @@ def worker_run_cmd(
         sys.exit(code)
 
     from .runner import Runner
+    from .spawn import keep_freed_heap
 
+    keep_freed_heap()
     runner = Runner(app.queue(durable=False).store, queues=queues, poll_interval_ms=poll_interval)
     first_sigint: list[float] = []
 
