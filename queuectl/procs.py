@@ -310,9 +310,14 @@ class Watchdog:
         """No job to watch: it could not start, or the worker is stopping it itself."""
         self._send("d\n")
 
-    def close(self) -> None:
-        """Let the watchdog exit (at once unless a job of ours still runs), and reap it."""
+    def close(self, *, guarding: bool) -> None:
+        """Let the watchdog exit, and reap it. While a job of ours may still run
+        (`guarding`), it stops that job if its lease runs out first; else it has nothing
+        left to do and is killed, rather than waited for until its next look at the pipe
+        (up to WATCHDOG_READ_S, at the end of every worker)."""
         os.close(self._fd)
+        if not guarding:
+            self.proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(KILL_GRACE_S + 1)
 

@@ -238,7 +238,7 @@ class Runner:
             beat_stop.set()
             beat.join()
             if self._watchdog is not None:
-                self._watchdog.close()
+                self._watchdog.close(guarding=self._current is not None)
                 self._watchdog = None
             self.store.deregister_worker(self.worker_id)
             self.log(f"worker {self.worker_id} stopped after {self.jobs_run} job(s)")

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from queuectl import procs
 from queuectl.core import Queue
 from queuectl.models import JobSpec, JobState, WorkerInfo, utcnow
 from queuectl.runner import Runner
@@ -213,6 +214,27 @@ def test_a_dead_workers_job_is_stopped_once_its_lease_runs_out(
         timeout=15,
         what="the orphaned job to be stopped once its lease ran out, with no other worker",
     )
+
+
+@pytest.mark.skipif(not LINUX, reason="the watchdog needs Linux (pidfd, /proc)")
+def test_an_idle_watchdog_is_killed_at_close_and_a_guarding_one_stops_its_job(
+    tmp_path: Path,
+) -> None:
+    idle = procs.Watchdog()
+    idle.starting(procs.lease_clock() + 60, "j-idle", "w")
+    idle.disarm()
+    idle.close(guarding=False)  # nothing to guard: not waited for until it looks again
+    assert idle.proc.returncode == -signal.SIGKILL
+
+    # A job still running when its worker closes the watchdog is stopped by it once its
+    # lease runs out, then the watchdog exits by itself.
+    job = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    guarding = procs.Watchdog()
+    guarding.starting(procs.lease_clock() + 0.2, "j-guarded", "w")
+    guarding.started(job.pid)
+    guarding.close(guarding=True)
+    assert guarding.proc.returncode == 0
+    assert job.wait(timeout=15) == -signal.SIGTERM
 
 
 # -- worker identity -------------------------------------------------------------------
