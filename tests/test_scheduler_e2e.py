@@ -240,10 +240,14 @@ def test_overlap_replace_cancels_and_stops_the_running_run(
     workers.start("--count", "2")
 
     replaced = lambda: runs(run_json, "canceled")  # noqa: E731
-    wait_for(lambda: len(replaced()) >= 2, timeout=30, what="two runs replaced")
+    started = lambda: [j for j in replaced() if (pids / j["id"]).exists()]  # noqa: E731
+    wait_for(lambda: len(replaced()) >= 2 and started(), timeout=30, what="two runs replaced")
     for job in replaced():
-        successor = run_id("tick", slots_of([job])[0] + timedelta(seconds=2))
-        assert job["last_error"] == f"replaced by {successor}"
+        # By a later slot's run: the next one, or a later one where a loaded machine let
+        # the scheduler skip slots (a run replaced before it started wrote no pid).
+        successor = re.fullmatch(r"replaced by (tick@\d{8}T\d{6}Z)", job["last_error"] or "")
+        assert successor is not None and successor.group(1) > job["id"], job
+    for job in started():
         pid = int((pids / job["id"]).read_text())
         wait_for(lambda pid=pid: pid_gone(pid), timeout=10, what=f"{job['id']} stopped")
     assert len(runs(run_json, "processing")) <= 1  # never two runs at once, on 2 workers
