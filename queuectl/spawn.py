@@ -8,6 +8,8 @@ glibc 2.29), so it is called through ctypes: the same vfork and exec, a new sess
 for the job's process group, stdin from /dev/null, stdout and stderr into the log, every
 other descriptor closed, SIGPIPE and SIGXFSZ back to their defaults and an empty signal
 mask, as Popen(start_new_session=True, restore_signals=True) gives.
+
+The worker's one other glibc setting lives here too: keep_freed_heap.
 """
 
 from __future__ import annotations
