@@ -16,8 +16,8 @@ itself may be lost, but the disk stays bounded all the same.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
+import functools
 import math
 import os
 import time
@@ -41,7 +41,10 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 Fallocate = Callable[[int, int, int, int], int]
 
 
+@functools.cache  # ctypes and libc at the first punch: most processes never punch a hole
 def _load_fallocate() -> Fallocate | None:
+    import ctypes
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         fallocate = getattr(libc, "fallocate64", None) or libc.fallocate
@@ -52,16 +55,16 @@ def _load_fallocate() -> Fallocate | None:
     return cast(Fallocate, fallocate)
 
 
-_FALLOCATE = _load_fallocate()
-
-
 def punch_hole(fd: int, offset: int, length: int) -> bool:
     """Free [offset, offset + length) of the file, keeping its size; False where the
     platform or filesystem cannot."""
-    if _FALLOCATE is None:
+    fallocate = _load_fallocate()
+    if fallocate is None:
         return False
-    if _FALLOCATE(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+    if fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0:
         return True
+    import ctypes
+
     err = ctypes.get_errno()
     if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
         return False

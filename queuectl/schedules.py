@@ -15,11 +15,14 @@ import heapq
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from cronsim import CronSim, CronSimError
+from typing import TYPE_CHECKING
 
 from .models import Catchup, ScheduleSpec, to_ms
+
+# cronsim and zoneinfo are imported where a cron expression or a zone is read: every
+# `queuectl` command imports this module, and most never need them (~7 ms of start-up).
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
 
 CRON_MACROS = {
     "@hourly": "0 * * * *",
@@ -43,6 +46,8 @@ def cron_problem(expr: str) -> str | None:
             f"{expr!r} has {len(text.split())} fields: a cron expression has 5 "
             f"({CRON_FIELDS}), or is one of {', '.join(CRON_MACROS)}"
         )
+    from cronsim import CronSim, CronSimError
+
     try:
         CronSim(text, datetime(2000, 1, 1))
     except CronSimError as exc:  # "Bad minute", "Bad day-of-week", ...
@@ -52,6 +57,8 @@ def cron_problem(expr: str) -> str | None:
 
 def zone_problem(name: str) -> str | None:
     """Why `name` is not an IANA time zone, or None."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -108,6 +115,10 @@ class Timetable:
                 yield slot
 
     def _cron_slots(self, expr: str, after: datetime) -> Iterator[datetime]:
+        from zoneinfo import ZoneInfo
+
+        from cronsim import CronSim
+
         zone = ZoneInfo(self.timezone)
         text = CRON_MACROS.get(expr.strip().lower(), expr)
         # Naive wall times: cronsim does no DST handling of its own on them.
@@ -199,5 +210,7 @@ def jitter_for(schedule_id: str, slot: datetime, jitter_ms: int) -> timedelta:
 
 def format_in_zone(slots: Sequence[datetime], timezone: str) -> list[str]:
     """Slots as RFC 3339 instants in the schedule's zone (as `schedule show` lists them)."""
+    from zoneinfo import ZoneInfo
+
     zone = ZoneInfo(timezone)
     return [slot.astimezone(zone).isoformat() for slot in slots]
