@@ -422,13 +422,21 @@ def _read_all(fd: int, at_end: bool) -> tuple[bytes, bool]:
     return b"".join(chunks), at_end
 
 
+def write_stderr_line(line: str) -> None:
+    """One line on stderr in one write: workers share their supervisor's stderr, and with
+    PYTHONUNBUFFERED set print() writes the text and its newline apart, so two workers'
+    lines could run together into one."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _log(line: str) -> None:
     """A line on stderr (the worker's), time-stamped like the worker's own."""
     from datetime import UTC, datetime
 
     stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     with contextlib.suppress(OSError):
-        print(f"{stamp} {line}", file=sys.stderr, flush=True)
+        write_stderr_line(f"{stamp} {line}")
 
 
 if __name__ == "__main__":

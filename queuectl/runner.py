@@ -14,7 +14,6 @@ import secrets
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -140,7 +139,7 @@ class Attempt:
 
 def stderr_log(line: str) -> None:
     """A log line on stderr, time-stamped like every line workers and watchers write."""
-    print(f"{format_time(utcnow())} {line}", file=sys.stderr, flush=True)
+    procs.write_stderr_line(f"{format_time(utcnow())} {line}")
 
 
 class Runner:

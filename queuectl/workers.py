@@ -42,10 +42,6 @@ BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 Log = Callable[[str], None]
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def worker_command(options: Sequence[str]) -> list[str]:
     """The command line of one worker process (`worker run --count 1`).
 
@@ -482,7 +478,7 @@ def _drop_entry(entry: dict[str, Any], why: str, log: Log) -> None:
 
 
 def start_detached(
-    store: Store, count: int, options: Sequence[str], *, log: Log = _stderr
+    store: Store, count: int, options: Sequence[str], *, log: Log = procs.write_stderr_line
 ) -> list[int]:
     """Start `count` detached worker processes, recorded in pids.json; return their pids
     once each has registered with the store.
@@ -563,7 +559,9 @@ class StopReport:
     unverified: int = 0
 
 
-def stop_workers(store: Store, timeout_s: float, *, log: Log = _stderr) -> StopReport:
+def stop_workers(
+    store: Store, timeout_s: float, *, log: Log = procs.write_stderr_line
+) -> StopReport:
     """Ask every worker of this home and store to stop gracefully, and wait for them.
 
     Signals only processes verified as ours (see ProcessIdentity); every other

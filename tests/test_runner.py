@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from queuectl.core import Queue
 from queuectl.models import INLINE, Job, JobSpec, JobState
-from queuectl.runner import Runner
+from queuectl.runner import Runner, stderr_log
 from queuectl.store import Store
 
 from .conftest import FakeClock
@@ -184,3 +188,29 @@ def test_unserved_names_jobs_whose_queue_no_live_worker_serves(
     assert [j.id for j in queue.unserved(waiting)] == [job.id]
     register("ci")
     assert queue.unserved(waiting) == []
+
+
+class _RecordingRaw(io.RawIOBase):
+    """A raw stream that keeps each write() it gets, as the kernel would see them."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.writes.append(bytes(data))
+        return len(data)
+
+
+def test_a_log_line_is_one_write_even_on_an_unbuffered_stderr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # PYTHONUNBUFFERED gives stderr this shape; print() would write text and newline
+    # apart, and the lines of workers sharing a supervisor's stderr would run together.
+    raw = _RecordingRaw()
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(raw, write_through=True))
+    stderr_log("worker w1 started (queues: all)")
+    (write,) = raw.writes
+    assert write.endswith(b" worker w1 started (queues: all)\n")
