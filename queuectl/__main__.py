@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .cli import cli
+from .cli import main
 
-cli(prog_name="queuectl")
+main()

@@ -4,7 +4,7 @@ On Linux a pidfd becomes readable when its process exits, so a worker can
 block in select() on its job and on its wake-up pipe at once: no polling loop
 (subprocess's own timed wait polls, which halves spawn throughput).
 
-Run as a script, this module is a worker's watchdog (see Watchdog).
+Imported from its own directory, this module is also a worker's watchdog (see Watchdog).
 """
 
 from __future__ import annotations
@@ -13,11 +13,15 @@ import contextlib
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see the watchdog)
+
+if TYPE_CHECKING:  # the watchdog process imports this module: only what it needs at run time
+    import subprocess
+    from typing import Protocol, TypeVar
 
 FALLBACK_POLL_S = 0.05  # where pidfd_open is missing (macOS)
 KILL_GRACE_S = 3.0  # between SIGTERM and SIGKILL of a job's process group
@@ -28,6 +32,10 @@ WATCHDOG_SLACK_S = 0.25
 # arrives: a reader asleep on the pipe would be woken at every write, which costs the
 # worker a context switch per message on a busy machine.
 WATCHDOG_READ_S = 0.05
+
+# The watchdog process: this module, imported from its own directory (the package's
+# other modules, and anything installed, stay out of it), on the pipe as its stdin.
+WATCHDOG_MAIN = "import sys; sys.path[:0] = sys.argv[1:]; import procs; procs._watch(0)"
 
 # Leases run out in real time. CLOCK_BOOTTIME goes on counting while the machine is
 # suspended, where CLOCK_MONOTONIC (time.monotonic() on Linux) stands still: a worker
@@ -106,15 +114,16 @@ class Spawned:
             os.kill(self.pid, sig)
 
 
-class Child(Protocol):
-    """What waiting on a child needs: a Popen, or a worker forked by the Supervisor."""
+if TYPE_CHECKING:
 
-    pid: int
+    class Child(Protocol):
+        """What waiting on a child needs: a Popen, or a worker forked by the Supervisor."""
 
-    def poll(self) -> int | None: ...
+        pid: int
 
+        def poll(self) -> int | None: ...
 
-C = TypeVar("C", bound=Child)
+    C = TypeVar("C", bound=Child)
 
 
 def wait_exited(procs: Sequence[C], wake: WakePipe, timeout: float | None) -> list[C]:
@@ -275,11 +284,14 @@ class Watchdog:
     """
 
     def __init__(self) -> None:
+        import subprocess
+
         read_fd, self._fd = os.pipe()
         try:
-            # The standard library only (-I -S): nothing of the environment to import.
+            # The standard library only (-I -S): nothing of the environment to import. The
+            # module is imported, not run as a script, so its compiled bytecode serves.
             self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-I", "-S", os.path.abspath(__file__)],
+                [sys.executable, "-I", "-S", "-c", WATCHDOG_MAIN, os.path.dirname(__file__)],
                 stdin=read_fd,
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,
@@ -315,6 +327,8 @@ class Watchdog:
         (`guarding`), it stops that job if its lease runs out first; else it has nothing
         left to do and is killed, rather than waited for until its next look at the pipe
         (up to WATCHDOG_READ_S, at the end of every worker)."""
+        import subprocess
+
         os.close(self._fd)
         if not guarding:
             self.proc.kill()
@@ -437,7 +451,3 @@ def _log(line: str) -> None:
     stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     with contextlib.suppress(OSError):
         write_stderr_line(f"{stamp} {line}")
-
-
-if __name__ == "__main__":
-    _watch(sys.stdin.fileno())

@@ -187,6 +187,8 @@ class Supervisor:
 
     def start(self) -> None:
         """Start every child (run() does, if it was not called first)."""
+        if self.fork:
+            from . import runner  # noqa: F401 - imported once here, not again in each child
         self.children = [_Child(c, self._spawn(c), time.monotonic()) for c in self.commands]
 
     def run(self) -> int:
