@@ -9,7 +9,7 @@ policy, backoff) stay in the callers, which pass the resulting transition in.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -383,6 +383,10 @@ class Row(Protocol):
 
     def __getitem__(self, column: str) -> Any: ...
 
+    def keys(self) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
 
 def job_from_row(
     row: Row,
@@ -392,6 +396,8 @@ def job_from_row(
 ) -> Job:
     """A Job from a row of the jobs table; `decode` reads a JSON column, `instant` a time
     column (each backend stores them its own way)."""
+    if not isinstance(row, dict):  # sqlite3.Row finds a name by comparing it with each
+        row = dict(zip(row.keys(), row, strict=True))
     command = decode(row["command"])
 
     def required(column: str) -> datetime:
