@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 import traceback
+from pathlib import Path
 
 from .harness import (
     BASELINE_CMD,
@@ -23,6 +24,7 @@ from .harness import (
     bytecode_cache,
     deferred_removal,
     fresh_home,
+    keep_homes_in,
     queuectl,
     require_queuectl,
     run,
@@ -57,6 +59,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="NAME",
         default=[],
         help="Run only this scenario (repeatable, or comma-separated).",
+    )
+    parser.add_argument(
+        "--keep-homes",
+        type=Path,
+        metavar="DIR",
+        help="Make every QUEUECTL_HOME under DIR and remove none. For sessions run back to "
+        "back (before/after): removing a session's homes slows creating files for minutes, "
+        "which the next session would pay for. Remove DIR after the last session.",
     )
     args = parser.parse_args(argv)
     if args.repeat is not None and args.repeat < 1:
@@ -126,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
     settings = Settings(quick=args.quick, repeat=repeat)
+    if args.keep_homes is not None:
+        keep_homes_in(args.keep_homes.absolute())
     try:
         require_queuectl()
     except BenchError as exc:

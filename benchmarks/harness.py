@@ -117,6 +117,17 @@ def bench_env(home: Path) -> dict[str, str]:
 
 
 _deferred_removals: list[Path] | None = None
+# Set by --keep-homes: every home is made here and left for the caller to remove.
+_kept_homes_dir: Path | None = None
+
+
+def keep_homes_in(directory: Path) -> None:
+    """Make every home under `directory` and remove none: a series of sessions run back to
+    back (before/after comparisons) then never inherits another's deletions (see
+    deferred_removal()); whoever ran the series removes the directory at its end."""
+    global _kept_homes_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    _kept_homes_dir = directory
 
 
 @contextlib.contextmanager
@@ -144,13 +155,15 @@ def deferred_removal() -> Iterator[None]:
 def fresh_home(prefix: str = "queuectl-bench-") -> Iterator[Path]:
     """A new temporary QUEUECTL_HOME, removed afterwards (at the end of the enclosing
     deferred_removal() block, if there is one)."""
-    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=_kept_homes_dir))
     try:
         home = tmp / "home"
         home.mkdir(mode=0o700)
         yield home
     finally:
-        if _deferred_removals is not None:
+        if _kept_homes_dir is not None:
+            pass  # the caller removes them all, after its series of sessions
+        elif _deferred_removals is not None:
             _deferred_removals.append(tmp)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
