@@ -56,6 +56,12 @@ class QueuectlGroup(click.Group):
             raise UsageFailure(str(exc)) from exc
         except QueuectlError as exc:
             raise click.ClickException(str(exc)) from exc
+        except BrokenPipeError:
+            # `queuectl list | head`: the reader left, nothing is wrong. Caught here, before
+            # click's own handling of EPIPE exits 1: a script under `set -o pipefail` would
+            # take `enqueue - | head -1` for a failure and enqueue its jobs again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise click.exceptions.Exit(0) from None
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
@@ -74,9 +80,6 @@ class QueuectlGroup(click.Group):
         except click.Abort:
             click.echo("Aborted.", err=True)
             sys.exit(1)
-        except BrokenPipeError:  # `queuectl list | head`: the reader left, nothing is wrong
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(0)
         except OSError as exc:  # a full disk, a removed directory: one line, not a traceback
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             click.echo(f"Error: {os_error_line(exc)}", err=True)
@@ -102,6 +105,8 @@ def main() -> NoReturn:
     try:
         sys.stdout.flush()
         sys.stderr.flush()
+    except BrokenPipeError:
+        pass  # the reader left before the last lines: nothing is wrong (see QueuectlGroup)
     except OSError:
         sys.exit(code)  # Python reports what could not be written, as it would have
     os._exit(code)

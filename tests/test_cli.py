@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 
 from queuectl.store.sql import migrations
 
-from .conftest import Run
+from .conftest import QUEUECTL, Run
 
 pytestmark = pytest.mark.e2e
 
@@ -751,3 +753,24 @@ def test_logs_says_the_log_file_is_gone_when_it_was_deleted(run: Run, home: Path
         f"(the log file {log} is gone; here are the last 4 KiB kept in the store)\n"
     )
     assert "kept in the store\n" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["enqueue", "-"], ["list"]])
+def test_a_reader_that_leaves_early_is_no_failure(
+    run: Run, home: Path, command: list[str], tmp_path: Path
+) -> None:
+    # `queuectl enqueue - < jobs.json | head -1` under `set -o pipefail`: an exit code of 1
+    # would make the script enqueue every job again.
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(json.dumps([{"command": "true"}] * 3000))
+    if command == ["list"]:
+        assert run("enqueue", "-", input=jobs.read_text()).returncode == 0
+    script = f'"{QUEUECTL}" {" ".join(command)} < "{jobs}" | head -1; echo "${{PIPESTATUS[0]}}"'
+    done = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=60, env=os.environ.copy()
+    )
+    first, code = done.stdout.split()
+    assert code == "0", done.stderr
+    assert "Error" not in done.stderr and "Traceback" not in done.stderr
+    assert first.startswith(("01", "["))
+    assert json.loads(run("status").stdout)["counts"]["pending"] == 3000
