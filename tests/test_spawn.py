@@ -20,7 +20,7 @@ if GLIBC is None:
 PROBE = r"""
 echo "sid $(cut -d' ' -f6 /proc/$$/stat) pid $$"
 while IFS= read -r l; do case $l in SigBlk*|SigIgn*) echo "$l";; esac; done </proc/$$/status
-ls /proc/$$/fd | tr '\n' ' '; echo
+(ls /proc/$$/fd) > fds; tr '\n' ' ' < fds; echo
 read line; echo "stdin [$line] $?"
 pwd
 """
@@ -57,6 +57,9 @@ def test_a_job_runs_in_its_own_session_with_nothing_inherited_but_its_output(
     sid, pid = out[0].split()[1], out[0].split()[3]
     assert sid == pid  # a session (and process group) of its own
     # Read by the shell itself: while it waits for a child (grep), dash blocks every signal.
+    # Its descriptors are listed by a child writing to a file, not into a pipe: the shell
+    # holds a pipeline's pipe until it has started both ends, and saves a redirected
+    # descriptor while the command runs: a subshell redirects its own.
     masks = dict(line.split(":\t") for line in out[1:3])  # SigBlk, then SigIgn
     ignored, blocked = int(masks["SigIgn"], 16), int(masks["SigBlk"], 16)
     # SIGPIPE and SIGXFSZ, which Python ignores, are back at their defaults. posix_spawn
