@@ -20,7 +20,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import QUEUECTL, Run
+from queuectl.procs import WATCHDOG_MAIN
+
+from .conftest import QUEUECTL, Run, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -39,7 +41,7 @@ def children_of(pid: int) -> list[int]:
 
 def process_groups_running_jobs(worker_pids: list[int]) -> list[int]:
     """The job process groups the workers have started (each job leads its own group),
-    not each worker's lease watchdog (queuectl/procs.py run as a script)."""
+    not each worker's lease watchdog (its command line runs procs.WATCHDOG_MAIN)."""
     return [
         child for worker in worker_pids for child in children_of(worker) if not is_watchdog(child)
     ]
@@ -50,7 +52,23 @@ def is_watchdog(pid: int) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return any(arg.endswith(b"procs.py") for arg in argv)
+    return WATCHDOG_MAIN.encode() in argv
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_the_chaos_tells_a_workers_watchdog_from_its_job(run: Run, tmp_path: Path) -> None:
+    # Else the chaos below would kill watchdogs and count them as jobs killed.
+    started = tmp_path / "started"
+    assert run("enqueue", f"touch {started}; sleep 30").returncode == 0
+    worker = subprocess.Popen([QUEUECTL, "worker", "run"], stderr=subprocess.DEVNULL)
+    try:
+        wait_for(started.exists, what="the job to start")
+        children = children_of(worker.pid)
+        assert len([c for c in children if is_watchdog(c)]) == 1, children
+        assert len(process_groups_running_jobs([worker.pid])) == 1, children
+    finally:
+        worker.send_signal(signal.SIGQUIT)  # interrupts the job: no 30 s wait
+        worker.wait(timeout=30)
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
