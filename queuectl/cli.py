@@ -57,9 +57,11 @@ class QueuectlGroup(click.Group):
         except QueuectlError as exc:
             raise click.ClickException(str(exc)) from exc
         except BrokenPipeError:
-            # `queuectl list | head`: the reader left, nothing is wrong. Caught here, before
-            # click's own handling of EPIPE exits 1: a script under `set -o pipefail` would
-            # take `enqueue - | head -1` for a failure and enqueue its jobs again.
+            # `queuectl list | head`: the reader of the output left, nothing is wrong. Caught
+            # here, before click's own handling of EPIPE exits 1: a script under `set -o
+            # pipefail` would take `enqueue - | head -1` for a failure and enqueue again.
+            if not _output_reader_left():
+                raise
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise click.exceptions.Exit(0) from None
 
@@ -87,6 +89,18 @@ class QueuectlGroup(click.Group):
         sys.exit(result if isinstance(result, int) else 0)
 
 
+def _output_reader_left() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on it)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no stdout, or not one that polls
+        return False
+
+
 def main() -> NoReturn:
     """The `queuectl` command: run it, then leave without tearing the interpreter down.
 
@@ -103,8 +117,9 @@ def main() -> NoReturn:
     if not isinstance(code, int) or threading.active_count() > 1:
         sys.exit(code)
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None: the descriptor was closed when we started
+                stream.flush()
     except BrokenPipeError:
         pass  # the reader left before the last lines: nothing is wrong (see QueuectlGroup)
     except OSError:

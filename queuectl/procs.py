@@ -439,9 +439,11 @@ def _read_all(fd: int, at_end: bool) -> tuple[bytes, bool]:
 def write_stderr_line(line: str) -> None:
     """One line on stderr in one write: workers share their supervisor's stderr, and with
     PYTHONUNBUFFERED set print() writes the text and its newline apart, so two workers'
-    lines could run together into one."""
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
+    lines could run together into one. A line that cannot be written is dropped: a worker
+    whose log reader went away (a closed pipe, a restarted journal) goes on running jobs."""
+    with contextlib.suppress(OSError, AttributeError):  # AttributeError: no stderr at all
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 def _log(line: str) -> None:
@@ -449,5 +451,4 @@ def _log(line: str) -> None:
     from datetime import UTC, datetime
 
     stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    with contextlib.suppress(OSError):
-        write_stderr_line(f"{stamp} {line}")
+    write_stderr_line(f"{stamp} {line}")

@@ -761,8 +761,8 @@ def test_a_reader_that_leaves_early_is_no_failure(
 ) -> None:
     # `queuectl enqueue - < jobs.json | head -1` under `set -o pipefail`: an exit code of 1
     # would make the script enqueue every job again.
-    jobs = tmp_path / "jobs.json"
-    jobs.write_text(json.dumps([{"command": "true"}] * 3000))
+    jobs = tmp_path / "jobs.json"  # 10,000 ids: far more than a pipe holds
+    jobs.write_text(json.dumps([{"command": "true"}] * 10_000))
     if command == ["list"]:
         assert run("enqueue", "-", input=jobs.read_text()).returncode == 0
     script = f'"{QUEUECTL}" {" ".join(command)} < "{jobs}" | head -1; echo "${{PIPESTATUS[0]}}"'
@@ -773,4 +773,27 @@ def test_a_reader_that_leaves_early_is_no_failure(
     assert code == "0", done.stderr
     assert "Error" not in done.stderr and "Traceback" not in done.stderr
     assert first.startswith(("01", "["))
-    assert json.loads(run("status").stdout)["counts"]["pending"] == 3000
+    assert json.loads(run("status").stdout)["counts"]["pending"] == 10_000
+
+
+def test_a_worker_whose_log_reader_left_goes_on_running_jobs(run: Run, home: Path) -> None:
+    # Its log lines hit a closed pipe: dropped, and the worker neither stops early nor
+    # reports a clean stop with jobs left behind.
+    for _ in range(5):
+        assert run("enqueue", "true").returncode == 0
+    script = (
+        f'"{QUEUECTL}" worker run --drain --fail-on-dead 2>&1 | head -1; echo "${{PIPESTATUS[0]}}"'
+    )
+    done = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=60, env=os.environ.copy()
+    )
+    assert done.stdout.splitlines()[-1] == "0", done.stdout
+    assert json.loads(run("status").stdout)["counts"]["completed"] == 5
+
+
+def test_a_closed_stdout_is_no_failure(run: Run, home: Path) -> None:
+    done = subprocess.run(
+        ["bash", "-c", f'"{QUEUECTL}" list >&-'], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
