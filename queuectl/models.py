@@ -429,6 +429,16 @@ class Job:
     concurrency_key: str | None = None
     concurrency_limit: int = 1
 
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> Job:
+        """A Job from a value for every field, as a store reads it: without the frozen
+        __init__, whose object.__setattr__ per field cost ~12 µs, on every claim."""
+        if fields.keys() != _JOB_FIELDS:
+            raise TypeError(f"Job fields missing or unknown: {set(fields) ^ _JOB_FIELDS}")
+        job = object.__new__(cls)
+        job.__dict__.update(fields)
+        return job
+
     @property
     def stopping(self) -> bool:
         """Canceled while running, and its processes may not be gone yet."""
@@ -475,6 +485,9 @@ class Job:
             "concurrency_key": self.concurrency_key,
             "concurrency_limit": self.concurrency_limit if self.concurrency_key else None,
         }
+
+
+_JOB_FIELDS = Job.__dataclass_fields__.keys()
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -42,7 +42,7 @@ from .models import (
     worker_namespace,
 )
 from .paths import job_log_path, logs_dir, open_regular
-from .spawn import spawn
+from .spawn import Environ, spawn
 from .store import Store, Transition, open_store
 
 Clock = Callable[[], datetime]
@@ -53,6 +53,8 @@ RECOVER_EVERY_S = 1.0
 # renewal) is younger than this fraction of lease_ms; see Runner._claim_gone.
 SPAWN_FRESH_FRACTION = 0.1
 CANCELED_WHILE_RUNNING = "canceled while running"
+JOB_VARIABLES = ("QUEUECTL_JOB_ID", "QUEUECTL_ATTEMPT", "QUEUECTL_WORKER_ID")  # set per attempt
+ENVIRONS_KEPT = 64  # distinct job envs whose encoded environment a worker keeps
 
 
 def backoff_ms(
@@ -180,6 +182,7 @@ class Runner:
         self._last_recover = -math.inf
         self._logs = logs_dir()
         self._environ = dict(os.environ)  # copied once: decoding os.environ per job costs
+        self._environs: dict[tuple[tuple[str, str], ...], Environ] = {}
         self._devnull = os.open(os.devnull, os.O_RDONLY)  # every job's stdin, opened once
         self._claimed: tuple[Job, str, float] | None = None  # claimed with the last result
 
@@ -386,14 +389,9 @@ class Runner:
     def _attempt(self, job: Job, token: str, log_fd: int, cap: CappedLog) -> Attempt | None:
         attempt_no = job.attempts + 1
         shell = isinstance(job.command, str)
-        args = ["/bin/sh", "-c", job.command] if isinstance(job.command, str) else list(job.command)
-        env = {
-            **self._environ,
-            **job.env,
-            "QUEUECTL_JOB_ID": job.id,
-            "QUEUECTL_ATTEMPT": str(attempt_no),
-            "QUEUECTL_WORKER_ID": self.worker_id,
-        }
+        args = ("/bin/sh", "-c", job.command) if isinstance(job.command, str) else job.command
+        env = self._job_environ(job.env)
+        env.set((job.id, str(attempt_no), self.worker_id))
         header = f"=== {format_time(self.clock())} attempt {attempt_no} worker {self.worker_id}\n"
         try:
             os.write(log_fd, header.encode())
@@ -418,6 +416,17 @@ class Runner:
             watchdog.started(proc.pid)
         timeout_ms = job.timeout_ms if job.timeout_ms is not None else self.config.job_timeout_ms
         return self._note(log_fd, self._wait(proc, timeout_ms, cap, shell=shell, token=token))
+
+    def _job_environ(self, job_env: Mapping[str, str]) -> Environ:
+        """The environment for a job with this `env`, encoded once for many jobs."""
+        key = tuple(job_env.items())
+        environ = self._environs.get(key)
+        if environ is None:
+            if len(self._environs) >= ENVIRONS_KEPT:
+                self._environs.clear()
+            environ = Environ({**self._environ, **job_env}, JOB_VARIABLES)
+            self._environs[key] = environ
+        return environ
 
     def _claim_gone(self, job_id: str, token: str) -> str | None:
         """None while the claim is ours and young enough to start the job on; else why not.

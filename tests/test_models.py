@@ -11,7 +11,18 @@ from datetime import timedelta
 import pytest
 
 from queuectl.config import Config
-from queuectl.models import ID_PATTERN, Jitter, JobSpec, JobState, RetryPolicy, new_job_id
+from queuectl.models import (
+    ID_PATTERN,
+    Jitter,
+    Job,
+    JobSpec,
+    JobState,
+    Origin,
+    RetryPolicy,
+    Source,
+    new_job_id,
+    utcnow,
+)
 from queuectl.runner import Attempt, backoff_ms, failure_transition, past_deadline
 from queuectl.store import Transition
 
@@ -156,3 +167,18 @@ def test_past_deadline_names_the_deadline(clock: FakeClock) -> None:
     assert past_deadline(job, clock() + timedelta(hours=6)) is None
     assert past_deadline(job, clock() + timedelta(hours=6, seconds=1)) == "deadline of 6h exceeded"
     assert past_deadline(stored_job(clock), clock() + timedelta(days=999)) is None
+
+
+def test_a_job_from_its_fields_equals_one_made_by_its_constructor() -> None:
+    now = utcnow()
+    job = Job(
+        id="j1", command="true", priority=0, run_at=None, max_retries=3, timeout_ms=None,
+        env={}, cwd=None, queue="default", labels={}, state=JobState.PENDING, attempts=0,
+        created_at=now, updated_at=now, available_at=now, started_at=None, finished_at=None,
+        exit_code=None, last_error=None, worker_id=None, source=Source(Origin.INLINE),
+        spec_hash="h",
+    )  # fmt: skip
+    fields = {name: getattr(job, name) for name in Job.__dataclass_fields__}
+    assert Job.from_fields(fields) == job
+    with pytest.raises(TypeError, match="priority"):
+        Job.from_fields({k: v for k, v in fields.items() if k != "priority"})

@@ -425,3 +425,22 @@ def test_a_log_replaced_by_a_fifo_while_the_job_runs_does_not_hang_the_tail(
     job = store.get_job(job_id)
     store.close()
     assert job is not None and "before\n" in job.output_tail, "the tail of the file it wrote"
+
+
+@pytest.mark.skipif(not LINUX, reason="the watchdog needs Linux (pidfd, /proc)")
+def test_a_watchdog_guards_a_job_that_starts_right_after_others_ended() -> None:
+    # After a job ends, the watchdog reads the next ones' messages in batches: the job that
+    # follows a burst of short ones is guarded all the same.
+    watchdog = procs.Watchdog()
+    try:
+        for number in range(20):
+            short = subprocess.Popen(["true"], start_new_session=True)
+            watchdog.starting(procs.lease_clock() + 60, f"j-short-{number}", "w")
+            watchdog.started(short.pid)
+            short.wait()
+        long = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        watchdog.starting(procs.lease_clock() + 0.2, "j-long", "w")
+        watchdog.started(long.pid)
+        assert long.wait(timeout=15) == -signal.SIGTERM
+    finally:
+        watchdog.close(guarding=False)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from queuectl.spawn import GLIBC, Glibc, spawn
+from queuectl.spawn import GLIBC, Environ, Glibc, spawn
 
 LIBCS = [pytest.param(GLIBC, id="posix_spawn"), pytest.param(None, id="Popen")]
 if GLIBC is None:
@@ -104,3 +104,40 @@ def test_commands_are_found_on_the_jobs_own_path_and_relative_to_its_directory(
     assert spawn([tool.name], env, None, devnull, log, libc=libc).wait() == 0
     assert spawn(["./bin/" + tool.name], env, str(tmp_path), devnull, log, libc=libc).wait() == 0
     assert (tmp_path / "job.log").read_text() == "found on PATH\n" * 2
+
+
+@pytest.mark.parametrize("libc", LIBCS)
+def test_an_environment_encoded_once_serves_each_start_with_its_own_values(
+    libc: Glibc | None, log: int, devnull: int, tmp_path: Path
+) -> None:
+    # The job's own env over the worker's; the per-attempt names over both.
+    fixed = {**os.environ, "SHARED": "worker", "JOB_OWN": "job", "QUEUECTL_JOB_ID": "from env"}
+    env = Environ(fixed, ("QUEUECTL_JOB_ID", "QUEUECTL_ATTEMPT"))
+    show = 'echo "$SHARED $JOB_OWN $QUEUECTL_JOB_ID $QUEUECTL_ATTEMPT"'
+    for job_id, attempt in (("a", "1"), ("b", "2")):
+        env.set((job_id, attempt))
+        assert spawn(["/bin/sh", "-c", show], env, None, devnull, log, libc=libc).wait() == 0
+    assert (tmp_path / "job.log").read_text().splitlines() == ["worker job a 1", "worker job b 2"]
+
+
+@pytest.mark.parametrize("libc", LIBCS)
+def test_each_start_gets_its_own_directory_and_output_when_they_change(
+    libc: Glibc | None, devnull: int, tmp_path: Path
+) -> None:
+    # The descriptors and directories repeat, as a worker's do: each start still gets its own.
+    logs = [tmp_path / "one.log", tmp_path / "two.log"]
+    dirs = [tmp_path / "first", tmp_path / "second"]
+    for d in dirs:
+        d.mkdir()
+    for _ in range(2):
+        for log_path, cwd in zip(logs, dirs, strict=True):
+            fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            try:
+                proc = spawn(
+                    ["/bin/sh", "-c", "pwd"], dict(os.environ), str(cwd), devnull, fd, libc=libc
+                )
+                assert proc.wait() == 0
+            finally:
+                os.close(fd)
+    assert logs[0].read_text() == f"{dirs[0]}\n" * 2
+    assert logs[1].read_text() == f"{dirs[1]}\n" * 2
