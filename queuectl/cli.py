@@ -15,7 +15,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
 import click
 
-from . import __version__, spec
+from . import __version__
 from . import config as config_mod
 from .core import DrainCounts, Queue
 from .errors import Problem, QueuectlError, SpecInvalid, UsageProblem, first_few
@@ -132,6 +131,8 @@ def os_error_line(exc: OSError) -> str:
     errno; writing the output is named as such."""
     code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
     what = f"{exc.strerror or exc} ({code})"
+    import traceback
+
     frames = traceback.extract_tb(exc.__traceback__)
     ours = [f for f in frames if f"{os.sep}queuectl{os.sep}" in f.filename]
     if exc.filename is None and frames and frames[-1].name in ("echo", "write", "flush"):
@@ -237,6 +238,8 @@ class DateTime(_ParamType):
     name = "RFC3339"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from . import spec
+
         problem = spec.rfc3339_problem(str(value))
         if problem is not None:
             self.fail(f"{value!r} {problem}", param, ctx)
@@ -429,6 +432,8 @@ def enqueue_cmd(
     here = os.getcwd()
     if cwd is not None:
         overrides["cwd"] = os.path.join(here, cwd)
+    from . import spec
+
     loaded = spec.inline_specs(job_spec, sys.stdin.buffer, overrides, cwd=here)
     results = app.queue().submit([item.spec for item in loaded], delay_ms=delay or 0)
     for result in results:
@@ -1103,6 +1108,8 @@ def worker_group() -> None:
 def _check_queue_names(
     ctx: click.Context, param: click.Parameter, names: tuple[str, ...]
 ) -> tuple[str, ...]:
+    from . import spec
+
     pattern = re.compile(spec.schema()["properties"]["queue"]["pattern"])
     for name in names:
         if not pattern.search(name):
@@ -1443,6 +1450,8 @@ def validate_cmd(paths: tuple[Path, ...], fmt: str) -> None:
         queuectl validate jobs/
         queuectl validate --format github jobs/*.yaml
     """
+    from . import spec
+
     result = spec.validate_paths(paths)
     if result.problems or fmt == "json":
         emit_problems(result.problems, fmt)

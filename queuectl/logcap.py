@@ -101,7 +101,8 @@ class CappedLog:
                     self._punch_middle(size)
                 if not self.can_punch:
                     self.rewrite()
-        written = self._size() + self.cut_bytes  # everything the job wrote, cut or kept
+            size = self._size()
+        written = size + self.cut_bytes  # everything the job wrote, cut or kept
         then, before = self._last
         self._last = (now, written)
         # Look again when, at the rate seen, about one more cap's worth is written, but at

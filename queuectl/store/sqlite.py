@@ -16,7 +16,6 @@ does not use the file (the sqlite3 shell) is waited for the old way.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -134,8 +133,11 @@ class SqliteDialect:
         (SQLITE_BUSY_SNAPSHOT, which the busy timeout does not retry). `already_done` is
         never needed: a local file loses no replies."""
         self._check_same_file()
+        writers = self._writers  # the lock file, held for the transaction (where there is one)
         try:
-            with self._writer_turn():
+            if writers is not None:
+                fcntl.flock(writers, fcntl.LOCK_EX)
+            try:
                 self.conn.execute("BEGIN IMMEDIATE")
                 try:
                     result = op(self.conn)
@@ -145,24 +147,15 @@ class SqliteDialect:
                     if self.conn.in_transaction:
                         self.conn.execute("ROLLBACK")
                     raise
+            finally:
+                if writers is not None:
+                    fcntl.flock(writers, fcntl.LOCK_UN)
         except sqlite3.OperationalError as exc:
             advice = advice_for(exc)
             if advice is None:
                 raise
             raise StoreError(f"{self.url}: {exc}: {advice}") from None
         return result
-
-    @contextlib.contextmanager
-    def _writer_turn(self) -> Iterator[None]:
-        """Hold the lock file for one transaction (where there is one)."""
-        if self._writers is None:
-            yield
-            return
-        fcntl.flock(self._writers, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._writers, fcntl.LOCK_UN)
 
     def notify(self, conn: sqlite3.Connection) -> None:
         """Nothing to send: idle workers watch PRAGMA data_version instead."""
