@@ -38,6 +38,7 @@ GLIBC_INTERNAL_SIGNALS = (32, 33)
 M_TRIM_THRESHOLD = -1  # mallopt's parameter number
 HEAP_KEPT_BYTES = 16 * 1024 * 1024
 FILE_ACTIONS_KEPT = 64
+ARGV_KEPT = 64  # commands whose argv stays encoded (few: a command can be large)
 
 
 class Glibc:
@@ -201,7 +202,7 @@ def _posix_spawn(
     return pid.value
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=ARGV_KEPT)
 def _argv(args: tuple[str, ...]) -> ctypes.Array[ctypes.c_char_p]:
     """argv as execve wants it, built once per command: a worker runs the same few often."""
     return (ctypes.c_char_p * (len(args) + 1))(*[os.fsencode(arg) for arg in args])
