@@ -407,6 +407,12 @@ def _watch(fd: int) -> None:
         data, worker_gone = _read_all(fd, worker_gone)
         busy = busy and bool(data)
         *lines, buffered = (buffered + data).split(b"\n")
+        # One job at a time: a job's start means the one before it has ended, so only the
+        # last start (or disarm) in a batch and what follows it matter.
+        for index in range(len(lines) - 1, 0, -1):
+            if lines[index][:1] in (b"s", b"d"):
+                del lines[:index]
+                break
         for line in lines:
             kind, *fields = line.decode().split(" ")
             if kind == "r" and job is not None:
