@@ -42,7 +42,7 @@ from .models import (
     worker_namespace,
 )
 from .paths import job_log_path, logs_dir, open_regular
-from .spawn import Environ, spawn
+from .spawn import KEPT_MAX_CHARS, Environ, spawn
 from .store import Store, Transition, open_store
 
 Clock = Callable[[], datetime]
@@ -418,14 +418,16 @@ class Runner:
         return self._note(log_fd, self._wait(proc, timeout_ms, cap, shell=shell, token=token))
 
     def _job_environ(self, job_env: Mapping[str, str]) -> Environ:
-        """The environment for a job with this `env`, encoded once for many jobs."""
+        """The environment for a job with this `env`, encoded once for many jobs (a large
+        `env` is encoded for its own start only, not kept)."""
         key = tuple(job_env.items())
         environ = self._environs.get(key)
         if environ is None:
-            if len(self._environs) >= ENVIRONS_KEPT:
-                self._environs.clear()
             environ = Environ({**self._environ, **job_env}, JOB_VARIABLES)
-            self._environs[key] = environ
+            if sum(len(name) + len(value) for name, value in key) <= KEPT_MAX_CHARS:
+                if len(self._environs) >= ENVIRONS_KEPT:
+                    self._environs.clear()
+                self._environs[key] = environ
         return environ
 
     def _claim_gone(self, job_id: str, token: str) -> str | None:

@@ -38,7 +38,8 @@ GLIBC_INTERNAL_SIGNALS = (32, 33)
 M_TRIM_THRESHOLD = -1  # mallopt's parameter number
 HEAP_KEPT_BYTES = 16 * 1024 * 1024
 FILE_ACTIONS_KEPT = 64
-ARGV_KEPT = 64  # commands whose argv stays encoded (few: a command can be large)
+ARGV_KEPT = 64  # short commands whose argv stays encoded
+KEPT_MAX_CHARS = 4096  # longer commands (and job envs) are encoded anew each time, not kept
 
 
 class Glibc:
@@ -192,7 +193,7 @@ def _posix_spawn(
         os.fsencode(program),
         libc.file_actions(stdin, output, cwd),
         libc.attr,
-        _argv(tuple(args)),
+        _argv(tuple(args)) if sum(map(len, args)) <= KEPT_MAX_CHARS else _encode_argv(args),
         envp,
     )
     if err:
@@ -204,13 +205,15 @@ def _posix_spawn(
 
 @functools.lru_cache(maxsize=ARGV_KEPT)
 def _argv(args: tuple[str, ...]) -> ctypes.Array[ctypes.c_char_p]:
-    """argv as execve wants it, built once per command: a worker runs the same few often."""
+    """argv of a short command, built once: a worker runs the same few often."""
+    return _encode_argv(args)
+
+
+def _encode_argv(args: Sequence[str]) -> ctypes.Array[ctypes.c_char_p]:
     return (ctypes.c_char_p * (len(args) + 1))(*[os.fsencode(arg) for arg in args])
 
 
-@functools.lru_cache(maxsize=4096)
 def _env_entry(name: str, value: str) -> bytes:
-    """One `name=value` of a job's environment, encoded once: jobs share most of theirs."""
     return os.fsencode(name) + b"=" + os.fsencode(value)
 
 

@@ -15,6 +15,7 @@ import pytest
 from queuectl.core import Queue
 from queuectl.models import INLINE, Job, JobSpec, JobState
 from queuectl.runner import Runner, stderr_log
+from queuectl.spawn import KEPT_MAX_CHARS
 from queuectl.store import Store
 
 from .conftest import FakeClock
@@ -73,6 +74,25 @@ def test_run_once_runs_one_job_with_its_env_and_cwd(
     assert out.read_text() == f"hi 1 {tmp_path}\n"
     job = queue.get("env")
     assert (job.state, job.attempts, job.exit_code) == (JobState.COMPLETED, 0, 0)
+
+
+def test_a_large_job_env_is_used_for_its_job_and_not_kept(
+    store: Store, queue: Queue, clock: FakeClock, tmp_path: Path, home: Path
+) -> None:
+    # Small envs are encoded once and kept for the jobs that share them; a large one would
+    # hold the worker's memory long after its job ended.
+    out = tmp_path / "out"
+    big = "y" * (KEPT_MAX_CHARS + 1)
+    queue.enqueue(
+        [
+            JobSpec(command=f'echo "${{#BIG}}" > {out}', id="big", env={"BIG": big}),
+            JobSpec(command="true", id="small", env={"SMALL": "1"}),
+        ]
+    )
+    runner = make_runner(store, clock)
+    assert runner.run_once() and runner.run_once()
+    assert out.read_text() == f"{len(big)}\n"
+    assert [dict(key) for key in runner._environs] == [{"SMALL": "1"}]
 
 
 def test_missing_cwd_is_a_failed_attempt(

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from queuectl.spawn import GLIBC, Environ, Glibc, spawn
+from queuectl import spawn as spawn_module
+from queuectl.spawn import GLIBC, KEPT_MAX_CHARS, Environ, Glibc, spawn
 
 LIBCS = [pytest.param(GLIBC, id="posix_spawn"), pytest.param(None, id="Popen")]
 if GLIBC is None:
@@ -141,3 +142,15 @@ def test_each_start_gets_its_own_directory_and_output_when_they_change(
                 os.close(fd)
     assert logs[0].read_text() == f"{dirs[0]}\n" * 2
     assert logs[1].read_text() == f"{dirs[1]}\n" * 2
+
+
+@pytest.mark.skipif(GLIBC is None, reason="posix_spawn through glibc only")
+def test_a_long_command_is_run_but_not_kept_encoded(log: int, devnull: int) -> None:
+    # A worker keeps the argv of short commands it runs often; a command can be ~2 MB, and
+    # 64 of those kept would hold the worker's memory long after the jobs ended.
+    spawn_module._argv.cache_clear()
+    long_command = ["/bin/sh", "-c", "true", "x" * (KEPT_MAX_CHARS + 1)]
+    assert spawn(long_command, dict(os.environ), None, devnull, log).wait() == 0
+    assert spawn_module._argv.cache_info().currsize == 0
+    assert spawn(["/bin/sh", "-c", "true"], dict(os.environ), None, devnull, log).wait() == 0
+    assert spawn_module._argv.cache_info().currsize == 1
