@@ -129,10 +129,10 @@ class Environ:
     with the job's own `env` stays fixed, and each attempt sets only the `varying` names
     (its job id, attempt number). Encoding some 40 entries anew cost ~40 µs per start."""
 
-    def __init__(self, fixed: Mapping[str, str], varying: Sequence[str]) -> None:
+    def __init__(self, fixed: Mapping[str, str], varying: Sequence[str] = ()) -> None:
         self.fixed = {name: value for name, value in fixed.items() if name not in varying}
         self.varying = tuple(varying)
-        entries = [_env_entry(name, value) for name, value in self.fixed.items()]
+        entries = [os.fsencode(f"{name}={value}") for name, value in self.fixed.items()]
         self._first_varying = len(entries)
         # The varying slots and the terminating NULL start as None (NULL).
         self.envp = (ctypes.c_char_p * (len(entries) + len(self.varying) + 1))(*entries)
@@ -150,7 +150,7 @@ class Environ:
 
 def spawn(
     args: Sequence[str],
-    env: Mapping[str, str] | Environ,
+    env: Environ,
     cwd: str | None,
     stdin: int,
     output: int,
@@ -166,7 +166,7 @@ def spawn(
             stdout=output,
             stderr=output,
             cwd=cwd,
-            env=env.as_dict() if isinstance(env, Environ) else env,
+            env=env.as_dict(),
             start_new_session=True,  # its own group: timeouts kill it all
         )
     with libc.lock:  # the file actions it reuses are the glibc object's
@@ -174,19 +174,9 @@ def spawn(
 
 
 def _posix_spawn(
-    libc: Glibc,
-    args: Sequence[str],
-    env: Mapping[str, str] | Environ,
-    cwd: str | None,
-    stdin: int,
-    output: int,
+    libc: Glibc, args: Sequence[str], env: Environ, cwd: str | None, stdin: int, output: int
 ) -> int:
-    if isinstance(env, Environ):
-        program, envp = _program(args[0], env.fixed, cwd), env.envp
-    else:
-        program = _program(args[0], env, cwd)
-        entries = [_env_entry(name, value) for name, value in env.items()]
-        envp = (ctypes.c_char_p * (len(entries) + 1))(*entries)
+    program = _program(args[0], env.fixed, cwd)
     pid = ctypes.c_int()
     err = libc.spawn(
         ctypes.byref(pid),
@@ -194,7 +184,7 @@ def _posix_spawn(
         libc.file_actions(stdin, output, cwd),
         libc.attr,
         _argv(tuple(args)) if sum(map(len, args)) <= KEPT_MAX_CHARS else _encode_argv(args),
-        envp,
+        env.envp,
     )
     if err:
         # One errno for a failed chdir and a failed exec: look at the directory to tell.
@@ -211,10 +201,6 @@ def _argv(args: tuple[str, ...]) -> ctypes.Array[ctypes.c_char_p]:
 
 def _encode_argv(args: Sequence[str]) -> ctypes.Array[ctypes.c_char_p]:
     return (ctypes.c_char_p * (len(args) + 1))(*[os.fsencode(arg) for arg in args])
-
-
-def _env_entry(name: str, value: str) -> bytes:
-    return os.fsencode(name) + b"=" + os.fsencode(value)
 
 
 def _program(name: str, env: Mapping[str, str], cwd: str | None) -> str:

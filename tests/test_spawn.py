@@ -49,7 +49,7 @@ def test_a_job_runs_in_its_own_session_with_nothing_inherited_but_its_output(
     os.set_inheritable(leaked, True)
     try:
         proc = spawn(
-            ["/bin/sh", "-c", PROBE], dict(os.environ), str(tmp_path), devnull, log, libc=libc
+            ["/bin/sh", "-c", PROBE], Environ(os.environ), str(tmp_path), devnull, log, libc=libc
         )
         assert proc.wait() == 0
     finally:
@@ -79,7 +79,7 @@ def test_a_job_runs_in_its_own_session_with_nothing_inherited_but_its_output(
 def test_errors_name_the_directory_or_the_command_as_popen_does(
     libc: Glibc | None, log: int, devnull: int, tmp_path: Path
 ) -> None:
-    env = dict(os.environ)
+    env = Environ(os.environ)
     with pytest.raises(FileNotFoundError) as missing_dir:
         spawn(["true"], env, str(tmp_path / "gone"), devnull, log, libc=libc)
     assert missing_dir.value.filename == str(tmp_path / "gone")
@@ -101,7 +101,7 @@ def test_commands_are_found_on_the_jobs_own_path_and_relative_to_its_directory(
     tool = bin_dir / "only-in-the-jobs-path"
     tool.write_text("#!/bin/sh\necho found on PATH\n")
     tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
-    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    env = Environ({**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"})
     assert spawn([tool.name], env, None, devnull, log, libc=libc).wait() == 0
     assert spawn(["./bin/" + tool.name], env, str(tmp_path), devnull, log, libc=libc).wait() == 0
     assert (tmp_path / "job.log").read_text() == "found on PATH\n" * 2
@@ -135,7 +135,7 @@ def test_each_start_gets_its_own_directory_and_output_when_they_change(
             fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
                 proc = spawn(
-                    ["/bin/sh", "-c", "pwd"], dict(os.environ), str(cwd), devnull, fd, libc=libc
+                    ["/bin/sh", "-c", "pwd"], Environ(os.environ), str(cwd), devnull, fd, libc=libc
                 )
                 assert proc.wait() == 0
             finally:
@@ -150,7 +150,7 @@ def test_a_long_command_is_run_but_not_kept_encoded(log: int, devnull: int) -> N
     # 64 of those kept would hold the worker's memory long after the jobs ended.
     spawn_module._argv.cache_clear()
     long_command = ["/bin/sh", "-c", "true", "x" * (KEPT_MAX_CHARS + 1)]
-    assert spawn(long_command, dict(os.environ), None, devnull, log).wait() == 0
+    assert spawn(long_command, Environ(os.environ), None, devnull, log).wait() == 0
     assert spawn_module._argv.cache_info().currsize == 0
-    assert spawn(["/bin/sh", "-c", "true"], dict(os.environ), None, devnull, log).wait() == 0
+    assert spawn(["/bin/sh", "-c", "true"], Environ(os.environ), None, devnull, log).wait() == 0
     assert spawn_module._argv.cache_info().currsize == 1
