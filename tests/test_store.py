@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from datetime import timedelta
@@ -35,6 +36,24 @@ def test_migrating_twice_changes_nothing_and_matches_the_snapshot(db_path: Path)
     open_store(f"sqlite:///{db_path}").close()
     assert schema_of(db_path) == first
     assert first == SNAPSHOT.read_text(), "schema changed: add a migration and update the snapshot"
+
+
+def test_no_partial_index_or_trigger_condition_lists_three_or_more_values(db_path: Path) -> None:
+    """SQLite evaluates `x IN (a, b, c)` by building a temporary b-tree of the list each
+    time a statement runs, and every write evaluates the WHERE of each partial index and
+    the WHEN of each trigger it may touch: such lists cost the hot path (migration 0013)."""
+    open_store(f"sqlite:///{db_path}").close()
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute(
+            "SELECT name, sql FROM sqlite_master"
+            " WHERE type IN ('index', 'trigger') AND sql IS NOT NULL"
+        ).fetchall()
+    long_lists = {
+        name: found
+        for name, sql in rows
+        if (found := [m for m in re.findall(r"\bIN\s*\(([^()]*)\)", sql) if m.count(",") >= 2])
+    }
+    assert long_lists == {}
 
 
 def test_failed_migration_leaves_the_version_unchanged(db_path: Path) -> None:

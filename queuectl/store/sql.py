@@ -167,12 +167,14 @@ VALUES (:id, :template, :schedule, :spec_hash, :suspended, :now, :now, :now, :or
 ON CONFLICT (id) DO {on_conflict}
 """
 # The newest run pending, processing or failed (waiting to retry): overlap's "previous
-# run", found in the index of runs not ended.
+# run", found in the index of runs not ended. Conditions on the states that a partial index
+# covers are spelled as that index's WHERE is (ORs, not IN lists: migration 0013), so that
+# SQLite's planner sees the index covers them.
 _LIST_SCHEDULES = """
 SELECT schedules.*,
        (SELECT max(id) FROM jobs
          WHERE jobs.schedule_id = schedules.id AND schedule_id IS NOT NULL
-           AND state IN ('pending', 'processing', 'failed')) AS active_run
+           AND (state = 'pending' OR state = 'processing' OR state = 'failed')) AS active_run
   FROM schedules WHERE {where}
 """
 
@@ -184,7 +186,7 @@ SELECT * FROM jobs
 """
 _PAGE_ENDED = """
 SELECT * FROM jobs {{finished_order}}
- WHERE state IN ('completed', 'dead', 'canceled') AND state = :state
+ WHERE (state = 'completed' OR state = 'dead' OR state = 'canceled') AND state = :state
    AND (:queue{{text}} IS NULL OR queue = :queue) AND {{labels_match}} {after}
  ORDER BY state DESC, finished_at DESC, id DESC LIMIT :limit{{int}}
 """
@@ -295,7 +297,8 @@ SELECT id FROM jobs WHERE state = 'pending' AND attempts = 0 AND updated_at = :n
     # (SPEC 14: a run a needs edge waits on is kept until its children are settled).
     deletable_jobs: str = """
 SELECT id FROM jobs {finished_order}
- WHERE state IN ('completed', 'dead', 'canceled') AND state = :state AND lease_token IS NULL
+ WHERE (state = 'completed' OR state = 'dead' OR state = 'canceled') AND state = :state
+   AND lease_token IS NULL
    AND (:before{time} IS NULL OR finished_at < :before)
    AND (:ids{json} IS NULL OR id IN ({each}(:ids{json})))
    AND NOT EXISTS (SELECT 1 FROM job_needs AS edge JOIN jobs AS child ON child.id = edge.job_id
@@ -542,7 +545,8 @@ SELECT id FROM jobs WHERE schedule_id = :id AND state = 'canceled' AND updated_a
     replace_runs: str = """
 UPDATE jobs SET state = 'canceled', updated_at = :now, finished_at = :now,
                 last_error = :replaced_by
- WHERE schedule_id = :id AND state IN ('pending', 'processing', 'failed') AND id <> :replaced_by_id
+ WHERE schedule_id = :id AND (state = 'pending' OR state = 'processing' OR state = 'failed')
+   AND id <> :replaced_by_id
 RETURNING *
 """
     # Compare-and-set on what the scheduler read: of schedulers racing, one records the tick.

@@ -1,4 +1,4 @@
--- user_version 12
+-- user_version 13
 CREATE INDEX job_needs_need ON job_needs (need_id);
 CREATE INDEX jobs_applied_pending ON jobs (id) WHERE origin = 'apply' AND state = 'pending';
 CREATE INDEX jobs_claim_order ON jobs (priority DESC, created_at, id)
@@ -7,11 +7,11 @@ CREATE INDEX jobs_concurrency ON jobs (concurrency_key)
     WHERE lease_token IS NOT NULL AND concurrency_key IS NOT NULL;
 CREATE INDEX jobs_created ON jobs (created_at, id);
 CREATE INDEX jobs_finished ON jobs (state, finished_at, id)
-    WHERE state IN ('completed', 'dead', 'canceled');
+    WHERE state = 'completed' OR state = 'dead' OR state = 'canceled';
 CREATE INDEX jobs_pending_queue ON jobs (queue, available_at) WHERE state = 'pending' AND waiting = 0;
 CREATE INDEX jobs_schedule ON jobs (schedule_id, created_at, id) WHERE schedule_id IS NOT NULL;
 CREATE INDEX jobs_schedule_active ON jobs (schedule_id, id)
-    WHERE schedule_id IS NOT NULL AND state IN ('pending', 'processing', 'failed');
+    WHERE schedule_id IS NOT NULL AND (state = 'pending' OR state = 'processing' OR state = 'failed');
 CREATE INDEX jobs_state_available ON jobs (state, available_at, id);
 CREATE INDEX jobs_stopping ON jobs (id) WHERE state = 'canceled' AND lease_token IS NOT NULL;
 CREATE INDEX schedules_due ON schedules (next_slot_at) WHERE suspended = FALSE;
@@ -118,7 +118,7 @@ BEGIN
         ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
 END;
 CREATE TRIGGER run_stats_finish AFTER UPDATE OF state ON jobs
-WHEN OLD.state = 'processing' AND NEW.state IN ('completed', 'failed', 'dead')
+WHEN OLD.state = 'processing' AND (NEW.state = 'completed' OR NEW.state = 'failed' OR NEW.state = 'dead')
 BEGIN
     INSERT INTO run_stats (minute, queue, outcome, le_ms, n, sum_ms)
     SELECT NEW.finished_at / 60000 * 60000, NEW.queue, NEW.state,
