@@ -274,3 +274,62 @@ def test_0012_counts_a_postgres_store_s_jobs_per_queue(pg_url: str) -> None:
     store = open_store(pg_url)
     assert store.count_by_queue() == COUNTS_0012
     store.close()
+
+
+def sqlite_at(path: Path, version: int) -> None:
+    """A SQLite store as queuectl left it at schema `version`, with one job of each state."""
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        for number, script in migrations("sqlite")[:version]:
+            conn.executescript(script.read_text())
+            conn.execute(f"PRAGMA user_version = {number}")
+        for state in JobState:
+            conn.execute(
+                "INSERT INTO jobs (id, command, max_retries, state, created_at, updated_at,"
+                " available_at, spec_hash) VALUES (?, '\"true\"', 3, ?, 1, 1, 1, 'h')",
+                (f"job-{state.value}", state.value),
+            )
+
+
+def test_0014_rewrites_the_checks_in_place_and_open_connections_parse_them_anew(
+    db_path: Path,
+) -> None:
+    sqlite_at(db_path, 13)
+    with sqlite3.connect(db_path, isolation_level=None) as other:
+        other.execute("SELECT count(*) FROM jobs").fetchone()  # parsed the schema before 0014
+        store = open_store(f"sqlite:///{db_path}")
+        assert store.count_by_state() == {state: 1 for state in JobState}
+        store.close()
+        with pytest.raises(sqlite3.IntegrityError, match="state = 'pending' OR state = "):
+            other.execute(
+                "INSERT INTO jobs (id, command, max_retries, state, created_at, updated_at,"
+                " available_at, spec_hash) VALUES ('x', '\"true\"', 3, 'bogus', 1, 1, 1, 'h')"
+            )
+        assert other.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        tables = dict(other.execute("SELECT name, sql FROM sqlite_schema WHERE type = 'table'"))
+    assert "origin = 'inline' OR origin = 'spool' OR origin = 'apply'" in tables["jobs"]
+    assert "origin = 'inline' OR origin = 'spool' OR origin = 'apply'" in tables["schedules"]
+    assert "on_state = 'success' OR on_state = 'failure'" in tables["job_needs"]
+
+
+def test_a_schema_edit_sqlite_cannot_parse_changes_nothing(db_path: Path) -> None:
+    """0014 only makes the schema faster: an edit whose result SQLite rejects is undone,
+    and the store opens and works as before."""
+    from queuectl.store.sqlite import _edit_schema
+
+    sqlite_at(db_path, 13)
+    with sqlite3.connect(db_path, isolation_level=None) as conn:
+        before = conn.execute("SELECT sql FROM sqlite_schema WHERE name = 'jobs'").fetchone()
+        conn.execute("BEGIN IMMEDIATE")
+        _edit_schema(
+            conn,
+            "UPDATE sqlite_schema SET sql = replace(sql, 'CHECK (state IN', 'CHECK (state IN (')"
+            " WHERE type = 'table' AND name = 'jobs'",
+        )
+        conn.execute("COMMIT")
+        assert conn.execute("SELECT sql FROM sqlite_schema WHERE name = 'jobs'").fetchone() == (
+            before
+        )
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    store = open_store(f"sqlite:///{db_path}")
+    assert store.count_by_state() == {state: 1 for state in JobState}
+    store.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
@@ -188,7 +189,10 @@ class SqliteDialect:
 
     def run_migration(self, conn: sqlite3.Connection, script: str, version: int) -> None:
         for statement in _statements(script):
-            conn.execute(statement)
+            if _EDITS_SCHEMA.search(statement):
+                _edit_schema(conn, statement)
+            else:
+                conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {version:d}")
 
 
@@ -244,6 +248,30 @@ def _unusable(url: str, exc: sqlite3.Error) -> StoreError:
         f"{url}: not a usable queuectl SQLite database ({exc}): "
         "point --db at another file or move this one away"
     )
+
+
+_EDITS_SCHEMA = re.compile(r"^\s*UPDATE\s+sqlite_schema\b", re.IGNORECASE | re.MULTILINE)
+
+
+def _edit_schema(conn: sqlite3.Connection, statement: str) -> None:
+    """Run an UPDATE of sqlite_schema as SQLite's ALTER TABLE documentation describes for
+    changes every stored row already meets (such as a CHECK rewritten to mean the same):
+    with writable_schema on, then a new schema cookie, so that every connection parses the
+    schema again. Where SQLite refuses the edit (defensive mode) or could not parse the
+    result, nothing changes: such a migration only makes the schema faster."""
+    cookie = int(conn.execute("PRAGMA schema_version").fetchone()[0])
+    conn.execute("SAVEPOINT edit_schema")
+    try:
+        conn.execute("PRAGMA writable_schema = ON")
+        try:
+            conn.execute(statement)
+            conn.execute(f"PRAGMA schema_version = {cookie + 1:d}")
+        finally:
+            conn.execute("PRAGMA writable_schema = OFF")
+        conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()  # parses it anew
+    except sqlite3.DatabaseError:
+        conn.execute("ROLLBACK TO edit_schema")
+    conn.execute("RELEASE edit_schema")
 
 
 def _statements(script: str) -> Iterator[str]:

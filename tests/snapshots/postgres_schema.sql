@@ -1,4 +1,4 @@
--- version 13
+-- version 14
 config(key text NOT NULL, value text NOT NULL)
 job_counts(state text NOT NULL, n bigint NOT NULL, queue text NOT NULL)
 job_needs(job_id text NOT NULL, need_id text NOT NULL, on_state text NOT NULL)

@@ -1,4 +1,4 @@
--- user_version 13
+-- user_version 14
 CREATE INDEX job_needs_need ON job_needs (need_id);
 CREATE INDEX jobs_applied_pending ON jobs (id) WHERE origin = 'apply' AND state = 'pending';
 CREATE INDEX jobs_claim_order ON jobs (priority DESC, created_at, id)
@@ -29,7 +29,7 @@ CREATE TABLE job_counts (
 CREATE TABLE job_needs (
     job_id   TEXT NOT NULL,
     need_id  TEXT NOT NULL,
-    on_state TEXT NOT NULL CHECK (on_state IN ('success', 'failure', 'finished')),
+    on_state TEXT NOT NULL CHECK (on_state = 'success' OR on_state = 'failure' OR on_state = 'finished'),
     PRIMARY KEY (job_id, need_id)
 ) WITHOUT ROWID;
 CREATE TABLE jobs (
@@ -43,8 +43,8 @@ CREATE TABLE jobs (
     cwd              TEXT,
     queue            TEXT NOT NULL DEFAULT 'default',
     labels           TEXT NOT NULL DEFAULT '{}',
-    state            TEXT NOT NULL CHECK (state IN
-                        ('pending', 'processing', 'completed', 'failed', 'dead', 'canceled')),
+    state            TEXT NOT NULL CHECK (state = 'pending' OR state = 'processing' OR state = 'completed'
+                        OR state = 'failed' OR state = 'dead' OR state = 'canceled'),
     attempts         INTEGER NOT NULL DEFAULT 0,
     created_at       INTEGER NOT NULL,
     updated_at       INTEGER NOT NULL,
@@ -59,7 +59,7 @@ CREATE TABLE jobs (
     spec_hash        TEXT NOT NULL,
     output_tail      TEXT NOT NULL DEFAULT ''
 , source_commit TEXT, origin TEXT NOT NULL DEFAULT 'inline'
-    CHECK (origin IN ('inline', 'spool', 'apply')), source_file TEXT, schedule_id TEXT, needs TEXT NOT NULL DEFAULT '[]', waiting INTEGER NOT NULL DEFAULT 0, has_dependents INTEGER NOT NULL DEFAULT 0, retry TEXT, deadline_ms INTEGER, first_started_at INTEGER, concurrency_key TEXT, concurrency_limit INTEGER NOT NULL DEFAULT 1) WITHOUT ROWID;
+    CHECK (origin = 'inline' OR origin = 'spool' OR origin = 'apply'), source_file TEXT, schedule_id TEXT, needs TEXT NOT NULL DEFAULT '[]', waiting INTEGER NOT NULL DEFAULT 0, has_dependents INTEGER NOT NULL DEFAULT 0, retry TEXT, deadline_ms INTEGER, first_started_at INTEGER, concurrency_key TEXT, concurrency_limit INTEGER NOT NULL DEFAULT 1) WITHOUT ROWID;
 CREATE TABLE run_stats (
     minute  INTEGER NOT NULL,
     queue   TEXT NOT NULL,
@@ -80,7 +80,7 @@ CREATE TABLE schedules (
     last_missed_at INTEGER,
     created_at     INTEGER NOT NULL,
     updated_at     INTEGER NOT NULL,
-    origin         TEXT NOT NULL DEFAULT 'inline' CHECK (origin IN ('inline', 'spool', 'apply')),
+    origin         TEXT NOT NULL DEFAULT 'inline' CHECK (origin = 'inline' OR origin = 'spool' OR origin = 'apply'),
     source_file    TEXT,
     source_commit  TEXT
 , next_slot_at INTEGER, last_success_at INTEGER) WITHOUT ROWID;
