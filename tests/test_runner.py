@@ -165,6 +165,19 @@ def test_expired_lease_of_another_host_is_recovered_as_a_failed_attempt(
     assert job.available_at == clock() + timedelta(seconds=2)
 
 
+def test_a_lease_expired_less_than_a_millisecond_ago_is_recovered(
+    store: Store, queue: Queue, clock: FakeClock, home: Path
+) -> None:
+    # SQLite keeps whole milliseconds: the store's guard must agree with the runner's
+    # own test of the lease, or the job stays claimed until the next recovery pass.
+    queue.enqueue([JobSpec(command="true", id="lost")])
+    store.claim_next("elsewhere:4242:beef", (), clock(), clock() + timedelta(seconds=30), "tok")
+    runner = make_runner(store, clock)
+    clock.now += timedelta(seconds=30, microseconds=400)
+    assert runner.recover_lost_jobs() == 1
+    assert queue.get("lost").state is JobState.FAILED
+
+
 def test_dead_local_worker_is_recovered_without_waiting_for_its_lease(
     store: Store, queue: Queue, clock: FakeClock, home: Path
 ) -> None:

@@ -374,6 +374,8 @@ RETURNING *
     # holders under a lock on the key, and steps back if it went over the limit.
     key_lock: str = "{key_lock}"  # empty where claims are serialized (SQLite)
     claimed_with: str = "SELECT * FROM jobs WHERE state = 'processing' AND lease_token = :token"
+    # `<=`: SQLite keeps whole milliseconds, so a lease that ran out under a millisecond
+    # before `expired_before` (the runner's own test) must count as run out here too.
     finish_job: str = """
 UPDATE jobs SET state = :state, attempts = :attempts, available_at = :available_at,
                 exit_code = :exit_code, last_error = :last_error,
@@ -381,7 +383,7 @@ UPDATE jobs SET state = :state, attempts = :attempts, available_at = :available_
                 updated_at = :now, finished_at = :now,
                 lease_token = NULL, lease_expires_at = NULL
  WHERE id = :job_id AND lease_token = :token AND state = 'processing'
-   AND (:expired_before{time} IS NULL OR lease_expires_at < :expired_before)
+   AND (:expired_before{time} IS NULL OR lease_expires_at <= :expired_before)
 RETURNING has_dependents
 """
     # Claimed jobs: running ones, and canceled ones whose process may still be stopping.
