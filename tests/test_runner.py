@@ -54,6 +54,11 @@ def make_runner(store: Store, clock: FakeClock) -> Runner:
     return Runner(store, clock=clock, log=lambda line: None)
 
 
+def claim_elsewhere(store: Store, clock: FakeClock) -> None:
+    """The next job claimed by a worker on another host, with a 30 s lease and token "tok"."""
+    store.claim_next("elsewhere:4242:beef", (), clock(), clock() + timedelta(seconds=30), "tok")
+
+
 def test_run_once_runs_one_job_with_its_env_and_cwd(
     store: Store, queue: Queue, clock: FakeClock, tmp_path: Path, home: Path
 ) -> None:
@@ -135,7 +140,7 @@ def test_the_tail_of_a_job_another_host_ran_is_named_as_such(
     from queuectl.store import Transition
 
     queue.enqueue([JobSpec(command="true", id="far")])
-    store.claim_next("elsewhere:4242:beef", (), clock(), clock() + timedelta(seconds=30), "tok")
+    claim_elsewhere(store, clock)
     done = Transition(JobState.COMPLETED, 0, clock(), 0, None, "far away\n")
     assert store.finish("far", "tok", done, clock())
     output = queue.output("far")
@@ -149,7 +154,7 @@ def test_expired_lease_of_another_host_is_recovered_as_a_failed_attempt(
     store: Store, queue: Queue, clock: FakeClock, home: Path
 ) -> None:
     queue.enqueue([JobSpec(command="true", id="lost")])
-    store.claim_next("elsewhere:4242:beef", (), clock(), clock() + timedelta(seconds=30), "tok")
+    claim_elsewhere(store, clock)
     runner = make_runner(store, clock)
     clock.advance(29_000)
     assert runner.recover_lost_jobs() == 0, "the lease has not expired yet"
@@ -171,7 +176,7 @@ def test_a_lease_expired_less_than_a_millisecond_ago_is_recovered(
     # SQLite keeps whole milliseconds: the store's guard must agree with the runner's
     # own test of the lease, or the job stays claimed until the next recovery pass.
     queue.enqueue([JobSpec(command="true", id="lost")])
-    store.claim_next("elsewhere:4242:beef", (), clock(), clock() + timedelta(seconds=30), "tok")
+    claim_elsewhere(store, clock)
     runner = make_runner(store, clock)
     clock.now += timedelta(seconds=30, microseconds=400)
     assert runner.recover_lost_jobs() == 1
